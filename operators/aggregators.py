@@ -1,0 +1,138 @@
+"""One small aggregator per meter aggregation.
+
+An aggregator folds accepted usage values into a period quantity. `merge` combines two partial
+aggregates of the same meter (a window into its period, or batches in reconciliation), which is
+what lets windows be aggregated on their own and still give the exact period quantity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Protocol
+
+from operators.money import ZERO
+
+
+class Aggregate(Protocol):
+    def add(self, value: Decimal | str, at: datetime, seq: int) -> None: ...
+    def merge(self, other: Aggregate) -> None: ...
+    def quantity(self) -> Decimal: ...
+    def copy(self) -> Aggregate: ...
+
+
+@dataclass(slots=True)
+class Count:
+    n: int = 0
+
+    def add(self, value: Decimal | str, at: datetime, seq: int) -> None:
+        self.n += 1
+
+    def merge(self, other: Aggregate) -> None:
+        assert isinstance(other, Count)
+        self.n += other.n
+
+    def quantity(self) -> Decimal:
+        return Decimal(self.n)
+
+    def copy(self) -> Count:
+        return Count(self.n)
+
+
+@dataclass(slots=True)
+class Sum:
+    total: Decimal = ZERO
+
+    def add(self, value: Decimal | str, at: datetime, seq: int) -> None:
+        assert isinstance(value, Decimal)
+        self.total += value
+
+    def merge(self, other: Aggregate) -> None:
+        assert isinstance(other, Sum)
+        self.total += other.total
+
+    def quantity(self) -> Decimal:
+        return self.total
+
+    def copy(self) -> Sum:
+        return Sum(self.total)
+
+
+@dataclass(slots=True)
+class Max:
+    best: Decimal | None = None
+
+    def add(self, value: Decimal | str, at: datetime, seq: int) -> None:
+        assert isinstance(value, Decimal)
+        if self.best is None or value > self.best:
+            self.best = value
+
+    def merge(self, other: Aggregate) -> None:
+        assert isinstance(other, Max)
+        if other.best is not None:
+            self.add(other.best, datetime.min, 0)
+
+    def quantity(self) -> Decimal:
+        return ZERO if self.best is None else self.best
+
+    def copy(self) -> Max:
+        return Max(self.best)
+
+
+@dataclass(slots=True)
+class UniqueCount:
+    seen: set[str] = field(default_factory=set)
+
+    def add(self, value: Decimal | str, at: datetime, seq: int) -> None:
+        assert isinstance(value, str)
+        self.seen.add(value)
+
+    def merge(self, other: Aggregate) -> None:
+        assert isinstance(other, UniqueCount)
+        self.seen |= other.seen
+
+    def quantity(self) -> Decimal:
+        return Decimal(len(self.seen))
+
+    def copy(self) -> UniqueCount:
+        return UniqueCount(set(self.seen))
+
+
+@dataclass(slots=True)
+class Latest:
+    """Value of the event with the greatest time; equal times go to the later input position."""
+
+    at: datetime | None = None
+    seq: int = -1
+    value: Decimal = ZERO
+
+    def add(self, value: Decimal | str, at: datetime, seq: int) -> None:
+        assert isinstance(value, Decimal)
+        if self.at is None or (at, seq) > (self.at, self.seq):
+            self.at, self.seq, self.value = at, seq, value
+
+    def merge(self, other: Aggregate) -> None:
+        assert isinstance(other, Latest)
+        if other.at is not None:
+            self.add(other.value, other.at, other.seq)
+
+    def quantity(self) -> Decimal:
+        return self.value
+
+    def copy(self) -> Latest:
+        return Latest(self.at, self.seq, self.value)
+
+
+AGGREGATORS: dict[str, type] = {
+    "count": Count,
+    "sum": Sum,
+    "max": Max,
+    "unique_count": UniqueCount,
+    "latest": Latest,
+}
+
+
+def new_aggregate(aggregation: str) -> Aggregate:
+    agg: Aggregate = AGGREGATORS[aggregation]()
+    return agg

@@ -1,0 +1,233 @@
+"""Streaming delta rating for one subscription.
+
+Usage arrives as ops from ingest (see operators/ingest.py). Contributions are aggregated per
+period, meter and tumbling event-time window. When the watermark reaches a window's end the window
+is rated as a delta: merge it into the period aggregate, price the new cumulative quantity with the
+charge's pricer, and book the difference from what was rated before. The sum of a period's deltas
+is therefore exactly the price of its quantity, whatever the window split or arrival order, and
+the running charge is always current.
+
+A contribution to a window that was already rated re-opens it: the window is rated again and
+re-emitted with `revision + 1` and its accumulated totals (the store keeps the highest revision).
+A contribution to a period whose invoice candidate was already issued is never dropped: it is
+rated the same way and yields an adjustment candidate carrying the line deltas.
+
+Every decision depends only on the op sequence (each op carries the watermark computed upstream in
+input order), so outputs are identical however the runtime batches or distributes the work.
+"""
+
+from __future__ import annotations
+
+import copy
+import heapq
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from operators.aggregators import Aggregate, new_aggregate
+from operators.catalog import Catalog, Subscription
+from operators.ingest import CLOSE, TICK, USAGE, Op
+from operators.invoicing import LineValue, candidate, diff_lines, period_lines
+from operators.money import ZERO
+from operators.periods import Month, months_between
+from operators.pricers import price
+from schemas.records import InvoiceCandidate, RatedWindow
+
+Output = RatedWindow | InvoiceCandidate
+
+
+@dataclass
+class Window:
+    end: int
+    open_agg: Aggregate | None = None  # contributions not yet rated
+    open_events: int = 0
+    total_agg: Aggregate | None = None  # everything rated into this window so far
+    total_events: int = 0
+    total_delta: Decimal = ZERO
+    revision: int = -1
+
+
+@dataclass
+class PeriodState:
+    aggs: dict[str, Aggregate] = field(default_factory=dict)  # meter -> rated period aggregate
+    rated: dict[str, Decimal] = field(default_factory=dict)  # meter -> exact rated amount
+    windows: dict[tuple[str, int], Window] = field(default_factory=dict)
+    closed: bool = False
+    issued: dict[str, LineValue] = field(default_factory=dict)  # lines issued so far (summed)
+    adjustments: int = 0
+
+
+@dataclass
+class RaterState:
+    periods: dict[str, PeriodState] = field(default_factory=dict)
+    closed: set[str] = field(default_factory=set)
+    heap: list[tuple[int, str, str, int]] = field(default_factory=list)  # (end, period, meter, ws)
+    rating_seq: int = 0
+
+
+class SubscriptionRater:
+    def __init__(self, catalog: Catalog, subscription_id: str, window: timedelta,
+                 state: RaterState | None = None) -> None:
+        self.catalog = catalog
+        self.window_seconds = int(window.total_seconds())
+        self.sub: Subscription = catalog.subscriptions[subscription_id]
+        self.plan = catalog.plans[self.sub.plan_id]
+        self.customer = catalog.customers[self.sub.customer_id]
+        self.state = state if state is not None else RaterState()
+        self._aggregation = {c.meter: catalog.meters[c.meter].aggregation
+                             for c in self.plan.charges}
+        self._charges = {c.meter: c for c in self.plan.charges}
+
+    def snapshot(self) -> RaterState:
+        return copy.deepcopy(self.state)
+
+    # -- ops ------------------------------------------------------------------------------------
+
+    def apply(self, ops: list[Op]) -> list[Output]:
+        out: list[Output] = []
+        for op in ops:
+            kind = op[0]
+            if kind == USAGE:
+                self._usage(op, out)
+            elif kind == TICK:
+                self._close_windows(int(op[1].timestamp()), out, set())
+            elif kind == CLOSE:
+                self._close_periods(Month.parse(op[1]), Month.parse(op[2]),
+                                    int(op[3].timestamp()), out)
+            else:
+                msg = f"unknown op {kind!r}"
+                raise ValueError(msg)
+        return out
+
+    def _usage(self, op: Op, out: list[Output]) -> None:
+        _, period, meter, window_start, value, at, seq, wm = op
+        state = self.state
+        pstate = state.periods.get(period)
+        if pstate is None:
+            pstate = state.periods[period] = PeriodState(closed=period in state.closed)
+        key = (meter, window_start)
+        win = pstate.windows.get(key)
+        if win is None:
+            month_end = int(Month.parse(period).end.timestamp())
+            w_end = min(self._window_end(window_start), month_end)
+            win = pstate.windows[key] = Window(end=w_end)
+        if win.open_agg is None:
+            win.open_agg = new_aggregate(self._aggregation[meter])
+            heapq.heappush(state.heap, (win.end, period, meter, window_start))
+        win.open_agg.add(value, at, seq)
+        win.open_events += 1
+        touched: set[str] = set()
+        self._close_windows(int(wm.timestamp()), out, touched)
+        self._adjust(touched, out)
+
+    def _window_end(self, window_start: int) -> int:
+        # A window cut by a month start begins off-boundary; it still ends at the next boundary.
+        return window_start - window_start % self.window_seconds + self.window_seconds
+
+    def _close_windows(self, wm_ts: int, out: list[Output], touched: set[str]) -> None:
+        heap = self.state.heap
+        while heap and heap[0][0] <= wm_ts:
+            _, period, meter, ws = heapq.heappop(heap)
+            self._rate_window(period, meter, ws, out, touched)
+
+    def _rate_window(self, period: str, meter: str, ws: int, out: list[Output],
+                     touched: set[str]) -> None:
+        state = self.state
+        pstate = state.periods[period]
+        win = pstate.windows[(meter, ws)]
+        if win.open_agg is None:
+            return
+        agg = pstate.aggs.get(meter)
+        if agg is None:
+            agg = pstate.aggs[meter] = new_aggregate(self._aggregation[meter])
+        agg.merge(win.open_agg)
+        if win.total_agg is None:
+            win.total_agg = win.open_agg
+        else:
+            win.total_agg.merge(win.open_agg)
+        win.total_events += win.open_events
+        win.open_agg, win.open_events = None, 0
+        q = agg.quantity()
+        amount = price(self._charges[meter], q)
+        delta = amount - pstate.rated.get(meter, ZERO)
+        pstate.rated[meter] = amount
+        win.total_delta += delta
+        win.revision += 1
+        state.rating_seq += 1
+        if pstate.closed:
+            touched.add(period)
+        sub = self.sub
+        out.append(RatedWindow(
+            row_id=f"{sub.id}:{meter}:{ws}",
+            subscription_id=sub.id,
+            customer_id=self.customer.id,
+            plan_id=self.plan.id,
+            legal_entity=self.customer.legal_entity,
+            currency=self.plan.currency,
+            meter=meter,
+            period=period,
+            window_start=datetime.fromtimestamp(ws, UTC),
+            window_end=datetime.fromtimestamp(win.end, UTC),
+            revision=win.revision,
+            event_count=win.total_events,
+            window_quantity=win.total_agg.quantity(),
+            cumulative_quantity=q,
+            amount_delta=win.total_delta,
+            cumulative_amount=amount,
+            rating_seq=state.rating_seq,
+            after_close=pstate.closed,
+        ))
+
+    def _quantities(self, pstate: PeriodState) -> dict[str, Decimal]:
+        return {m: agg.quantity() for m, agg in pstate.aggs.items()}
+
+    def _adjust(self, touched: set[str], out: list[Output]) -> None:
+        for period in sorted(touched):
+            pstate = self.state.periods[period]
+            month = Month.parse(period)
+            now = period_lines(self.catalog, self.sub, month, self._quantities(pstate))
+            delta = diff_lines(pstate.issued, now)
+            if not delta:
+                continue  # the late usage changed no quantity or amount on the invoice
+            pstate.adjustments += 1
+            base = f"{self.sub.id}:{period}"
+            out.append(candidate(self.catalog, self.sub, month, delta,
+                                 f"{base}:adj-{pstate.adjustments}", adjusts=base))
+            pstate.issued = now
+
+    def _close_periods(self, through: Month, start: Month, wm_ts: int, out: list[Output]) -> None:
+        state = self.state
+        touched: set[str] = set()
+        self._close_windows(wm_ts, out, touched)
+        self._adjust(touched, out)
+        sub = self.sub
+        first = max(start, Month.of(sub.start))
+        last = through
+        if sub.end is not None:
+            # [start, end) excludes `end`: the last billed month holds the instant before it.
+            last = min(last, Month.of(sub.end - timedelta(microseconds=1)))
+        months = {m.key for m in months_between(first, last)} if first <= last else set()
+        months |= {p for p in state.periods if p <= through.key}
+        for period in sorted(months - state.closed):
+            self._close_period(period, out)
+
+    def _close_period(self, period: str, out: list[Output]) -> None:
+        state = self.state
+        pstate = state.periods.get(period)
+        if pstate is None:
+            pstate = state.periods[period] = PeriodState()
+        # At end of input the watermark's own period closes with windows still open: rate them
+        # first, in window order, so the invoice includes every accepted event.
+        pending = sorted((w.end, m, ws) for (m, ws), w in pstate.windows.items()
+                         if w.open_agg is not None)
+        for _, meter, ws in pending:
+            self._rate_window(period, meter, ws, out, set())
+        state.heap = [h for h in state.heap if h[1] != period]
+        heapq.heapify(state.heap)
+        month = Month.parse(period)
+        lines = period_lines(self.catalog, self.sub, month, self._quantities(pstate))
+        out.append(candidate(self.catalog, self.sub, month, lines, f"{self.sub.id}:{period}"))
+        pstate.issued = lines
+        pstate.closed = True
+        state.closed.add(period)
+

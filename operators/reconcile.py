@@ -1,0 +1,179 @@
+"""Reconciliation: prove that usage, rated and invoiced totals agree, and say where they do not.
+
+Inputs are the pipeline's own outputs (ingest counts, rated window rows, invoice candidates,
+exception records), so the proof covers the hand-offs between stages, not just the arithmetic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from operators.aggregators import Aggregate
+from operators.catalog import Catalog
+from operators.ingest import IngestStats
+from operators.money import ZERO, fmt, round_money
+from schemas.records import REASONS, ExceptionRecord, InvoiceCandidate, RatedWindow
+
+
+@dataclass
+class StatsTotal:
+    read: int = 0
+    blank: int = 0
+    duplicates: int = 0
+    unmetered: int = 0
+    unmetered_not_in_plan: int = 0
+    rated: int = 0
+    late_after_close: int = 0
+    exceptions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
+    ingested: dict[tuple[str, str, str], Aggregate] = field(default_factory=dict)
+    contributions: dict[str, int] = field(default_factory=dict)
+
+    def add(self, s: IngestStats) -> None:
+        self.read += s.read
+        self.blank += s.blank
+        self.duplicates += s.duplicates
+        self.unmetered += s.unmetered
+        self.unmetered_not_in_plan += s.unmetered_not_in_plan
+        self.rated += s.rated
+        self.late_after_close += s.late_after_close
+        for reason, n in s.exceptions.items():
+            self.exceptions[reason] += n
+        for key, agg in s.ingested.items():
+            mine = self.ingested.get(key)
+            if mine is None:
+                self.ingested[key] = agg.copy()
+            else:
+                mine.merge(agg)
+        for meter, n in s.contributions.items():
+            self.contributions[meter] = self.contributions.get(meter, 0) + n
+
+
+def reconcile(catalog: Catalog, stats: StatsTotal, windows: Iterable[RatedWindow],
+              candidates: Iterable[InvoiceCandidate],
+              exceptions: Iterable[ExceptionRecord]) -> dict[str, Any]:
+    problems: list[str] = []
+
+    # 1. Every event read lands in exactly one bucket.
+    exc_total = sum(stats.exceptions.values())
+    bucketed = stats.duplicates + stats.unmetered + exc_total + stats.rated
+    if bucketed != stats.read:
+        problems.append(f"events: read {stats.read} but buckets hold {bucketed}")
+    written: dict[str, int] = dict.fromkeys(REASONS, 0)
+    for exc in exceptions:
+        written[exc.reason] += 1
+    for reason in REASONS:
+        if written[reason] != stats.exceptions[reason]:
+            problems.append(f"exceptions {reason}: counted {stats.exceptions[reason]}, "
+                            f"written {written[reason]}")
+
+    # 2. Rated side: final revision of each window; last rating step of each period and meter.
+    final_rows: dict[str, RatedWindow] = {}
+    last_step: dict[tuple[str, str, str], RatedWindow] = {}
+    for row in windows:
+        prev = final_rows.get(row.row_id)
+        if prev is None or row.revision > prev.revision:
+            final_rows[row.row_id] = row
+        key = (row.subscription_id, row.period, row.meter)
+        step = last_step.get(key)
+        if step is None or row.rating_seq > step.rating_seq:
+            last_step[key] = row
+    window_events: dict[str, int] = {}
+    delta_sum: dict[tuple[str, str, str], Decimal] = {}
+    for row in final_rows.values():
+        window_events[row.meter] = window_events.get(row.meter, 0) + row.event_count
+        key = (row.subscription_id, row.period, row.meter)
+        delta_sum[key] = delta_sum.get(key, ZERO) + row.amount_delta
+
+    # 3. Invoiced side: candidates plus their adjustments.
+    inv_qty: dict[tuple[str, str, str], Decimal] = {}
+    inv_amt: dict[tuple[str, str, str], Decimal] = {}
+    totals: dict[str, dict[str, Decimal]] = {}
+    seen_ids: set[str] = set()
+    billed: set[tuple[str, str]] = set()
+    counts = {"invoice": 0, "adjustment": 0, "ready": 0, "held": 0}
+    for cand in candidates:
+        if cand.invoice_candidate_id in seen_ids:
+            problems.append(f"candidate {cand.invoice_candidate_id} emitted twice")
+        seen_ids.add(cand.invoice_candidate_id)
+        counts[cand.candidate_type] += 1
+        counts[cand.status] += 1
+        if cand.candidate_type == "invoice":
+            billed.add((cand.subscription_id, cand.billing_period))
+        line_sum = sum((line.amount for line in cand.lines), ZERO)
+        if line_sum != cand.subtotal:
+            problems.append(f"candidate {cand.invoice_candidate_id}: lines sum to {line_sum}, "
+                            f"subtotal says {cand.subtotal}")
+        cur = totals.setdefault(cand.currency, {"ready": ZERO, "held": ZERO})
+        cur[cand.status] += cand.subtotal
+        for line in cand.lines:
+            if line.kind == "usage" and line.meter is not None:
+                key = (cand.subscription_id, cand.billing_period, line.meter)
+                inv_qty[key] = inv_qty.get(key, ZERO) + (line.quantity or ZERO)
+                inv_amt[key] = inv_amt.get(key, ZERO) + line.amount
+
+    # 4. Per (subscription, period, meter): ingested == rated == invoiced.
+    per_meter: dict[str, dict[str, Decimal]] = {}
+    keys = set(stats.ingested) | set(last_step) | {k for k, v in inv_qty.items() if v}
+    for key in sorted(keys):
+        sub_id, period, meter = key
+        ingested = stats.ingested[key].quantity() if key in stats.ingested else ZERO
+        rated = last_step[key].cumulative_quantity if key in last_step else ZERO
+        invoiced = inv_qty.get(key, ZERO)
+        m = per_meter.setdefault(meter, {"ingested": ZERO, "rated": ZERO, "invoiced": ZERO})
+        m["ingested"] += ingested
+        m["rated"] += rated
+        m["invoiced"] += invoiced
+        label = f"{sub_id} {period} {meter}"
+        if not ingested == rated == invoiced:
+            problems.append(f"{label}: ingested {ingested}, rated {rated}, invoiced {invoiced}")
+        if key in last_step:
+            step = last_step[key]
+            currency = step.currency
+            if delta_sum.get(key, ZERO) != step.cumulative_amount:
+                problems.append(f"{label}: window deltas sum to {delta_sum.get(key)}, "
+                                f"cumulative is {step.cumulative_amount}")
+            if round_money(step.cumulative_amount, currency) != inv_amt.get(key, ZERO):
+                problems.append(f"{label}: rated {step.cumulative_amount} rounds to "
+                                f"{round_money(step.cumulative_amount, currency)}, invoiced "
+                                f"{inv_amt.get(key, ZERO)}")
+        if (sub_id, period) not in billed and (ingested or rated):
+            problems.append(f"{label}: usage with no invoice candidate for the period")
+    for meter in sorted(set(stats.contributions) | set(window_events)):
+        if stats.contributions.get(meter, 0) != window_events.get(meter, 0):
+            problems.append(f"meter {meter}: {stats.contributions.get(meter, 0)} accepted values, "
+                            f"{window_events.get(meter, 0)} counted in rated windows")
+
+    return {
+        "balanced": not problems,
+        "problems": problems,
+        "events": {
+            "read": stats.read,
+            "blank_lines_skipped": stats.blank,
+            "rated": stats.rated,
+            "duplicates": stats.duplicates,
+            "unmetered": stats.unmetered,
+            "unmetered_not_in_plan": stats.unmetered_not_in_plan,
+            "exceptions": dict(stats.exceptions),
+            "exceptions_total": exc_total,
+            "late_after_close": stats.late_after_close,
+            "buckets_total": bucketed,
+        },
+        "meters": {
+            meter: {k: fmt(v) for k, v in vals.items()}
+            | {"accepted_values": stats.contributions.get(meter, 0),
+               "rated_window_events": window_events.get(meter, 0)}
+            for meter, vals in sorted(per_meter.items())
+        },
+        "invoiced": {
+            "candidates": counts["invoice"],
+            "adjustments": counts["adjustment"],
+            "ready": counts["ready"],
+            "held": counts["held"],
+            "totals_by_currency": {cur: {k: fmt(v) for k, v in t.items()}
+                                   for cur, t in sorted(totals.items())},
+        },
+        "rated_windows": len(final_rows),
+    }

@@ -1,0 +1,91 @@
+"""Output records. Field names here are the public contract read by other tools.
+
+Amounts and quantities are `Decimal` and encode as JSON strings ("12.50"), never numbers, so no
+consumer can read them through a binary float. Every record carries a deterministic id, which is
+the idempotency key downstream.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+
+# Exception reasons, in the order an event is tested against them.
+INVALID_JSON = "INVALID_JSON"
+INVALID_EVENT = "INVALID_EVENT"
+UNKNOWN_SUBJECT = "UNKNOWN_SUBJECT"
+NO_ACTIVE_SUBSCRIPTION = "NO_ACTIVE_SUBSCRIPTION"
+INVALID_VALUE = "INVALID_VALUE"
+REASONS = (INVALID_JSON, INVALID_EVENT, UNKNOWN_SUBJECT, NO_ACTIVE_SUBSCRIPTION, INVALID_VALUE)
+
+
+class ExceptionRecord(msgspec.Struct, kw_only=True):
+    exception_id: str  # "<source-name>:<partition>:<offset>": one per input position
+    reason: str
+    error: str
+    position: dict[str, Any]  # file mode: {"file", "line"}; Kafka: {"topic", "partition", "offset"}
+    raw: str | None  # the original line verbatim, when it is UTF-8
+    raw_base64: str | None = None  # otherwise its bytes
+    event_id: str | None = None
+    event_source: str | None = None
+    subject: str | None = None
+
+
+class RatedWindow(msgspec.Struct, kw_only=True):
+    """One row per subscription, meter and window. A window that receives late usage after it was
+    rated is re-emitted with a higher `revision` and its accumulated totals; the store keeps the
+    highest revision (ReplacingMergeTree), so re-emission and replay never double-count."""
+
+    row_id: str
+    subscription_id: str
+    customer_id: str
+    plan_id: str
+    legal_entity: str
+    currency: str
+    meter: str
+    period: str  # YYYY-MM
+    window_start: datetime
+    window_end: datetime
+    revision: int
+    event_count: int
+    window_quantity: Decimal
+    cumulative_quantity: Decimal
+    amount_delta: Decimal  # exact, unrounded: this window's share of the period amount
+    cumulative_amount: Decimal  # exact, unrounded: period amount rated so far
+    rating_seq: int  # order of rating steps within the subscription
+    after_close: bool  # rated into a period whose invoice candidate was already issued
+
+
+class InvoiceLine(msgspec.Struct, kw_only=True, omit_defaults=True):
+    line_id: str
+    kind: str  # fixed_fee | usage | minimum_true_up
+    amount: Decimal
+    meter: str | None = None
+    fee_id: str | None = None
+    quantity: Decimal | None = None
+    revenue_recognition: str | None = None
+    description: str | None = None
+
+
+class InvoiceCandidate(msgspec.Struct, kw_only=True):
+    invoice_candidate_id: str
+    candidate_type: str  # "invoice" | "adjustment"
+    adjusts: str | None  # the original candidate id, for adjustments
+    customer_id: str
+    subscription_id: str
+    plan_id: str
+    legal_entity: str
+    currency: str
+    billing_period: str  # YYYY-MM
+    period_start: datetime
+    period_end: datetime
+    lines: list[InvoiceLine]
+    subtotal: Decimal
+    status: str  # ready | held
+    hold_reasons: list[str]
+
+
+ENCODER = msgspec.json.Encoder(decimal_format="string")
