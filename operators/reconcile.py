@@ -51,7 +51,46 @@ class StatsTotal:
             self.contributions[meter] = self.contributions.get(meter, 0) + n
 
 
-def reconcile(catalog: Catalog, stats: StatsTotal, windows: Iterable[RatedWindow],
+@dataclass(frozen=True, slots=True)
+class RatedSummary:
+    """What the rated-window store holds for one (subscription, period, meter), final revisions
+    only. Computed by `summarize` from rows, or by one GROUP BY in ClickHouse."""
+
+    currency: str
+    cumulative_quantity: Decimal  # of the last rating step
+    cumulative_amount: Decimal  # of the last rating step
+    delta_sum: Decimal  # sum of the windows' amount deltas
+    events: int  # sum of the windows' event counts
+    windows: int
+
+
+RatedKey = tuple[str, str, str]
+
+
+def summarize(rows: Iterable[RatedWindow]) -> dict[RatedKey, RatedSummary]:
+    final: dict[str, RatedWindow] = {}
+    for row in rows:
+        prev = final.get(row.row_id)
+        if prev is None or row.revision > prev.revision:
+            final[row.row_id] = row
+    groups: dict[RatedKey, list[RatedWindow]] = {}
+    for row in final.values():
+        groups.setdefault((row.subscription_id, row.period, row.meter), []).append(row)
+    out = {}
+    for key, group in groups.items():
+        last = max(group, key=lambda r: r.rating_seq)
+        out[key] = RatedSummary(
+            currency=last.currency,
+            cumulative_quantity=last.cumulative_quantity,
+            cumulative_amount=last.cumulative_amount,
+            delta_sum=sum((r.amount_delta for r in group), ZERO),
+            events=sum(r.event_count for r in group),
+            windows=len(group),
+        )
+    return out
+
+
+def reconcile(catalog: Catalog, stats: StatsTotal, rated: dict[RatedKey, RatedSummary],
               candidates: Iterable[InvoiceCandidate],
               exceptions: Iterable[ExceptionRecord]) -> dict[str, Any]:
     problems: list[str] = []
@@ -69,23 +108,11 @@ def reconcile(catalog: Catalog, stats: StatsTotal, windows: Iterable[RatedWindow
             problems.append(f"exceptions {reason}: counted {stats.exceptions[reason]}, "
                             f"written {written[reason]}")
 
-    # 2. Rated side: final revision of each window; last rating step of each period and meter.
-    final_rows: dict[str, RatedWindow] = {}
-    last_step: dict[tuple[str, str, str], RatedWindow] = {}
-    for row in windows:
-        prev = final_rows.get(row.row_id)
-        if prev is None or row.revision > prev.revision:
-            final_rows[row.row_id] = row
-        key = (row.subscription_id, row.period, row.meter)
-        step = last_step.get(key)
-        if step is None or row.rating_seq > step.rating_seq:
-            last_step[key] = row
+    # 2. Rated side, per (subscription, period, meter).
+    rated_side = dict(rated)
     window_events: dict[str, int] = {}
-    delta_sum: dict[tuple[str, str, str], Decimal] = {}
-    for row in final_rows.values():
-        window_events[row.meter] = window_events.get(row.meter, 0) + row.event_count
-        key = (row.subscription_id, row.period, row.meter)
-        delta_sum[key] = delta_sum.get(key, ZERO) + row.amount_delta
+    for (_, _, meter), r in rated_side.items():
+        window_events[meter] = window_events.get(meter, 0) + r.events
 
     # 3. Invoiced side: candidates plus their adjustments.
     inv_qty: dict[tuple[str, str, str], Decimal] = {}
@@ -106,7 +133,8 @@ def reconcile(catalog: Catalog, stats: StatsTotal, windows: Iterable[RatedWindow
         if line_sum != cand.subtotal:
             problems.append(f"candidate {cand.invoice_candidate_id}: lines sum to {line_sum}, "
                             f"subtotal says {cand.subtotal}")
-        cur = totals.setdefault(cand.currency, {"ready": ZERO, "held": ZERO})
+        zero = round_money(ZERO, cand.currency)
+        cur = totals.setdefault(cand.currency, {"ready": zero, "held": zero})
         cur[cand.status] += cand.subtotal
         for line in cand.lines:
             if line.kind == "usage" and line.meter is not None:
@@ -116,30 +144,30 @@ def reconcile(catalog: Catalog, stats: StatsTotal, windows: Iterable[RatedWindow
 
     # 4. Per (subscription, period, meter): ingested == rated == invoiced.
     per_meter: dict[str, dict[str, Decimal]] = {}
-    keys = set(stats.ingested) | set(last_step) | {k for k, v in inv_qty.items() if v}
+    keys = set(stats.ingested) | set(rated_side) | {k for k, v in inv_qty.items() if v}
     for key in sorted(keys):
         sub_id, period, meter = key
         ingested = stats.ingested[key].quantity() if key in stats.ingested else ZERO
-        rated = last_step[key].cumulative_quantity if key in last_step else ZERO
+        summary = rated_side.get(key)
+        rated_q = summary.cumulative_quantity if summary else ZERO
         invoiced = inv_qty.get(key, ZERO)
         m = per_meter.setdefault(meter, {"ingested": ZERO, "rated": ZERO, "invoiced": ZERO})
         m["ingested"] += ingested
-        m["rated"] += rated
+        m["rated"] += rated_q
         m["invoiced"] += invoiced
         label = f"{sub_id} {period} {meter}"
-        if not ingested == rated == invoiced:
-            problems.append(f"{label}: ingested {ingested}, rated {rated}, invoiced {invoiced}")
-        if key in last_step:
-            step = last_step[key]
-            currency = step.currency
-            if delta_sum.get(key, ZERO) != step.cumulative_amount:
-                problems.append(f"{label}: window deltas sum to {delta_sum.get(key)}, "
-                                f"cumulative is {step.cumulative_amount}")
-            if round_money(step.cumulative_amount, currency) != inv_amt.get(key, ZERO):
-                problems.append(f"{label}: rated {step.cumulative_amount} rounds to "
-                                f"{round_money(step.cumulative_amount, currency)}, invoiced "
-                                f"{inv_amt.get(key, ZERO)}")
-        if (sub_id, period) not in billed and (ingested or rated):
+        if not ingested == rated_q == invoiced:
+            problems.append(f"{label}: ingested {ingested}, rated {rated_q}, "
+                            f"invoiced {invoiced}")
+        if summary is not None:
+            if summary.delta_sum != summary.cumulative_amount:
+                problems.append(f"{label}: window deltas sum to {summary.delta_sum}, "
+                                f"cumulative is {summary.cumulative_amount}")
+            rounded = round_money(summary.cumulative_amount, summary.currency)
+            if rounded != inv_amt.get(key, ZERO):
+                problems.append(f"{label}: rated {summary.cumulative_amount} rounds to "
+                                f"{rounded}, invoiced {inv_amt.get(key, ZERO)}")
+        if (sub_id, period) not in billed and (ingested or rated_q):
             problems.append(f"{label}: usage with no invoice candidate for the period")
     for meter in sorted(set(stats.contributions) | set(window_events)):
         if stats.contributions.get(meter, 0) != window_events.get(meter, 0):
@@ -175,5 +203,5 @@ def reconcile(catalog: Catalog, stats: StatsTotal, windows: Iterable[RatedWindow
             "totals_by_currency": {cur: {k: fmt(v) for k, v in t.items()}
                                    for cur, t in sorted(totals.items())},
         },
-        "rated_windows": len(final_rows),
+        "rated_windows": sum(r.windows for r in rated_side.values()),
     }

@@ -1,0 +1,1 @@
+"""Bytewax wiring: the dataflow, its sources, and the `meterwax` command."""

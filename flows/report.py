@@ -1,0 +1,88 @@
+"""What a finance or platform engineer wants to see after a run, as plain text."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from decimal import Decimal
+from typing import TextIO
+
+from flows.runner import RunResult
+from operators.money import ZERO, fmt
+
+
+def _table(rows: list[list[str]], out: TextIO, right: set[int] | None = None) -> None:
+    right = right or set()
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for n, row in enumerate(rows):
+        cells = [c.rjust(widths[i]) if i in right else c.ljust(widths[i])
+                 for i, c in enumerate(row)]
+        out.write("  " + "  ".join(cells).rstrip() + "\n")
+        if n == 0:
+            out.write("  " + "  ".join("-" * w for w in widths) + "\n")
+
+
+def print_run_summary(result: RunResult, out: TextIO, detailed: bool = True) -> None:
+    report = result.report
+    events = report["events"]
+    if detailed:
+        out.write("\nCharges per customer (invoice candidates + adjustments)\n")
+        per: dict[tuple[str, str, str], Decimal] = defaultdict(lambda: ZERO)
+        for c in result.candidates:
+            per[(c.customer_id, c.billing_period, c.currency)] += c.subtotal
+        rows = [["customer", "period", "currency", "amount"]]
+        rows += [[cust, period, cur, fmt(amount)] for (cust, period, cur), amount
+                 in sorted(per.items())]
+        _table(rows, out, right={3})
+
+        out.write("\nInvoice candidates\n")
+        rows = [["candidate", "customer", "service period", "lines", "subtotal", "status"]]
+        for c in result.candidates:
+            status = c.status if c.status == "ready" else "HELD: " + ", ".join(c.hold_reasons)
+            rows.append([
+                c.invoice_candidate_id, c.customer_id,
+                f"{c.period_start:%Y-%m-%d %H:%M} → {c.period_end:%Y-%m-%d %H:%M}",
+                str(len(c.lines)), f"{fmt(c.subtotal)} {c.currency}", status,
+            ])
+        _table(rows, out, right={3, 4})
+
+    out.write("\nEvents by bucket\n")
+    rows = [["bucket", "events"], ["rated", str(events["rated"])],
+            ["duplicate", str(events["duplicates"])], ["unmetered", str(events["unmetered"])]]
+    rows += [[f"exception {reason}", str(n)] for reason, n in events["exceptions"].items()]
+    rows += [["total", str(events["buckets_total"])], ["read", str(events["read"])]]
+    _table(rows, out, right={1})
+    if events["late_after_close"]:
+        out.write(f"  {events['late_after_close']} rated event(s) arrived after their period "
+                  f"closed: {report['invoiced']['adjustments']} adjustment candidate(s)\n")
+    if detailed and result.exceptions:
+        out.write("\nFirst exceptions\n")
+        seen: set[str] = set()
+        for e in result.exceptions:
+            if e.reason in seen:
+                continue
+            seen.add(e.reason)
+            where = e.position.get("line", e.position.get("offset"))
+            out.write(f"  line {where}: {e.reason}: {e.error}\n")
+
+    out.write("\nReconciliation (ingested = rated = invoiced, per subscription, period, meter)\n")
+    rows = [["meter", "ingested", "rated", "invoiced", "values", "in windows"]]
+    for meter, m in report["meters"].items():
+        rows.append([meter, m["ingested"], m["rated"], m["invoiced"],
+                     str(m["accepted_values"]), str(m["rated_window_events"])])
+    if len(rows) > 1:
+        _table(rows, out, right={1, 2, 3, 4, 5})
+    inv = report["invoiced"]
+    for cur, totals in inv["totals_by_currency"].items():
+        out.write(f"  invoiced {cur}: ready {totals['ready']}, held {totals['held']}\n")
+    out.write(f"  {inv['candidates']} candidates ({inv['ready']} ready, {inv['held']} held), "
+              f"{inv['adjustments']} adjustments, {report['rated_windows']} rated windows\n")
+    if report["balanced"]:
+        out.write("  VERDICT: BALANCED — every event is in exactly one bucket and every total "
+                  "agrees\n")
+    else:
+        out.write(f"  VERDICT: NOT BALANCED — {len(report['problems'])} problem(s):\n")
+        for p in report["problems"][:20]:
+            out.write(f"    - {p}\n")
+    run = report.get("run", {})
+    out.write(f"\nThroughput: {events['read']} events in {run.get('elapsed_seconds')} s = "
+              f"{run.get('events_per_second')} events/s with {run.get('workers')} worker(s)\n")
