@@ -74,8 +74,9 @@ def print_run_summary(result: RunResult, out: TextIO, detailed: bool = True) -> 
     inv = report["invoiced"]
     for cur, totals in inv["totals_by_currency"].items():
         out.write(f"  invoiced {cur}: ready {totals['ready']}, held {totals['held']}\n")
-    out.write(f"  {inv['candidates']} candidates ({inv['ready']} ready, {inv['held']} held), "
-              f"{inv['adjustments']} adjustments, {report['rated_windows']} rated windows\n")
+    out.write(f"  {inv['candidates']} invoice candidates + {inv['adjustments']} adjustments "
+              f"({inv['ready']} ready, {inv['held']} held), "
+              f"{report['rated_windows']} rated windows\n")
     if report["balanced"]:
         out.write("  VERDICT: BALANCED — every event is in exactly one bucket and every total "
                   "agrees\n")

@@ -77,6 +77,7 @@ class SubscriptionRater:
         self._aggregation = {c.meter: catalog.meters[c.meter].aggregation
                              for c in self.plan.charges}
         self._charges = {c.meter: c for c in self.plan.charges}
+        self._period_ends: dict[str, int] = {}
 
     def snapshot(self) -> RaterState:
         return copy.deepcopy(self.state)
@@ -90,17 +91,22 @@ class SubscriptionRater:
             if kind == USAGE:
                 self._usage(op, out)
             elif kind == TICK:
-                self._close_windows(int(op[1].timestamp()), out, set())
+                self._close_windows(op[1], out, set())
             elif kind == CLOSE:
-                self._close_periods(Month.parse(op[1]), Month.parse(op[2]),
-                                    int(op[3].timestamp()), out)
+                self._close_periods(Month.parse(op[1]), Month.parse(op[2]), op[3], out)
             else:
                 msg = f"unknown op {kind!r}"
                 raise ValueError(msg)
         return out
 
+    def _period_end(self, period: str) -> int:
+        end = self._period_ends.get(period)
+        if end is None:
+            end = self._period_ends[period] = int(Month.parse(period).end.timestamp())
+        return end
+
     def _usage(self, op: Op, out: list[Output]) -> None:
-        _, period, meter, window_start, value, at, seq, wm = op
+        _, period, meter, window_start, partial, events, wm = op
         state = self.state
         pstate = state.periods.get(period)
         if pstate is None:
@@ -108,17 +114,19 @@ class SubscriptionRater:
         key = (meter, window_start)
         win = pstate.windows.get(key)
         if win is None:
-            month_end = int(Month.parse(period).end.timestamp())
-            w_end = min(self._window_end(window_start), month_end)
+            w_end = min(self._window_end(window_start), self._period_end(period))
             win = pstate.windows[key] = Window(end=w_end)
         if win.open_agg is None:
-            win.open_agg = new_aggregate(self._aggregation[meter])
+            win.open_agg = partial.copy()
             heapq.heappush(state.heap, (win.end, period, meter, window_start))
-        win.open_agg.add(value, at, seq)
-        win.open_events += 1
-        touched: set[str] = set()
-        self._close_windows(int(wm.timestamp()), out, touched)
-        self._adjust(touched, out)
+        else:
+            win.open_agg.merge(partial)
+        win.open_events += events
+        if state.heap[0][0] <= wm:
+            touched: set[str] = set()
+            self._close_windows(wm, out, touched)
+            if touched:
+                self._adjust(touched, out)
 
     def _window_end(self, window_start: int) -> int:
         # A window cut by a month start begins off-boundary; it still ends at the next boundary.
