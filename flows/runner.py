@@ -65,7 +65,7 @@ RATED_SUMMARY_SQL = """
 SELECT subscription_id, period, meter, any(currency) AS currency,
        toString(argMax(cumulative_quantity, rating_seq)) AS cumulative_quantity,
        toString(argMax(cumulative_amount, rating_seq)) AS cumulative_amount,
-       toString(sum(amount_delta)) AS delta_sum,
+       toString(sum(toDecimal256(amount_delta, 18))) AS delta_sum,
        toUInt64(sum(event_count)) AS events,
        toUInt64(count()) AS windows
 FROM {db}.rated_windows FINAL
