@@ -70,8 +70,8 @@ class Max:
 
     def merge(self, other: Aggregate) -> None:
         assert isinstance(other, Max)
-        if other.best is not None:
-            self.add(other.best, datetime.min, 0)
+        if other.best is not None and (self.best is None or other.best > self.best):
+            self.best = other.best
 
     def quantity(self) -> Decimal:
         return ZERO if self.best is None else self.best

@@ -9,6 +9,7 @@ float before we ever saw its text, so an unquoted number there is refused, not c
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -186,7 +187,8 @@ class _Parser:
 
     # -- field readers: each returns None after recording a problem ---------------------------
 
-    def text(self, obj: Mapping[str, Any], key: str, path: str, required: bool = True) -> str | None:
+    def text(self, obj: Mapping[str, Any], key: str, path: str, required: bool = True
+             ) -> str | None:
         value = obj.get(key)
         if value is None:
             if required:
@@ -514,7 +516,7 @@ class _Parser:
                         and start and ident):
                     subs.append((swhere, Subscription(sid, ident, plan, start, end)))
             subs.sort(key=lambda pair: pair[1].start)
-            for (_, a), (bwhere, b) in zip(subs, subs[1:], strict=False):
+            for (_, a), (bwhere, b) in itertools.pairwise(subs):
                 if a.end is None or a.end > b.start:
                     self.err(bwhere, f"subscription {b.id!r} overlaps {a.id!r} of the same "
                                      "customer")

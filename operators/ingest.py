@@ -48,7 +48,7 @@ from schemas.records import (
 USAGE, TICK, CLOSE = 0, 1, 2
 _ONE = Decimal(1)
 
-Op = tuple[Any, ...]
+Op = tuple[Any, ...] | list[Any]  # USAGE ops are lists: pre-aggregation updates them in place
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,7 +297,8 @@ class Ingestor:
         ts = int(at.timestamp())
         period, p_start, p_end = self._month(at)
         closed = self._closed_key
-        if closed is not None and period <= closed:
+        late = closed is not None and period <= closed
+        if late:
             out.stats.late_after_close += 1
         elif closed is None and (state.bill_from is None or period < state.bill_from.key):
             state.bill_from = Month.parse(period)
@@ -330,6 +331,11 @@ class Ingestor:
             else:
                 usage[4].add(value, at, seq)
                 usage[5] += 1
+        if late and state.bill_from is not None and period < state.bill_from.key:
+            # A period before the first billed month was never closed for anyone, so no later
+            # close reaches it (a subscription that ended before bill_from gets none at all):
+            # close it for this subscription now, or its usage would never be invoiced.
+            ops.append((CLOSE, closed, state.bill_from.key, wm))
         if window_end > wm and state.pending.get(sub.id, 0) < window_end:  # type: ignore[operator]
             state.pending[sub.id] = window_end
             heapq.heappush(state.heap, (window_end, sub.id))

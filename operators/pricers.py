@@ -42,7 +42,8 @@ def volume(charge: Charge, q: Decimal) -> Decimal:
     for tier in charge.tiers:
         if tier.up_to is None or q <= tier.up_to:
             return q * tier.unit_price + tier.flat_price
-    raise AssertionError("catalog guarantees an open last tier")
+    msg = "catalog guarantees an open last tier"
+    raise AssertionError(msg)
 
 
 def package(charge: Charge, q: Decimal) -> Decimal:

@@ -290,17 +290,40 @@ def _datetime_text(value: datetime, field: str) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-def encode_row(row: RatedWindow) -> bytes:
-    """One JSONEachRow line (no newline): decimals as exact plain text, datetimes as UTC text."""
-    out: dict[str, Any] = {}
-    for field in COLUMNS:
+_DECIMAL_FIELDS = tuple(
+    f for f, t in zip(RatedWindow.__struct_fields__,
+                      msgspec.structs.fields(RatedWindow), strict=True)
+    if t.type is Decimal or t.type == "Decimal"
+)
+_DATETIME_FIELDS = tuple(
+    f for f, t in zip(RatedWindow.__struct_fields__,
+                      msgspec.structs.fields(RatedWindow), strict=True)
+    if t.type is datetime or t.type == "datetime"
+)
+# Decimals encode as JSON strings (exponent forms such as "1E+3" included, which ClickHouse
+# parses exactly); datetimes as RFC 3339 with "Z", read with date_time_input_format=best_effort.
+_ROW_ENCODER = msgspec.json.Encoder(decimal_format="string")
+
+
+def check_row(row: RatedWindow) -> None:
+    """Refuse what Decimal(38, 18) / DateTime64 would silently alter. The fast path costs one
+    `as_tuple` per decimal; the exact check runs only when that is inconclusive."""
+    for field in _DECIMAL_FIELDS:
         value = getattr(row, field)
-        if isinstance(value, Decimal):
-            value = _decimal_text(value, field)
-        elif isinstance(value, datetime):
-            value = _datetime_text(value, field)
-        out[field] = value
-    return _ENCODER.encode(out)
+        exponent = value.as_tuple().exponent
+        if (not isinstance(exponent, int) or exponent < -DECIMAL_SCALE
+                or value.adjusted() >= DECIMAL_INTEGER_DIGITS):
+            _decimal_text(value, field)
+    for field in _DATETIME_FIELDS:
+        value = getattr(row, field)
+        if value.tzinfo is None or value.utcoffset() is None:
+            _datetime_text(value, field)
+
+
+def encode_row(row: RatedWindow) -> bytes:
+    """One JSONEachRow line (no newline), after `check_row`."""
+    check_row(row)
+    return _ROW_ENCODER.encode(row)
 
 
 def encode_batch(rows: Sequence[RatedWindow]) -> bytes:
@@ -330,7 +353,8 @@ def insert_sql(database: str, token: str) -> str:
     columns = ", ".join(COLUMNS)
     return (
         f"INSERT INTO `{check_database(database)}`.{TABLE} ({columns}) "
-        f"SETTINGS insert_deduplication_token = '{token}', input_format_skip_unknown_fields = 0 "
+        f"SETTINGS insert_deduplication_token = '{token}', input_format_skip_unknown_fields = 0, "
+        "date_time_input_format = 'best_effort' "
         "FORMAT JSONEachRow"
     )
 

@@ -174,9 +174,9 @@ def test_plan_change_splits_the_month(expected: EngineResult) -> None:
     fee = {line.fee_id: str(line.amount) for line in starter.lines if line.kind == "fixed_fee"}
     # 14 of 31 days: 49.00 * 14/31 = 22.129... -> 22.13 ; 150.00 * 14/31 = 67.741... -> 67.74
     assert fee == {"base": "22.13", "onboarding": "67.74"}
-    growth_fee = [line for line in growth.lines if line.kind == "fixed_fee"][0]
+    growth_fee = next(line for line in growth.lines if line.kind == "fixed_fee")
     assert str(growth_fee.amount) == "274.19"  # 500 * 17/31 = 274.193...
-    seats = [line for line in starter.lines if line.meter == "seats"][0]
+    seats = next(line for line in starter.lines if line.meter == "seats")
     assert (str(seats.quantity), str(seats.amount)) == ("7", "84.00")
 
 

@@ -1,0 +1,247 @@
+"""Benchmark: the file-mode pipeline against a floor measured in the same run.
+
+    .venv/bin/python bench/bench_run.py --size 1000000 [--workers 2] [--repeat 3]
+
+Generates a dirty workload (flows/workload.py) into a temporary file, then times, best of R:
+
+  floor     read the file line by line and decode every line with schemas.events.EVENT_DECODER
+            (decode errors caught): the least any pipeline must do per event;
+  engine    operators.engine.run_engine over the same file, in-process: the domain logic alone,
+            no Bytewax, no sinks;
+  pipeline  `meterwax run --catalog ... --events FILE --out DIR [--workers W]` as a subprocess:
+            wall clock, so process start-up, Bytewax and the sinks are included.
+
+Prints a table (rates in events/s and as a percentage of the floor) and, last, one JSON line with
+every figure, for scripts to collect. A benchmark, not a test: nothing here asserts a speed.
+Exit status: 0, or 1 when the pipeline command could not run or failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a plain script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+import msgspec  # noqa: E402
+
+from flows.workload import compose, write_workload  # noqa: E402
+from operators.catalog import load_catalog  # noqa: E402
+from operators.engine import run_engine  # noqa: E402
+from operators.ingest import IngestConfig  # noqa: E402
+from schemas.events import EVENT_DECODER  # noqa: E402
+
+DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
+
+
+def floor_pass(path: Path) -> int:
+    """Read and decode every line; returns how many decoded into an event."""
+    decode = EVENT_DECODER.decode
+    ok = 0
+    with open(path, "rb") as fh:
+        for line in fh:
+            try:
+                decode(line)
+            except DECODE_ERRORS:
+                continue
+            ok += 1
+    return ok
+
+
+def _lines(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as fh:
+        for line in fh:
+            yield line.rstrip(b"\n")
+
+
+def engine_pass(path: Path, catalog_path: Path) -> dict[str, Any]:
+    catalog = load_catalog(str(catalog_path))
+    result = run_engine(catalog, _lines(path), IngestConfig())
+    return {"rated": result.stats.rated, "windows": len(result.windows),
+            "candidates": len(result.candidates)}
+
+
+def default_meterwax() -> list[str]:
+    for candidate in (ROOT / ".venv" / "bin" / "meterwax",
+                      Path(sys.executable).parent / "meterwax"):
+        if candidate.exists():
+            return [str(candidate)]
+    found = shutil.which("meterwax")
+    if found:
+        return [found]
+    return [sys.executable, "-m", "flows.cli"]
+
+
+class PipelineFailed(Exception):
+    pass
+
+
+def pipeline_pass(cmd_base: list[str], path: Path, catalog_path: Path, out_dir: Path,
+                  workers: int | None, timeout: float | None) -> dict[str, Any]:
+    cmd = [*cmd_base, "run", "--catalog", str(catalog_path), "--events", str(path),
+           "--out", str(out_dir)]
+    if workers is not None:
+        cmd += ["--workers", str(workers)]
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, timeout=timeout, check=False)
+    except FileNotFoundError as exc:
+        msg = (f"the pipeline command is not available: {shlex.join(cmd)}\n  ({exc}); install "
+               f"meterwax into .venv (scripts/bootstrap.sh) or pass --meterwax")
+        raise PipelineFailed(msg) from exc
+    except subprocess.TimeoutExpired as exc:
+        msg = f"the pipeline command timed out after {timeout}s: {shlex.join(cmd)}"
+        raise PipelineFailed(msg) from exc
+    # 0: balanced; 1: finished, but reconciliation found a difference (still a complete run,
+    # provided it wrote its outputs: an exit status of 1 without them is a failure).
+    wrote = out_dir.is_dir() and any(out_dir.iterdir())
+    if proc.returncode not in (0, 1) or (proc.returncode == 1 and not wrote):
+        tail = (proc.stderr or proc.stdout).decode("utf-8", "replace").strip().splitlines()[-15:]
+        msg = (f"the pipeline command failed with exit status {proc.returncode}:\n  "
+               f"{shlex.join(cmd)}\n" + "\n".join(f"  | {line}" for line in tail))
+        raise PipelineFailed(msg)
+    return {"exit_status": proc.returncode, "balanced": proc.returncode == 0,
+            "stdout_tail": proc.stdout.decode("utf-8", "replace").strip().splitlines()[-3:]}
+
+
+def best_of(repeat: int, run: Callable[[int], Any]) -> tuple[float, list[float], Any]:
+    times: list[float] = []
+    info: Any = None
+    for i in range(repeat):
+        t0 = time.perf_counter()
+        info = run(i)
+        times.append(time.perf_counter() - t0)
+    return min(times), times, info
+
+
+def _rate(n: int, seconds: float | None) -> float | None:
+    return n / seconds if seconds else None
+
+
+def _fmt_rate(rate: float | None) -> str:
+    return f"{rate:>13,.0f}" if rate is not None else f"{'-':>13}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", type=int, default=200_000, help="events to generate")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="Bytewax workers for the pipeline (default: the command's own)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each measure; best is kept")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--catalog", type=Path, default=ROOT / "catalog" / "example.yaml")
+    ap.add_argument("--meterwax", default=None,
+                    help="the meterwax command (default: .venv/bin/meterwax of this repo)")
+    ap.add_argument("--timeout", type=float, default=None, help="seconds per pipeline run")
+    ap.add_argument("--skip-engine", action="store_true",
+                    help="skip the in-process engine (it keeps every output in memory)")
+    ap.add_argument("--skip-pipeline", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the events file and outputs")
+    args = ap.parse_args(argv)
+    if args.size <= 0 or args.repeat <= 0:
+        ap.error("--size and --repeat must be positive")
+    if args.workers is not None and args.workers <= 0:
+        ap.error("--workers must be positive")
+    catalog_path: Path = args.catalog.resolve()
+    catalog = load_catalog(str(catalog_path))
+    cmd_base = shlex.split(args.meterwax) if args.meterwax else default_meterwax()
+
+    tmp = Path(tempfile.mkdtemp(prefix="meterwax-bench-"))
+    events = tmp / "events.jsonl"
+    figures: dict[str, Any] = {"bench": "bench_run", "size": args.size, "seed": args.seed,
+                               "workers": args.workers, "repeat": args.repeat}
+    status = 0
+    try:
+        comp = compose(catalog, args.size, args.seed)
+        t0 = time.perf_counter()
+        n = write_workload(events, catalog, args.size, args.seed)
+        gen_s = time.perf_counter() - t0
+        size_mb = events.stat().st_size / 1e6
+        print(f"workload: {n:,} lines, {size_mb:,.1f} MB in {events}")
+        print(f"  {comp.summary()}")
+        figures.update(lines=n, file_mb=round(size_mb, 1), generate_s=round(gen_s, 3),
+                       generate_lines_per_s=round(n / gen_s))
+
+        floor_s, floor_runs, decoded = best_of(args.repeat, lambda _: floor_pass(events))
+        figures.update(floor_s=round(floor_s, 3), floor_runs_s=[round(t, 3) for t in floor_runs],
+                       floor_events_per_s=round(n / floor_s), floor_decoded=decoded)
+
+        engine_s: float | None = None
+        if not args.skip_engine:
+            engine_s, engine_runs, engine_info = best_of(
+                args.repeat, lambda _: engine_pass(events, catalog_path))
+            figures.update(engine_s=round(engine_s, 3),
+                           engine_runs_s=[round(t, 3) for t in engine_runs],
+                           engine_events_per_s=round(n / engine_s), engine=engine_info)
+
+        pipeline_s: float | None = None
+        if not args.skip_pipeline:
+            try:
+                pipeline_s, pipe_runs, pipe_info = best_of(
+                    args.repeat, lambda i: pipeline_pass(cmd_base, events, catalog_path,
+                                                         tmp / f"out-{i}", args.workers,
+                                                         args.timeout))
+                figures.update(pipeline_s=round(pipeline_s, 3),
+                               pipeline_runs_s=[round(t, 3) for t in pipe_runs],
+                               pipeline_events_per_s=round(n / pipeline_s),
+                               pipeline_exit_status=pipe_info["exit_status"],
+                               pipeline_status="ok" if pipe_info["balanced"] else "unbalanced")
+                if not pipe_info["balanced"]:
+                    print("note: the pipeline finished but its reconciliation reported a "
+                          "difference (exit status 1)")
+            except PipelineFailed as exc:
+                print(f"PIPELINE NOT MEASURED: {exc}", file=sys.stderr)
+                figures["pipeline_status"] = "failed"
+                figures["pipeline_error"] = str(exc).splitlines()[0]
+                status = 1
+
+        floor_rate = n / floor_s
+        engine_rate = _rate(n, engine_s)
+        pipe_rate = _rate(n, pipeline_s)
+        figures["engine_vs_floor_pct"] = (round(100 * engine_rate / floor_rate, 2)
+                                          if engine_rate else None)
+        figures["pipeline_vs_floor_pct"] = (round(100 * pipe_rate / floor_rate, 2)
+                                            if pipe_rate else None)
+
+        workers = args.workers if args.workers is not None else "default"
+        print()
+        print(f"meterwax bench: {n:,} events, seed {args.seed}, workers {workers}, "
+              f"best of {args.repeat}, {os.cpu_count()} CPUs")
+        print(f"  {'measure':<32}{'events/s':>13}{'seconds':>10}{'% of floor':>12}")
+        rows: list[tuple[str, float | None, float | None]] = [
+            ("generate (write_workload)", n / gen_s, gen_s),
+            ("floor (read + EVENT_DECODER)", floor_rate, floor_s),
+            ("engine (run_engine, in-process)", engine_rate, engine_s),
+            ("pipeline (meterwax run)", pipe_rate, pipeline_s),
+        ]
+        for name, rate, secs in rows:
+            pct = (f"{100 * rate / floor_rate:>11.1f}%"
+                   if rate is not None and name.startswith(("engine", "pipeline", "floor"))
+                   else f"{'':>12}")
+            secs_txt = f"{secs:>10.2f}" if secs is not None else f"{'-':>10}"
+            print(f"  {name:<32}{_fmt_rate(rate)}{secs_txt}{pct}")
+        if pipe_rate is not None:
+            print(f"  pipeline / floor: {100 * pipe_rate / floor_rate:.1f}% "
+                  "(wall clock, process start-up included)")
+        print(json.dumps(figures, sort_keys=True))
+    finally:
+        if args.keep:
+            print(f"kept: {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
