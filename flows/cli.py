@@ -3,6 +3,7 @@
     meterwax run  --catalog FILE --events FILE|- --out DIR [--window 1m] [--allowed-lateness 1h]
     meterwax demo [--size N] [--out DIR]
     meterwax check-catalog FILE
+    meterwax sql --out DIR "SELECT ..."      query the embedded ClickHouse store of a run
 
 Exit codes: 0 everything balanced; 1 the run finished but reconciliation found a difference;
 2 bad usage or a bad catalog (nothing was written).
@@ -59,17 +60,38 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-catalog", help="validate a catalog and list every problem")
     check.add_argument("catalog")
+
+    sql = sub.add_parser("sql", help="run ClickHouse SQL on a run's embedded store")
+    sql.add_argument("--out", required=True, help="the output folder of a run or demo")
+    sql.add_argument("query", help="SQL; the table is meterwax.rated_windows "
+                                   "(meterwax.rated_windows_final: one row per window)")
     return parser
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        msg = f"must be at least 1, got {value}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _window(text: str) -> timedelta:
+    value = parse_duration(text)
+    if value <= timedelta(0):
+        msg = "the window must be longer than zero"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--window", type=parse_duration, default=timedelta(minutes=1),
+    p.add_argument("--window", type=_window, default=timedelta(minutes=1),
                    help="tumbling event-time window (default 1m)")
     p.add_argument("--allowed-lateness", type=parse_duration, default=timedelta(hours=1),
                    help="how long after a month ends its period stays open (default 1h)")
     p.add_argument("--bill-from", type=_month, default=None,
                    help="first month to bill (default: the month of the earliest rated event)")
-    p.add_argument("-w", "--workers", type=int, default=1, help="Bytewax worker threads")
+    p.add_argument("-w", "--workers", type=_positive, default=1, help="Bytewax worker threads")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{len(catalog.customers)} customers, "
                   f"{len(catalog.subscriptions)} subscriptions")
             return 0
+        if args.command == "sql":
+            return _sql(args.out, args.query)
         if args.command == "run":
             from flows.report import print_run_summary
             from flows.runner import RunOptions, run_file
@@ -98,9 +122,32 @@ def main(argv: list[str] | None = None) -> int:
     except CatalogError as exc:
         print(f"meterwax: {exc}", file=sys.stderr)
         return 2
-    except ValueError as exc:
+
+
+def _sql(out_dir: str, query: str) -> int:
+    from pathlib import Path
+
+    from sinks.clickhouse import ChdbStore, ClickHouseStoreError
+
+    store_path = Path(out_dir) / "clickhouse"
+    if not store_path.is_dir():
+        print(f"meterwax: no embedded store at {store_path} (run `meterwax run` first)",
+              file=sys.stderr)
+        return 2
+    try:
+        with ChdbStore(str(store_path)) as store:
+            rows = store.query(query)
+    except ClickHouseStoreError as exc:
         print(f"meterwax: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:  # chdb reports SQL errors as RuntimeError
+        print(f"meterwax: query failed: {exc}", file=sys.stderr)
+        return 2
+    if rows:
+        print("\t".join(rows[0]))
+        for row in rows:
+            print("\t".join(str(v) for v in row.values()))
+    return 0
 
 
 if __name__ == "__main__":

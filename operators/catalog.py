@@ -176,6 +176,10 @@ def parse_catalog(doc: Any) -> Catalog:
     return _Parser().parse(doc)
 
 
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 class _Parser:
     """Collects every problem instead of stopping at the first."""
 
@@ -295,6 +299,13 @@ class _Parser:
         for key in doc:
             if key not in ("legal_entities", "meters", "plans", "customers"):
                 self.err(str(key), "unknown section")
+        # Ids declared in each section, valid or not: a reference to a declared-but-broken
+        # definition is not reported again as "unknown" (one problem, one message).
+        self.declared = {
+            section: {item["id"] for item in _as_list(doc.get(section))
+                      if isinstance(item, dict) and isinstance(item.get("id"), str)}
+            for section in ("legal_entities", "meters", "plans")
+        }
         entities = self.legal_entities(doc)
         meters = self.meters(doc)
         plans = self.plans(doc, meters)
@@ -405,7 +416,7 @@ class _Parser:
     def charge(self, raw: Mapping[str, Any], where: str, meters: Mapping[str, Meter]
                ) -> Charge | None:
         meter = self.text(raw, "meter", where)
-        if meter is not None and meter not in meters:
+        if meter is not None and meter not in self.declared["meters"]:
             self.err(f"{where}.meter", f"unknown meter {meter!r}")
             meter = None
         model = self.text(raw, "model", where)
@@ -473,7 +484,7 @@ class _Parser:
         for where, item in self.items(doc, "customers", ""):
             ident = self.text(item, "id", where)
             entity = self.text(item, "legal_entity", where)
-            if entity is not None and entity not in entities:
+            if entity is not None and entity not in self.declared["legal_entities"]:
                 self.err(f"{where}.legal_entity", f"unknown legal entity {entity!r}")
             subjects: list[str] = []
             raw_subjects = item.get("subjects")
@@ -504,7 +515,7 @@ class _Parser:
             for swhere, sub in self.items(item, "subscriptions", where):
                 sid = self.text(sub, "id", swhere)
                 plan = self.text(sub, "plan", swhere)
-                if plan is not None and plan not in plans:
+                if plan is not None and plan not in self.declared["plans"]:
                     self.err(f"{swhere}.plan", f"unknown plan {plan!r}")
                     plan = None
                 start = self.instant(sub, "start", swhere)
