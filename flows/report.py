@@ -8,6 +8,7 @@ from typing import TextIO
 
 from flows.runner import RunResult
 from operators.money import ZERO, fmt
+from schemas.records import InvoiceCandidate
 
 
 def _table(rows: list[list[str]], out: TextIO, right: set[int] | None = None) -> None:
@@ -34,16 +35,26 @@ def print_run_summary(result: RunResult, out: TextIO, detailed: bool = True) -> 
                  in sorted(per.items())]
         _table(rows, out, right={3})
 
-        out.write("\nInvoice candidates\n")
-        rows = [["candidate", "customer", "service period", "lines", "subtotal", "status"]]
+        out.write("\nInvoice candidates (adjustments from late usage folded into their original)\n")
+        adjustments: dict[str, list[InvoiceCandidate]] = defaultdict(list)
         for c in result.candidates:
+            if c.adjusts:
+                adjustments[c.adjusts].append(c)
+        rows = [["candidate", "customer", "service period", "lines", "subtotal", "adj",
+                 "adjusted", "status"]]
+        for c in result.candidates:
+            if c.adjusts:
+                continue
+            adj = adjustments.get(c.invoice_candidate_id, [])
+            total = c.subtotal + sum((a.subtotal for a in adj), ZERO)
             status = c.status if c.status == "ready" else "HELD: " + ", ".join(c.hold_reasons)
             rows.append([
                 c.invoice_candidate_id, c.customer_id,
                 f"{c.period_start:%Y-%m-%d %H:%M} → {c.period_end:%Y-%m-%d %H:%M}",
-                str(len(c.lines)), f"{fmt(c.subtotal)} {c.currency}", status,
+                str(len(c.lines)), f"{fmt(c.subtotal)} {c.currency}", str(len(adj)),
+                f"{fmt(total)} {c.currency}" if adj else "", status,
             ])
-        _table(rows, out, right={3, 4})
+        _table(rows, out, right={3, 4, 5, 6})
 
     out.write("\nEvents by bucket\n")
     rows = [["bucket", "events"], ["rated", str(events["rated"])],
