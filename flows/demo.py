@@ -25,25 +25,27 @@ def example_catalog_path() -> str:
     return str(Path(__file__).with_name("example_catalog.yaml"))
 
 
+def _progress_line(progress: Progress, started: float) -> str:
+    frac = min(1.0, progress.read_bytes / (progress.total_bytes or 1))
+    elapsed = time.perf_counter() - started
+    rate = progress.lines / elapsed if elapsed > 0 else 0
+    bar = "#" * int(frac * 30)
+    return (f"  rating [{bar:<30}] {frac:6.1%}  {progress.lines:>10,} events  "
+            f"{rate:>9,.0f} ev/s")
+
+
 def _progress_loop(progress: Progress, stop: threading.Event, started: list[float]) -> None:
+    """Redraws one line on a terminal; prints a line every 2 s into a log."""
     tty = sys.stderr.isatty()
-    last = ""
-    while not stop.wait(0.5 if tty else 5.0):
-        if not started:
-            continue
-        total = progress.total_bytes or 1
-        frac = min(1.0, progress.read_bytes / total)
-        elapsed = time.perf_counter() - started[0]
-        rate = progress.lines / elapsed if elapsed > 0 else 0
-        bar = "#" * int(frac * 30)
-        line = (f"  rating [{bar:<30}] {frac:6.1%}  {progress.lines:>10,} events  "
-                f"{rate:>9,.0f} ev/s")
-        if line != last:
-            sys.stderr.write(("\r" if tty else "") + line + ("" if tty else "\n"))
+    while not stop.wait(0.25 if tty else 2.0):
+        if started:
+            line = _progress_line(progress, started[0])
+            sys.stderr.write(f"\r{line}" if tty else f"{line}\n")
             sys.stderr.flush()
-            last = line
-    if tty:
-        sys.stderr.write("\r" + " " * 90 + "\r")
+    if started:
+        line = _progress_line(progress, started[0])
+        sys.stderr.write(f"\r{line}\n" if tty else f"{line}\n")
+        sys.stderr.flush()
 
 
 def run_demo(args: argparse.Namespace) -> int:
