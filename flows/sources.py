@@ -51,13 +51,10 @@ class _FilePartition(StatefulSourcePartition[Chunk, FilePosition]):
             if self.progress is not None:
                 self.progress.done = True
             raise StopIteration
-        number = self.position.line
-        chunk = []
-        size = 0
-        for raw in lines:
-            size += len(raw)
-            chunk.append((number, raw.rstrip(b"\r\n")))
-            number += 1
+        first = self.position.line
+        chunk = [(number, raw.rstrip(b"\r\n")) for number, raw in enumerate(lines, first)]
+        size = sum(map(len, lines))
+        number = first + len(lines)
         self.position = FilePosition(self.position.offset + size, number)
         if self.progress is not None:
             self.progress.read_bytes += size

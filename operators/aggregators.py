@@ -3,14 +3,22 @@
 An aggregator folds accepted usage values into a period quantity. `merge` combines two partial
 aggregates of the same meter (a window into its period, or batches in reconciliation), which is
 what lets windows be aggregated on their own and still give the exact period quantity.
+
+Aggregates are msgspec structs with `gc=False`: a rater keeps one or two per window for the whole
+run, and as ordinary objects they made up most of what the cyclic garbage collector re-scanned on
+every full collection (about a quarter of the run time). They hold only numbers, datetimes and
+strings (a set of strings for unique_count), so they can never be part of a reference cycle, which
+is the condition for opting out. They also pickle (snapshots) in C, without a Python-level
+`__getstate__`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Protocol
+
+import msgspec
 
 from operators.money import ZERO
 
@@ -22,8 +30,7 @@ class Aggregate(Protocol):
     def copy(self) -> Aggregate: ...
 
 
-@dataclass(slots=True)
-class Count:
+class Count(msgspec.Struct, gc=False):
     n: int = 0
 
     def add(self, value: Decimal | str, at: datetime, seq: int) -> None:
@@ -40,8 +47,7 @@ class Count:
         return Count(self.n)
 
 
-@dataclass(slots=True)
-class Sum:
+class Sum(msgspec.Struct, gc=False):
     total: Decimal = ZERO
 
     def add(self, value: Decimal | str, at: datetime, seq: int) -> None:
@@ -59,8 +65,7 @@ class Sum:
         return Sum(self.total)
 
 
-@dataclass(slots=True)
-class Max:
+class Max(msgspec.Struct, gc=False):
     best: Decimal | None = None
 
     def add(self, value: Decimal | str, at: datetime, seq: int) -> None:
@@ -80,9 +85,8 @@ class Max:
         return Max(self.best)
 
 
-@dataclass(slots=True)
-class UniqueCount:
-    seen: set[str] = field(default_factory=set)
+class UniqueCount(msgspec.Struct, gc=False):
+    seen: set[str] = msgspec.field(default_factory=set)
 
     def add(self, value: Decimal | str, at: datetime, seq: int) -> None:
         assert isinstance(value, str)
@@ -99,8 +103,7 @@ class UniqueCount:
         return UniqueCount(set(self.seen))
 
 
-@dataclass(slots=True)
-class Latest:
+class Latest(msgspec.Struct, gc=False):
     """Value of the event with the greatest time; equal times go to the later input position."""
 
     at: datetime | None = None

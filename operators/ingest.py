@@ -30,8 +30,8 @@ from typing import Any
 import msgspec
 
 from operators.aggregators import Aggregate, new_aggregate
-from operators.catalog import Catalog, Meter, Subscription
-from operators.dedup import DedupStore
+from operators.catalog import Catalog, Customer, Meter, Subscription
+from operators.dedup import DedupStore, Origin
 from operators.periods import Month
 from operators.values import InvalidValue, distinct_key, quantity
 from schemas.events import EVENT_DECODER, CloudEvent
@@ -122,9 +122,17 @@ class Ingestor:
         self._window_s = int(config.window.total_seconds())
         self._month_cache: dict[tuple[int, int], tuple[str, int, int]] = {}
         self._routes: dict[tuple[str, str], tuple[Meter, ...]] = {}
+        # customer id -> the subscription its previous event fell in. A customer's events come
+        # mostly in time order, so the next one nearly always falls in the same subscription, and
+        # since subscriptions never overlap, "still active" settles it without the bisect.
+        self._last_sub: dict[str, Subscription] = {}
         self._open_ops: dict[tuple[str, str, str, int], list[Any]] = {}
         self._next_close = -1  # watermark (s) below which no period can close; -1: unknown
+        # Period keys ("YYYY-MM") of closed_through and bill_from, compared with every accepted
+        # event's period: kept as text rather than rebuilt from the Months per event, and updated
+        # where the state changes (`_close` sets closed_through, `_accept` bill_from).
         self._closed_key = self.state.closed_through.key if self.state.closed_through else None
+        self._bill_from_key = self.state.bill_from.key if self.state.bill_from else None
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -171,14 +179,17 @@ class Ingestor:
         if batch:
             stats.first_position = batch[0][0]
             stats.last_position = batch[-1][0]
+        decode = EVENT_DECODER.decode
+        source_name, partition = self.source_name, self.partition
         decoded: list[tuple[int, bytes, CloudEvent]] = []
+        claims: list[tuple[str, Origin]] = []  # (identity, origin) of each decoded event
+        blank = 0
         for position, raw in batch:
-            if not raw.strip():
-                stats.blank += 1
+            if not raw or raw.isspace():  # `not raw.strip()`, without copying every line
+                blank += 1
                 continue
-            stats.read += 1
             try:
-                event = EVENT_DECODER.decode(raw)
+                event = decode(raw)
             except msgspec.ValidationError as exc:
                 # msgspec validates while it parses, so a schema error early in a line can hide
                 # malformed JSON after it: only well-formed JSON is an INVALID_EVENT.
@@ -203,17 +214,20 @@ class Ingestor:
                                 event)
                 continue
             decoded.append((position, raw, event))
+            source = event.source
+            claims.append((f"{len(source)}:{source}{event.id}", (source_name, partition, position)))
+        stats.blank += blank
+        stats.read += len(batch) - blank
 
-        origin_base = (self.source_name, self.partition)
-        firsts = self.dedup.claim([
-            (f"{len(ev.source)}:{ev.source}{ev.id}", (*origin_base, pos))
-            for pos, _, ev in decoded
-        ])
+        firsts = self.dedup.claim(claims)
+        classify = self._classify
+        duplicates = 0
         for (position, raw, event), first in zip(decoded, firsts, strict=True):
-            if not first:
-                stats.duplicates += 1
-                continue
-            self._classify(out, position, raw, event)
+            if first:
+                classify(out, position, raw, event)
+            else:
+                duplicates += 1
+        stats.duplicates += duplicates
         self._tally(out)
         return out
 
@@ -245,11 +259,22 @@ class Ingestor:
             self._routes[key] = hit
         return hit
 
+    def _subscription_at(self, customer: Customer, at: datetime) -> Subscription | None:
+        """`Catalog.subscription_at`, asking first whether the customer's previous subscription
+        is still the active one (see `_last_sub`)."""
+        sub = self._last_sub.get(customer.id)
+        if sub is not None and sub.active_at(at):
+            return sub
+        sub = self.catalog.subscription_at(customer, at)
+        if sub is not None:
+            self._last_sub[customer.id] = sub
+        return sub
+
     def _classify(self, out: IngestOutput, position: int, raw: bytes, event: CloudEvent) -> None:
         catalog = self.catalog
-        stats = out.stats
-        if event.type not in catalog.meters_by_event_type:
-            stats.unmetered += 1
+        event_type = event.type
+        if event_type not in catalog.meters_by_event_type:
+            out.stats.unmetered += 1
             return
         customer = catalog.customer_by_subject.get(event.subject)
         if customer is None:
@@ -260,14 +285,17 @@ class Ingestor:
         at = event.time
         if at.tzinfo is not UTC:
             at = at.astimezone(UTC)
-        sub = catalog.subscription_at(customer, at)
+        sub = self._subscription_at(customer, at)
         if sub is None:
             self._exception(out, position, raw, NO_ACTIVE_SUBSCRIPTION,
                             f"customer {customer.id!r} has no subscription active at "
                             f"{at.isoformat()}", event)
             return
-        meters = self._route(sub.plan_id, event.type)
+        meters = self._routes.get((sub.plan_id, event_type))
+        if meters is None:
+            meters = self._route(sub.plan_id, event_type)
         if not meters:
+            stats = out.stats
             # A metered type, but the subscription's plan prices none of its meters.
             stats.unmetered += 1
             stats.unmetered_not_in_plan += 1
@@ -293,35 +321,41 @@ class Ingestor:
     def _accept(self, out: IngestOutput, sub: Subscription, at: datetime, seq: int,
                 values: list[tuple[Meter, Decimal | str]]) -> None:
         state = self.state
-        out.stats.rated += 1
+        stats = out.stats
+        stats.rated += 1
         ts = int(at.timestamp())
         period, p_start, p_end = self._month(at)
         closed = self._closed_key
+        bill_from = self._bill_from_key
         late = closed is not None and period <= closed
         if late:
-            out.stats.late_after_close += 1
-        elif closed is None and (state.bill_from is None or period < state.bill_from.key):
+            stats.late_after_close += 1
+        elif closed is None and (bill_from is None or period < bill_from):
             state.bill_from = Month.parse(period)
+            bill_from = self._bill_from_key = period
             self._next_close = -1
         wm = state.watermark
         advanced = wm is None or ts > wm
         if advanced:
             wm = state.watermark = ts
+        assert wm is not None  # it is ts, or an earlier event's
 
         w = self._window_s
         aligned = ts - ts % w
         window_start = max(aligned, p_start)
         window_end = min(aligned + w, p_end)
-        ops = out.ops.get(sub.id)
+        sub_id = sub.id
+        ops = out.ops.get(sub_id)
         if ops is None:
-            ops = out.ops[sub.id] = []
+            ops = out.ops[sub_id] = []
         open_ops = self._open_ops
+        # Pre-aggregate: a contribution joins this chunk's op for the same window while the
+        # watermark has not reached the window's end. The rater cannot close that window in
+        # between, so the merged op rates exactly as the separate contributions would.
+        window_open = window_end > wm
         for meter, value in values:
-            # Pre-aggregate: a contribution joins this chunk's op for the same window while the
-            # watermark has not reached the window's end. The rater cannot close that window in
-            # between, so the merged op rates exactly as the separate contributions would.
-            key = (sub.id, period, meter.id, window_start)
-            usage = open_ops.get(key) if window_end > wm else None  # type: ignore[operator]
+            key = (sub_id, period, meter.id, window_start)
+            usage = open_ops.get(key) if window_open else None
             if usage is None:
                 agg = new_aggregate(meter.aggregation)
                 agg.add(value, at, seq)
@@ -331,15 +365,19 @@ class Ingestor:
             else:
                 usage[4].add(value, at, seq)
                 usage[5] += 1
-        if late and state.bill_from is not None and period < state.bill_from.key:
+        if late and bill_from is not None and period < bill_from:
             # A period before the first billed month was never closed for anyone, so no later
             # close reaches it (a subscription that ended before bill_from gets none at all):
             # close it for this subscription now, or its usage would never be invoiced.
-            ops.append((CLOSE, closed, state.bill_from.key, wm))
-        if window_end > wm and state.pending.get(sub.id, 0) < window_end:  # type: ignore[operator]
-            state.pending[sub.id] = window_end
-            heapq.heappush(state.heap, (window_end, sub.id))
-        if advanced:
+            ops.append((CLOSE, closed, bill_from, wm))
+        if window_open:
+            pending = state.pending
+            if pending.get(sub_id, 0) < window_end:
+                pending[sub_id] = window_end
+                heapq.heappush(state.heap, (window_end, sub_id))
+        # Most events move the watermark; only call `_advance` when that can tick a window or
+        # close a period (its own two early exits, tested here to save a call per event).
+        if advanced and ((state.heap and state.heap[0][0] <= ts) or ts > self._next_close):
             self._advance(out, ts)
 
     def _advance(self, out: IngestOutput, wm: int) -> None:
@@ -351,7 +389,10 @@ class Ingestor:
             end, sub_id = heapq.heappop(heap)
             if state.pending.get(sub_id) == end:
                 del state.pending[sub_id]
-                out.ops.setdefault(sub_id, []).append((TICK, wm))
+                ops = out.ops.get(sub_id)
+                if ops is None:
+                    ops = out.ops[sub_id] = []
+                ops.append((TICK, wm))
         if wm <= self._next_close:
             return
         first = state.closed_through.next() if state.closed_through else state.bill_from

@@ -19,10 +19,13 @@ input order), so outputs are identical however the runtime batches or distribute
 from __future__ import annotations
 
 import copy
+import functools
 import heapq
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+
+import msgspec
 
 from operators.aggregators import Aggregate, new_aggregate
 from operators.catalog import Catalog, Subscription
@@ -30,14 +33,23 @@ from operators.ingest import CLOSE, TICK, USAGE, Op
 from operators.invoicing import LineValue, candidate, diff_lines, period_lines
 from operators.money import ZERO
 from operators.periods import Month, months_between
-from operators.pricers import price
+from operators.pricers import PRICERS
 from schemas.records import InvoiceCandidate, RatedWindow
 
 Output = RatedWindow | InvoiceCandidate
 
 
-@dataclass
-class Window:
+@functools.lru_cache(maxsize=4096)
+def _utc(ts: int) -> datetime:
+    """Window bounds as datetimes. Every subscription's windows share the same boundaries, and a
+    window's end is the next one's start, so nearly every conversion is a cache hit."""
+    return datetime.fromtimestamp(ts, UTC)
+
+
+class Window(msgspec.Struct, gc=False):
+    # A struct outside the cyclic GC, like the aggregates it holds (see operators/aggregators.py):
+    # a rater keeps one per window for the whole run, so as plain objects they dominated what
+    # every full collection re-scanned. It references only numbers and aggregates: no cycles.
     end: int
     open_agg: Aggregate | None = None  # contributions not yet rated
     open_events: int = 0
@@ -77,6 +89,8 @@ class SubscriptionRater:
         self._aggregation = {c.meter: catalog.meters[c.meter].aggregation
                              for c in self.plan.charges}
         self._charges = {c.meter: c for c in self.plan.charges}
+        # The pricer of each meter's charge, looked up once rather than per rated window.
+        self._pricers = {c.meter: PRICERS[c.model] for c in self.plan.charges}
         self._period_ends: dict[str, int] = {}
 
     def snapshot(self) -> RaterState:
@@ -114,7 +128,10 @@ class SubscriptionRater:
         key = (meter, window_start)
         win = pstate.windows.get(key)
         if win is None:
-            w_end = min(self._window_end(window_start), self._period_end(period))
+            # A window cut by a month start begins off-boundary; it still ends at the next
+            # boundary, or at the period's end.
+            w = self.window_seconds
+            w_end = min(window_start - window_start % w + w, self._period_end(period))
             win = pstate.windows[key] = Window(end=w_end)
         if win.open_agg is None:
             win.open_agg = partial.copy()
@@ -127,10 +144,6 @@ class SubscriptionRater:
             self._close_windows(wm, out, touched)
             if touched:
                 self._adjust(touched, out)
-
-    def _window_end(self, window_start: int) -> int:
-        # A window cut by a month start begins off-boundary; it still ends at the next boundary.
-        return window_start - window_start % self.window_seconds + self.window_seconds
 
     def _close_windows(self, wm_ts: int, out: list[Output], touched: set[str]) -> None:
         heap = self.state.heap
@@ -156,7 +169,7 @@ class SubscriptionRater:
         win.total_events += win.open_events
         win.open_agg, win.open_events = None, 0
         q = agg.quantity()
-        amount = price(self._charges[meter], q)
+        amount = self._pricers[meter](self._charges[meter], q)
         delta = amount - pstate.rated.get(meter, ZERO)
         pstate.rated[meter] = amount
         win.total_delta += delta
@@ -174,8 +187,8 @@ class SubscriptionRater:
             currency=self.plan.currency,
             meter=meter,
             period=period,
-            window_start=datetime.fromtimestamp(ws, UTC),
-            window_end=datetime.fromtimestamp(win.end, UTC),
+            window_start=_utc(ws),
+            window_end=_utc(win.end),
             revision=win.revision,
             event_count=win.total_events,
             window_quantity=win.total_agg.quantity(),

@@ -15,7 +15,9 @@ All I/O lives here; the domain code only builds `RatedWindow` values.
 
 from __future__ import annotations
 
+import decimal
 import hashlib
+import operator
 import os
 import re
 import threading
@@ -305,18 +307,25 @@ _DATETIME_FIELDS = tuple(
 _ROW_ENCODER = msgspec.json.Encoder(decimal_format="string")
 
 
+# The fast path of `check_row`: a finite value below 10^20 that is a whole multiple of 10^-18
+# is exactly a Decimal(38, 18). The remainder is exact once the quotient (< 10^38) fits the
+# precision; an explicit context keeps that true whatever context the calling thread has.
+_QUANTUM = Decimal(1).scaleb(-DECIMAL_SCALE)
+_EXACT = decimal.Context(prec=DECIMAL_INTEGER_DIGITS + DECIMAL_SCALE + 2)
+
+
 def check_row(row: RatedWindow) -> None:
-    """Refuse what Decimal(38, 18) / DateTime64 would silently alter. The fast path costs one
-    `as_tuple` per decimal; the exact check runs only when that is inconclusive."""
+    """Refuse what Decimal(38, 18) / DateTime64 would silently alter. The fast path is three
+    cheap Decimal calls per value (no `as_tuple`, which builds a tuple of digits); the exact
+    check, with its messages, runs only when that is inconclusive."""
     for field in _DECIMAL_FIELDS:
         value = getattr(row, field)
-        exponent = value.as_tuple().exponent
-        if (not isinstance(exponent, int) or exponent < -DECIMAL_SCALE
-                or value.adjusted() >= DECIMAL_INTEGER_DIGITS):
+        if not (value.is_finite() and value.adjusted() < DECIMAL_INTEGER_DIGITS
+                and not _EXACT.remainder(value, _QUANTUM)):
             _decimal_text(value, field)
     for field in _DATETIME_FIELDS:
         value = getattr(row, field)
-        if value.tzinfo is None or value.utcoffset() is None:
+        if value.tzinfo is not UTC and (value.tzinfo is None or value.utcoffset() is None):
             _datetime_text(value, field)
 
 
@@ -330,8 +339,15 @@ def encode_batch(rows: Sequence[RatedWindow]) -> bytes:
     """A batch as newline-separated JSONEachRow, ordered by (row_id, revision) so the same rows
     always encode to the same bytes (stable: equal keys keep their order, so the last one still
     wins a revision tie). Raises `UnstorableValueError` before anything is written."""
-    ordered = sorted(rows, key=lambda r: (r.row_id, r.revision))
-    return b"\n".join(encode_row(row) for row in ordered)
+    ordered = sorted(rows, key=_BATCH_ORDER)
+    for row in ordered:
+        check_row(row)
+    # One C call for the batch: the rows' `encode_row` lines, each followed by b"\n". Dropping
+    # the last newline gives exactly the bytes b"\n".join would (the token hashes them).
+    return _ROW_ENCODER.encode_lines(ordered)[:-1]
+
+
+_BATCH_ORDER = operator.attrgetter("row_id", "revision")
 
 
 def batch_token(payload: bytes) -> str:
