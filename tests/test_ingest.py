@@ -471,3 +471,17 @@ def test_ingestor_batches_are_independent_of_how_lines_are_grouped() -> None:
     assert one.ops["sub-1"] == [op for p in parts for op in p.ops.get("sub-1", [])]
     assert [x.exception_id for x in one.exceptions] == [
         x.exception_id for p in parts for x in p.exceptions] == ["file:0:3"]
+
+
+@pytest.mark.parametrize("time", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_time_outside_utc_range_is_invalid_event_not_a_crash(time: str) -> None:
+    from operators.catalog import load_catalog
+    from operators.engine import run_engine
+    from operators.ingest import IngestConfig
+
+    line = (b'{"specversion":"1.0","id":"x","source":"s","type":"api.request",'
+            b'"subject":"acme-prod","time":"' + time.encode() + b'","data":{}}')
+    result = run_engine(load_catalog("catalog/example.yaml"), [line, line], IngestConfig())
+    assert [e.reason for e in result.exceptions] == ["INVALID_EVENT", "INVALID_EVENT"]
+    assert "out of range" in result.exceptions[0].error
+    assert result.stats.duplicates == 0  # an invalid envelope registers no identity
