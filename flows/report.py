@@ -56,6 +56,9 @@ def print_run_summary(result: RunResult, out: TextIO, detailed: bool = True) -> 
             ])
         _table(rows, out, right={3, 4, 5, 6})
 
+    if detailed:
+        _print_erp(result, out)
+
     out.write("\nEvents by bucket\n")
     rows = [["bucket", "events"], ["rated", str(events["rated"])],
             ["duplicate", str(events["duplicates"])], ["unmetered", str(events["unmetered"])]]
@@ -98,3 +101,27 @@ def print_run_summary(result: RunResult, out: TextIO, detailed: bool = True) -> 
     run = report.get("run", {})
     out.write(f"\nThroughput: {events['read']} events in {run.get('elapsed_seconds')} s = "
               f"{run.get('events_per_second')} events/s with {run.get('workers')} worker(s)\n")
+
+
+def _print_erp(result: RunResult, out: TextIO) -> None:
+    erp = result.erp
+    out.write("\nERP journals (one per legal entity, currency and month; debits = credits)\n")
+    rows = [["journal", "account", "role", "debit", "credit"]]
+    for j in erp.journals:
+        for n, line in enumerate(j.lines):
+            rows.append([j.journal_id if n == 0 else "", line.account, line.role,
+                         fmt(line.debit), fmt(line.credit)])
+        rows.append(["", "", "balanced" if j.total_debit == j.total_credit else "UNBALANCED",
+                     fmt(j.total_debit), fmt(j.total_credit)])
+    if len(rows) > 1:
+        _table(rows, out, right={3, 4})
+    quantity_only = (f", {len(erp.quantity_only)} quantity-only adjustments (nothing to post)"
+                     if erp.quantity_only else "")
+    out.write(f"  {len(erp.ar_invoices)} AR invoices, {len(erp.schedules)} revenue schedules"
+              f"{quantity_only}\n")
+    out.write("\nInvoice exceptions (kept out of the ERP until the master data is fixed)\n")
+    if not erp.exceptions:
+        out.write("  none\n")
+    for exc in erp.exceptions:
+        out.write(f"  {exc.invoice_candidate_id:<34} {fmt(exc.subtotal):>10} {exc.currency}  "
+                  f"{', '.join(exc.reasons)}: {'; '.join(exc.details)}\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import re
 import shutil
 import time
@@ -20,10 +21,11 @@ from bytewax.testing import run_main
 from flows.pipeline import Sinks, build_flow
 from flows.sources import JsonLinesSource, Progress
 from operators.catalog import Catalog, load_catalog
+from operators.erp import ErpOutput, build_erp, erp_chain
 from operators.ingest import IngestConfig, IngestStats
 from operators.periods import Month
 from operators.reconcile import RatedKey, RatedSummary, StatsTotal, reconcile
-from schemas.records import ExceptionRecord, InvoiceCandidate
+from schemas.records import ENCODER, ExceptionRecord, InvoiceCandidate
 from sinks.files import CallbackSink, JsonLinesPartsSink
 from sinks.store_sink import RatedWindowSink
 
@@ -48,6 +50,7 @@ class RunResult:
     exceptions: list[ExceptionRecord]
     elapsed_s: float
     progress: Progress = field(default_factory=Progress)
+    erp: ErpOutput = field(default_factory=ErpOutput)
 
     @property
     def balanced(self) -> bool:
@@ -152,7 +155,28 @@ def run_file(opts: RunOptions, progress: Progress | None = None,
     candidates = cand_sink.finalize(
         out / "invoice_candidates.jsonl", InvoiceCandidate, lambda c: c.invoice_candidate_id,
         _candidate_order)
-    report = reconcile(catalog, stats, rated_summary(store, database), candidates, exceptions)
+    rated = rated_summary(store, database)
+    report = reconcile(catalog, stats, rated, candidates, exceptions)
+    erp = build_erp(catalog, candidates)
+    _write_jsonl(out / "erp_ar_invoices.jsonl", erp.ar_invoices)
+    _write_jsonl(out / "erp_journals.jsonl", erp.journals)
+    _write_jsonl(out / "revenue_schedules.jsonl", erp.schedules)
+    _write_jsonl(out / "invoice_exceptions.jsonl", erp.exceptions)
+    usage = {key: (stats.ingested[key].quantity() if key in stats.ingested else Decimal(0),
+                   rated[key].cumulative_quantity if key in rated else Decimal(0))
+             for key in set(stats.ingested) | set(rated)}
+    chain, chain_problems = erp_chain(
+        catalog, {k: v.cumulative_amount for k, v in rated.items()}, candidates, erp, usage)
+    report["erp"] = {
+        "ar_invoices": len(erp.ar_invoices),
+        "journals": len(erp.journals),
+        "revenue_schedules": len(erp.schedules),
+        "invoice_exceptions": len(erp.exceptions),
+        "quantity_only_adjustments_not_posted": len(erp.quantity_only),
+        "chain": chain,
+    }
+    report["problems"].extend(chain_problems)
+    report["balanced"] = not report["problems"]
     report["run"] = {
         "catalog": opts.catalog,
         "events": opts.events,
@@ -167,4 +191,14 @@ def run_file(opts: RunOptions, progress: Progress | None = None,
         json.dump(report, fh, indent=2, sort_keys=False)
         fh.write("\n")
     store.close()
-    return RunResult(catalog, report, candidates, exceptions, elapsed, progress)
+    return RunResult(catalog, report, candidates, exceptions, elapsed, progress, erp)
+
+
+def _write_jsonl(path: Path, records: Sequence[Any]) -> None:
+    """Whole file at once, through a temporary name, so a reader never sees half a file."""
+    tmp = Path(f"{path}.tmp")
+    with open(tmp, "wb") as fh:
+        for record in records:
+            fh.write(ENCODER.encode(record))
+            fh.write(b"\n")
+    os.replace(tmp, path)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 
@@ -76,8 +76,21 @@ def diff_lines(before: Mapping[str, LineValue], after: Mapping[str, LineValue]
     return out
 
 
+def _consumption(days: Mapping[int, Decimal] | None) -> list[tuple[str, Decimal]] | None:
+    if not days:
+        return None
+    return [((_EPOCH + timedelta(days=d)).isoformat(), days[d]) for d in sorted(days)]
+
+
+_EPOCH = date(1970, 1, 1)
+
+
 def candidate(catalog: Catalog, sub: Subscription, month: Month, lines: Mapping[str, LineValue],
-              candidate_id: str, adjusts: str | None = None) -> InvoiceCandidate:
+              candidate_id: str, adjusts: str | None = None,
+              consumption: Mapping[str, Mapping[int, Decimal]] | None = None
+              ) -> InvoiceCandidate:
+    """`consumption`: meter -> UTC day number -> exact amount rated that day (for an
+    adjustment, the change), carried on usage lines for consumption revenue schedules."""
     plan = catalog.plans[sub.plan_id]
     customer = catalog.customers[sub.customer_id]
     cut = service_period(month, sub.start, sub.end)
@@ -92,6 +105,8 @@ def candidate(catalog: Catalog, sub: Subscription, month: Month, lines: Mapping[
             fee_id=line.ref if line.kind == "fixed_fee" else None,
             quantity=line.quantity,
             revenue_recognition=line.recognition,
+            consumption=_consumption((consumption or {}).get(line.ref))
+            if line.kind == "usage" else None,
         ))
     holds = list(customer.hold_reasons())
     start: datetime = cut[0]

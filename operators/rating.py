@@ -67,6 +67,11 @@ class PeriodState:
     closed: bool = False
     issued: dict[str, LineValue] = field(default_factory=dict)  # lines issued so far (summed)
     adjustments: int = 0
+    # meter -> UTC day (days since the epoch) -> exact amount rated on windows starting that
+    # day; and what of it the issued candidates already carry. Consumption revenue schedules
+    # follow these (operators/erp.py).
+    daily: dict[str, dict[int, Decimal]] = field(default_factory=dict)
+    issued_daily: dict[str, dict[int, Decimal]] = field(default_factory=dict)
 
 
 @dataclass
@@ -172,6 +177,12 @@ class SubscriptionRater:
         amount = self._pricers[meter](self._charges[meter], q)
         delta = amount - pstate.rated.get(meter, ZERO)
         pstate.rated[meter] = amount
+        if delta:
+            days = pstate.daily.get(meter)
+            if days is None:
+                days = pstate.daily[meter] = {}
+            day = ws // 86400
+            days[day] = days.get(day, ZERO) + delta
         win.total_delta += delta
         win.revision += 1
         state.rating_seq += 1
@@ -213,8 +224,10 @@ class SubscriptionRater:
             pstate.adjustments += 1
             base = f"{self.sub.id}:{period}"
             out.append(candidate(self.catalog, self.sub, month, delta,
-                                 f"{base}:adj-{pstate.adjustments}", adjusts=base))
+                                 f"{base}:adj-{pstate.adjustments}", adjusts=base,
+                                 consumption=_daily_change(pstate.issued_daily, pstate.daily)))
             pstate.issued = now
+            pstate.issued_daily = {m: dict(d) for m, d in pstate.daily.items()}
 
     def _close_periods(self, through: Month, start: Month, wm_ts: int, out: list[Output]) -> None:
         state = self.state
@@ -247,8 +260,20 @@ class SubscriptionRater:
         heapq.heapify(state.heap)
         month = Month.parse(period)
         lines = period_lines(self.catalog, self.sub, month, self._quantities(pstate))
-        out.append(candidate(self.catalog, self.sub, month, lines, f"{self.sub.id}:{period}"))
+        out.append(candidate(self.catalog, self.sub, month, lines, f"{self.sub.id}:{period}",
+                             consumption=pstate.daily))
         pstate.issued = lines
+        pstate.issued_daily = {m: dict(d) for m, d in pstate.daily.items()}
         pstate.closed = True
         state.closed.add(period)
 
+
+def _daily_change(before: dict[str, dict[int, Decimal]], after: dict[str, dict[int, Decimal]]
+                  ) -> dict[str, dict[int, Decimal]]:
+    out: dict[str, dict[int, Decimal]] = {}
+    for meter, days in after.items():
+        old = before.get(meter, {})
+        change = {d: v - old.get(d, ZERO) for d, v in days.items() if v != old.get(d, ZERO)}
+        if change:
+            out[meter] = change
+    return out

@@ -1,0 +1,384 @@
+"""From invoice candidates to what an ERP posts: AR invoices, summary journals, revenue
+schedules, and the invoice exceptions that keep bad master data out of the books.
+
+Pure: catalog and candidates in, ERP payloads (schemas/erp.py) out. The ERP is the system of
+record, so only *ready* candidates whose legal entity can post them become documents; everything
+else is an `InvoiceException` naming what to fix. Ids derive from candidate ids, so re-running
+after the catalog is fixed produces the same ids: nothing is posted twice, nothing is lost.
+
+Rounding: every amount here is already rounded to minor units (invoice lines are rounded once, in
+invoicing). Schedules split a line by day with *cumulative rounding*: entry d is
+round(cumulative exact amount through d) - round(cumulative through d-1), and the last entry takes
+the line amount exactly. Entries therefore sum to the line to the minor unit, each is within one
+minor unit of its exact share, and negative daily shares (a volume tier that lowers the amount)
+need no special case.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+
+from operators.catalog import Catalog
+from operators.money import ZERO, round_money
+from operators.periods import Month
+from schemas.erp import (
+    ArInvoice,
+    ArInvoiceLine,
+    InvoiceException,
+    Journal,
+    JournalLine,
+    RevenueSchedule,
+    ScheduleEntry,
+)
+from schemas.records import InvoiceCandidate, InvoiceLine
+
+_REVENUE_ROLE = {"usage": "usage_revenue", "minimum_true_up": "usage_revenue",
+                 "fixed_fee": "subscription_revenue"}
+_ONE_US = timedelta(microseconds=1)
+
+
+@dataclass
+class ErpOutput:
+    ar_invoices: list[ArInvoice] = field(default_factory=list)
+    journals: list[Journal] = field(default_factory=list)
+    schedules: list[RevenueSchedule] = field(default_factory=list)
+    exceptions: list[InvoiceException] = field(default_factory=list)
+    # Ready adjustments whose lines changed only quantities: nothing to post.
+    quantity_only: list[str] = field(default_factory=list)
+
+
+def last_service_day(end: datetime) -> date:
+    """[start, end) excludes `end`: the last day is the one holding the instant before it."""
+    return (end - _ONE_US).date()
+
+
+def service_days(start: datetime, end: datetime) -> list[date]:
+    first, last = start.date(), last_service_day(end)
+    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+# -- schedules --------------------------------------------------------------------------------
+
+
+def cumulative_split(days: Sequence[date], exact: Mapping[date, Decimal], total: Decimal,
+                     currency: str) -> list[ScheduleEntry]:
+    """Entries for every day in `days`, summing exactly to `total` (see module docstring).
+    `exact` holds each day's exact share; shares on days outside `days` count on the nearest
+    day inside, so no amount is lost to a date mismatch."""
+    if not days:
+        msg = "a schedule needs at least one day"
+        raise ValueError(msg)
+    shares: dict[date, Decimal] = dict.fromkeys(days, ZERO)
+    for day, amount in exact.items():
+        target = min(max(day, days[0]), days[-1])
+        shares[target] += amount
+    entries = []
+    running = ZERO
+    booked = round_money(ZERO, currency)
+    for i, day in enumerate(days):
+        running += shares[day]
+        upto = total if i == len(days) - 1 else round_money(running, currency)
+        entries.append(ScheduleEntry(date=day, amount=upto - booked))
+        booked = upto
+    return entries
+
+
+def schedule_entries(line: InvoiceLine, start: datetime, end: datetime, currency: str
+                     ) -> list[ScheduleEntry]:
+    days = service_days(start, end)
+    recognition = line.revenue_recognition
+    if recognition == "ratable":
+        n = len(days)
+        per_day = {day: line.amount / n for day in days}
+        return cumulative_split(days, per_day, line.amount, currency)
+    if recognition == "consumption" and line.kind == "usage" and line.consumption:
+        daily = {date.fromisoformat(day): Decimal(amount) for day, amount in line.consumption}
+        return cumulative_split(days, daily, line.amount, currency)
+    # point_in_time, minimum true-ups (the shortfall exists only once the period is over), and
+    # usage lines with no rated consumption: recognized on the last day of the service period.
+    return cumulative_split(days, {days[-1]: line.amount}, line.amount, currency)
+
+
+# -- checks -----------------------------------------------------------------------------------
+
+
+def _problems(catalog: Catalog, cand: InvoiceCandidate) -> list[tuple[str, str]]:
+    """(reason, detail) for everything that keeps this candidate out of the ERP."""
+    out: list[tuple[str, str]] = []
+    customer = catalog.customers[cand.customer_id]
+    for reason in cand.hold_reasons:
+        what = {"MISSING_TAX_REGISTRATION": "tax_registration",
+                "MISSING_PAYMENT_TERMS": "payment_terms_days"}.get(reason, reason)
+        out.append((reason, f"customer {customer.id!r} has no {what}"))
+    entity = catalog.legal_entities[cand.legal_entity]
+    if entity.currencies and cand.currency not in entity.currencies:
+        out.append(("CURRENCY_NOT_POSTABLE",
+                    f"legal entity {entity.id!r} posts {', '.join(entity.currencies)}, "
+                    f"not {cand.currency}"))
+    needed = {"receivable"} | {_REVENUE_ROLE[line.kind] for line in cand.lines}
+    for role in sorted(needed):
+        if role not in entity.gl_accounts:
+            out.append(("MISSING_GL_ACCOUNT",
+                        f"legal entity {entity.id!r} has no {role} GL account"))
+    return out
+
+
+# -- documents --------------------------------------------------------------------------------
+
+
+def _ar_invoice(catalog: Catalog, cand: InvoiceCandidate) -> ArInvoice:
+    customer = catalog.customers[cand.customer_id]
+    entity = catalog.legal_entities[cand.legal_entity]
+    assert customer.payment_terms_days is not None and customer.tax_registration
+    invoice_date = last_service_day(cand.period_end)
+    lines = [
+        ArInvoiceLine(
+            line_id=line.line_id,
+            kind=line.kind,  # type: ignore[arg-type]
+            item=(line.meter or line.fee_id or ""),
+            amount=line.amount,
+            gl_account=entity.gl_accounts[_REVENUE_ROLE[line.kind]],
+            revenue_recognition=line.revenue_recognition,  # type: ignore[arg-type]
+            service_period_start=cand.period_start,
+            service_period_end=cand.period_end,
+            quantity=line.quantity,
+            performance_obligation=f"{cand.subscription_id}:{line.meter or line.fee_id}",
+        )
+        for line in cand.lines
+    ]
+    return ArInvoice(
+        ar_invoice_id=cand.invoice_candidate_id,
+        invoice_candidate_id=cand.invoice_candidate_id,
+        document_type="credit_memo" if cand.subtotal < 0 else "invoice",
+        adjusts_ar_invoice_id=cand.adjusts,
+        customer_id=customer.id,
+        tax_registration=customer.tax_registration,
+        legal_entity=entity.id,
+        receivable_account=entity.gl_accounts["receivable"],
+        currency=cand.currency,
+        invoice_date=invoice_date,
+        due_date=invoice_date + timedelta(days=customer.payment_terms_days),
+        payment_terms_days=customer.payment_terms_days,
+        service_period_start=cand.period_start,
+        service_period_end=cand.period_end,
+        billing_period=cand.billing_period,
+        subscription_id=cand.subscription_id,
+        plan_id=cand.plan_id,
+        total=cand.subtotal,
+        lines=lines,
+    )
+
+
+def _side(amount: Decimal, zero: Decimal, natural_debit: bool) -> tuple[Decimal, Decimal]:
+    """(debit, credit) for an amount on an account whose normal side is debit or credit."""
+    if (amount >= 0) == natural_debit:
+        return abs(amount) + zero, zero
+    return zero, abs(amount) + zero
+
+
+def _journal(catalog: Catalog, entity_id: str, currency: str, period: str,
+             invoices: Sequence[ArInvoice], schedules: Mapping[str, RevenueSchedule]
+             ) -> Journal:
+    entity = catalog.legal_entities[entity_id]
+    month_end = last_service_day(Month.parse(period).end)
+    zero = round_money(ZERO, currency)
+    receivable = sum((inv.total for inv in invoices), zero)
+    credits: dict[str, Decimal] = defaultdict(lambda: zero)
+    for inv in invoices:
+        for line in inv.lines:
+            role = _REVENUE_ROLE[line.kind]
+            later = sum((e.amount for e in schedules[line.line_id].entries
+                         if e.date > month_end), zero)
+            credits[role] += line.amount - later
+            if later:
+                credits["deferred_revenue"] += later
+    lines = [JournalLine(account=entity.gl_accounts["receivable"], role="receivable",
+                         **dict(zip(("debit", "credit"), _side(receivable, zero, True),
+                                    strict=True)))]
+    for role in ("usage_revenue", "subscription_revenue", "deferred_revenue"):
+        amount = credits.get(role, zero)
+        if amount:
+            debit, credit = _side(amount, zero, natural_debit=False)
+            lines.append(JournalLine(account=entity.gl_accounts[role], role=role,  # type: ignore[arg-type]
+                                     debit=debit, credit=credit))
+    ids = sorted(inv.invoice_candidate_id for inv in invoices)
+    return Journal(
+        journal_id=f"{entity_id}:{currency}:{period}",
+        legal_entity=entity_id,
+        currency=currency,
+        period=period,
+        posting_date=month_end,
+        lines=lines,
+        total_debit=sum((x.debit for x in lines), zero),
+        total_credit=sum((x.credit for x in lines), zero),
+        source_candidate_ids=ids,
+        source_ar_invoice_ids=ids,
+    )
+
+
+def build_erp(catalog: Catalog, candidates: Iterable[InvoiceCandidate]) -> ErpOutput:
+    out = ErpOutput()
+    blocked: set[str] = set()
+    ready: list[InvoiceCandidate] = []
+    for cand in candidates:
+        problems = _problems(catalog, cand)
+        # An adjustment of a document that never reached the ERP cannot be posted either.
+        if cand.adjusts in blocked and not problems:
+            problems = [("ORIGINAL_NOT_POSTED",
+                         f"adjusts {cand.adjusts}, which is itself an invoice exception")]
+        if problems:
+            blocked.add(cand.invoice_candidate_id)
+            out.exceptions.append(InvoiceException(
+                invoice_candidate_id=cand.invoice_candidate_id,
+                customer_id=cand.customer_id,
+                legal_entity=cand.legal_entity,
+                currency=cand.currency,
+                billing_period=cand.billing_period,
+                subtotal=cand.subtotal,
+                reasons=sorted({reason for reason, _ in problems}),
+                details=[detail for _, detail in problems],
+            ))
+            continue
+        if cand.adjusts and all(line.amount == 0 for line in cand.lines):
+            out.quantity_only.append(cand.invoice_candidate_id)
+            continue
+        ready.append(cand)
+
+    schedules: dict[str, RevenueSchedule] = {}
+    groups: dict[tuple[str, str, str], list[ArInvoice]] = defaultdict(list)
+    for cand in ready:
+        invoice = _ar_invoice(catalog, cand)
+        out.ar_invoices.append(invoice)
+        groups[(invoice.legal_entity, invoice.currency, invoice.billing_period)].append(invoice)
+        for src, line in zip(cand.lines, invoice.lines, strict=True):
+            schedule = RevenueSchedule(
+                schedule_id=f"rs:{line.line_id}",
+                line_id=line.line_id,
+                ar_invoice_id=invoice.ar_invoice_id,
+                legal_entity=invoice.legal_entity,
+                currency=invoice.currency,
+                revenue_recognition=line.revenue_recognition,
+                gl_account=line.gl_account,
+                amount=line.amount,
+                entries=schedule_entries(src, cand.period_start, cand.period_end,
+                                         cand.currency),
+            )
+            schedules[line.line_id] = schedule
+            out.schedules.append(schedule)
+    for (entity_id, currency, period), invoices in sorted(groups.items()):
+        out.journals.append(_journal(catalog, entity_id, currency, period, invoices,
+                                     schedules))
+    return out
+
+
+# -- reconciliation: usage -> rated -> invoiced -> ERP receivable ------------------------------
+
+
+def erp_chain(catalog: Catalog, rated_amounts: Mapping[tuple[str, str, str], Decimal],
+              candidates: Sequence[InvoiceCandidate], erp: ErpOutput,
+              usage: Mapping[tuple[str, str, str], tuple[Decimal, Decimal]] | None = None,
+              ) -> tuple[list[dict[str, object]], list[str]]:
+    """Per legal entity, currency and month: rated usage (rounded like invoice lines), invoiced
+    usage, invoiced total, what was kept out of the ERP and why, AR total and journal receivable.
+    Returns the rows and the problems (each naming entity, currency, month and the variance).
+
+    `rated_amounts`: (subscription, period, meter) -> exact rated cumulative amount.
+    `usage`: (subscription, period, meter) -> (ingested quantity, rated quantity), shown per
+    meter in each row beside the invoiced quantity, so the chain starts at the raw usage."""
+    Key = tuple[str, str, str]
+    zero_of = {c.currency: round_money(ZERO, c.currency) for c in candidates}
+    rows: dict[Key, dict[str, Decimal]] = {}
+    kept_out: dict[Key, dict[str, Decimal]] = defaultdict(dict)
+
+    def row(key: Key) -> dict[str, Decimal]:
+        if key not in rows:
+            zero = round_money(ZERO, key[1])
+            rows[key] = dict.fromkeys(("rated_usage", "invoiced_usage", "invoiced_total",
+                                       "not_posted", "ar_total",
+                                       "journal_receivable", "journal_debit",
+                                       "journal_credit"), zero)
+        return rows[key]
+
+    def key_of(sub_id: str, period: str) -> Key:
+        sub = catalog.subscriptions[sub_id]
+        entity = catalog.customers[sub.customer_id].legal_entity
+        return entity, catalog.plans[sub.plan_id].currency, period
+
+    quantities: dict[Key, dict[str, list[Decimal]]] = defaultdict(dict)
+    for (sub_id, period, meter), (ingested, rated_q) in (usage or {}).items():
+        q = quantities[key_of(sub_id, period)].setdefault(meter, [ZERO, ZERO, ZERO])
+        q[0] += ingested
+        q[1] += rated_q
+    for (sub_id, period, _meter), amount in rated_amounts.items():
+        key = key_of(sub_id, period)
+        row(key)["rated_usage"] += round_money(amount, key[1])
+    for cand in candidates:
+        key = (cand.legal_entity, cand.currency, cand.billing_period)
+        if usage is not None:
+            for x in cand.lines:
+                if x.kind == "usage" and x.meter is not None:
+                    q = quantities[key].setdefault(x.meter, [ZERO, ZERO, ZERO])
+                    q[2] += x.quantity or ZERO
+        r = row(key)
+        r["invoiced_total"] += cand.subtotal
+        r["invoiced_usage"] += sum((x.amount for x in cand.lines if x.kind == "usage"),
+                                   zero_of[cand.currency])
+    for exc in erp.exceptions:
+        key = (exc.legal_entity, exc.currency, exc.billing_period)
+        row(key)["not_posted"] += exc.subtotal
+        for reason in exc.reasons:
+            kept_out[key][reason] = kept_out[key].get(reason, ZERO) + exc.subtotal
+    for inv in erp.ar_invoices:
+        row((inv.legal_entity, inv.currency, inv.billing_period))["ar_total"] += inv.total
+    for j in erp.journals:
+        r = row((j.legal_entity, j.currency, j.period))
+        receivable = next(x for x in j.lines if x.role == "receivable")
+        r["journal_receivable"] += receivable.debit - receivable.credit
+        r["journal_debit"] += j.total_debit
+        r["journal_credit"] += j.total_credit
+
+    problems: list[str] = []
+    out: list[dict[str, object]] = []
+    for key in sorted(rows):
+        r = rows[key]
+        label = " ".join(key)
+        expected_posted = r["invoiced_total"] - r["not_posted"]
+        if r["rated_usage"] != r["invoiced_usage"]:
+            problems.append(f"{label}: rated usage {r['rated_usage']} but invoiced usage "
+                            f"{r['invoiced_usage']}")
+        if expected_posted != r["ar_total"]:
+            problems.append(f"{label}: invoiced {r['invoiced_total']} less not posted "
+                            f"{r['not_posted']} is {expected_posted}, AR invoices total "
+                            f"{r['ar_total']}")
+        if r["ar_total"] != r["journal_receivable"]:
+            problems.append(f"{label}: AR invoices total {r['ar_total']}, journal receivable "
+                            f"{r['journal_receivable']}")
+        if r["journal_debit"] != r["journal_credit"]:
+            problems.append(f"{label}: journal debits {r['journal_debit']} != credits "
+                            f"{r['journal_credit']}")
+        meters = {m: {"ingested": str(q[0]), "rated": str(q[1]), "invoiced": str(q[2])}
+                   for m, q in sorted(quantities[key].items())}
+        for meter, q in sorted(quantities[key].items()):
+            if not q[0] == q[1] == q[2]:
+                problems.append(f"{label} {meter}: ingested {q[0]}, rated {q[1]}, "
+                                f"invoiced {q[2]}")
+        out.append({
+            "legal_entity": key[0], "currency": key[1], "period": key[2],
+            "usage_quantities": meters,
+            **{k: str(v) for k, v in r.items()},
+            "not_posted_by_reason": {k: str(v) for k, v in sorted(kept_out[key].items())},
+        })
+    by_line = {s.line_id: s for s in erp.schedules}
+    for inv in erp.ar_invoices:
+        if sum((x.amount for x in inv.lines), round_money(ZERO, inv.currency)) != inv.total:
+            problems.append(f"AR invoice {inv.ar_invoice_id}: lines do not sum to its total")
+        for line in inv.lines:
+            schedule = by_line[line.line_id]
+            if sum((e.amount for e in schedule.entries), ZERO) != line.amount:
+                problems.append(f"revenue schedule of {line.line_id} does not sum to "
+                                f"{line.amount}")
+    return out, problems
