@@ -124,7 +124,8 @@ def run_file(opts: RunOptions, progress: Progress | None = None,
     sinks = Sinks(exceptions=exc_sink, stats=CallbackSink(collect),
                   windows=RatedWindowSink(store), candidates=cand_sink)
     flow = build_flow(catalog, config,
-                      JsonLinesSource(opts.events, opts.chunk_lines, progress), sinks)
+                      JsonLinesSource(opts.events, opts.chunk_lines, progress), sinks,
+                      recoverable=False)
     if on_start:
         on_start()
     started = time.perf_counter()
