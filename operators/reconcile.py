@@ -7,29 +7,18 @@ exception records), so the proof covers the hand-offs between stages, not just t
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from operators.aggregators import Aggregate
 from operators.catalog import Catalog
 from operators.ingest import IngestStats
 from operators.money import ZERO, fmt, round_money
 from schemas.records import REASONS, ExceptionRecord, InvoiceCandidate, RatedWindow
 
 
-@dataclass
-class StatsTotal:
-    read: int = 0
-    blank: int = 0
-    duplicates: int = 0
-    unmetered: int = 0
-    unmetered_not_in_plan: int = 0
-    rated: int = 0
-    late_after_close: int = 0
-    exceptions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
-    ingested: dict[tuple[str, str, str], Aggregate] = field(default_factory=dict)
-    contributions: dict[str, int] = field(default_factory=dict)
+class StatsTotal(IngestStats):
+    """The counts of a whole run: every batch's IngestStats merged."""
 
     def add(self, s: IngestStats) -> None:
         self.read += s.read
