@@ -4,6 +4,8 @@
     meterwax demo [--size N] [--out DIR]
     meterwax check-catalog FILE
     meterwax sql --out DIR "SELECT ..."      query the embedded ClickHouse store of a run
+    meterwax stream [flags; or METERWAX_* environment variables]   Kafka in, production outputs
+    meterwax serve-clickhouse --path DIR [--port N]   the embedded store over ClickHouse HTTP
 
 Exit codes: 0 everything balanced; 1 the run finished but reconciliation found a difference;
 2 bad usage or a bad catalog (nothing was written).
@@ -61,6 +63,34 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-catalog", help="validate a catalog and list every problem")
     check.add_argument("catalog")
 
+    stream = sub.add_parser(
+        "stream", help="run continuously: Kafka in; ClickHouse, Redis and Kafka out",
+        description="Every flag can also come from the environment: METERWAX_CATALOG, "
+                    "METERWAX_KAFKA_BOOTSTRAP, METERWAX_INPUT_TOPIC, METERWAX_REDIS_URL, "
+                    "METERWAX_CLICKHOUSE, METERWAX_RECOVERY_DIR, METERWAX_TOPIC_PREFIX, "
+                    "METERWAX_WORKERS. See k8s/meterwax.env.example.")
+    stream.add_argument("--catalog")
+    stream.add_argument("--kafka-bootstrap", dest="kafka_bootstrap")
+    stream.add_argument("--input-topic", dest="input_topic")
+    stream.add_argument("--redis-url", dest="redis_url")
+    stream.add_argument("--clickhouse", help="http://host:8123 for a server, or a chDB path")
+    stream.add_argument("--recovery-dir", dest="recovery_dir")
+    stream.add_argument("--topic-prefix", dest="topic_prefix")
+    stream.add_argument("--window", type=_window, default=None)
+    stream.add_argument("--allowed-lateness", type=parse_duration, default=None)
+    stream.add_argument("-w", "--workers", type=_positive, default=None)
+    stream.add_argument("-i", "--process-id", dest="process_id", type=int, default=None)
+    stream.add_argument("-a", "--addresses", action="append", default=None,
+                        help="host:port of every process, in process-id order (repeat)")
+    stream.add_argument("--metrics-port", dest="metrics_port", type=int, default=None,
+                        help="serve Prometheus metrics on this port")
+    stream.add_argument("--stop-at-end", action="store_true",
+                        help="read every partition to its current end, then stop (backfills)")
+
+    serve = sub.add_parser("serve-clickhouse", add_help=False,
+                           help="serve an embedded store over ClickHouse's HTTP interface")
+    serve.add_argument("rest", nargs=argparse.REMAINDER)
+
     sql = sub.add_parser("sql", help="run ClickHouse SQL on a run's embedded store")
     sql.add_argument("--out", required=True, help="the output folder of a run or demo")
     sql.add_argument("query", help="SQL; the table is meterwax.rated_windows "
@@ -106,6 +136,24 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "sql":
             return _sql(args.out, args.query)
+        if args.command == "stream":
+            from flows.stream import SettingsError, StreamSettings, run_stream
+
+            try:
+                settings = StreamSettings.from_mapping(vars(args))
+            except SettingsError as exc:
+                print(f"meterwax: {exc}", file=sys.stderr)
+                return 2
+            from flows import metrics
+
+            if args.metrics_port:
+                metrics.serve(args.metrics_port)
+            run_stream(settings, on_stats=metrics.record)
+            return 0
+        if args.command == "serve-clickhouse":
+            from sinks.chdb_http import serve_main
+
+            return int(serve_main(args.rest) or 0)
         if args.command == "run":
             from flows.report import print_run_summary
             from flows.runner import RunOptions, run_file

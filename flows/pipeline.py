@@ -15,7 +15,7 @@ the per-event path. Only sources and sinks differ between file mode and producti
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,10 +37,18 @@ EXC, STATS, OPS = "exc", "stats", "ops"
 
 @dataclass(frozen=True)
 class Sinks:
-    exceptions: Sink[list[ExceptionRecord]]
-    stats: Sink[Any]
-    windows: Sink[list[RatedWindow]]
-    candidates: Sink[list[InvoiceCandidate]]
+    """Where each output stream goes. A field may hold one sink or several (fan-out: e.g. rated
+    windows to ClickHouse and to the running charges in Redis)."""
+
+    exceptions: Sink[list[ExceptionRecord]] | Sequence[Sink[list[ExceptionRecord]]]
+    stats: Sink[Any] | Sequence[Sink[Any]]
+    windows: Sink[list[RatedWindow]] | Sequence[Sink[list[RatedWindow]]]
+    candidates: Sink[list[InvoiceCandidate]] | Sequence[Sink[list[InvoiceCandidate]]]
+
+
+def _outputs(step: str, stream: Any, sinks: Any) -> None:
+    for n, sink in enumerate(sinks if isinstance(sinks, Sequence) else [sinks]):
+        op.output(f"{step}_{n}" if n else step, stream, sink)
 
 
 def _position_key(partition: str) -> tuple[str, int]:
@@ -169,8 +177,8 @@ def build_flow(catalog: Catalog, config: IngestConfig, source: Source[Chunk], si
     exceptions = op.filter_map("exceptions", others,
                                lambda item: item[1] if item[0] == EXC else None)
     stats = op.filter_map("stats", others, lambda item: item[1] if item[0] == STATS else None)
-    op.output("exceptions_out", exceptions, sinks.exceptions)
-    op.output("stats_out", stats, sinks.stats)
+    _outputs("exceptions_out", exceptions, sinks.exceptions)
+    _outputs("stats_out", stats, sinks.stats)
 
     ops = op.map("ops_payload", split.trues, lambda item: item[1])
     by_sub = op.key_on("key_subscription", ops, lambda item: item[0])
@@ -181,6 +189,6 @@ def build_flow(catalog: Catalog, config: IngestConfig, source: Source[Chunk], si
                             lambda item: item[1] if item[0] == "win" else None)
     candidates = op.filter_map("candidates", rated_items,
                                lambda item: item[1] if item[0] == "cand" else None)
-    op.output("windows_out", windows, sinks.windows)
-    op.output("candidates_out", candidates, sinks.candidates)
+    _outputs("windows_out", windows, sinks.windows)
+    _outputs("candidates_out", candidates, sinks.candidates)
     return flow

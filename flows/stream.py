@@ -1,0 +1,227 @@
+"""`meterwax stream`: the production dataflow. Kafka in; ClickHouse, Redis and Kafka out.
+
+The dataflow is `flows.pipeline.build_flow`, the same one file mode runs; only the sources and
+sinks differ:
+
+    input               file                      every partition of --input-topic, resumed
+    dedup               in memory                 Redis, replay-safe, 35-day TTL
+    rejected events     exceptions.jsonl          dead-letter topic: original bytes + headers
+    rated windows       embedded chDB             ClickHouse (server or chDB) + running charges
+    invoice candidates  invoice_candidates.jsonl  candidates topic, keyed by candidate id
+    ERP payloads        erp_*.jsonl               AR invoices, schedules, invoice exceptions
+
+Recovery (Bytewax's SQLite store) snapshots input offsets together with all ingest, window,
+period and dedup-origin state, so a restarted flow resumes exactly; outputs are at-least-once
+and every sink is idempotent by id (ClickHouse ReplacingMergeTree + dedup tokens, keyed Kafka
+messages, sequence-guarded Redis hashes).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.run import cli_main
+
+from flows.kafka_io import (
+    KafkaChunkSource,
+    KafkaSettings,
+    KafkaTopicsSink,
+    Message,
+    dead_letters,
+    keyed,
+)
+from flows.pipeline import Sinks, build_flow
+from operators.catalog import Catalog, load_catalog
+from operators.erp import build_erp
+from operators.ingest import IngestConfig, IngestStats
+from schemas.records import ExceptionRecord, InvoiceCandidate, RatedWindow
+from sinks.files import CallbackSink
+
+ENV_PREFIX = "METERWAX_"
+
+
+class SettingsError(ValueError):
+    """Stream settings are unusable; `problems` lists every one."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("stream settings have problems:\n" + "\n".join(
+            f"  - {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class Topics:
+    candidates: str
+    ar_invoices: str
+    journals: str
+    schedules: str
+    invoice_exceptions: str
+    dead_letter: str
+
+    @classmethod
+    def with_prefix(cls, prefix: str) -> Topics:
+        return cls(candidates=f"{prefix}invoice-candidates", ar_invoices=f"{prefix}ar-invoices",
+                   journals=f"{prefix}journals", schedules=f"{prefix}revenue-schedules",
+                   invoice_exceptions=f"{prefix}invoice-exceptions",
+                   dead_letter=f"{prefix}dead-letter")
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    catalog: str
+    kafka_bootstrap: str
+    input_topic: str
+    redis_url: str
+    clickhouse: str  # http(s)://... for a server, otherwise a chDB data path
+    recovery_dir: str
+    topics: Topics
+    window: timedelta = timedelta(minutes=1)
+    allowed_lateness: timedelta = timedelta(hours=1)
+    dedup_ttl: timedelta = timedelta(days=35)
+    workers: int = 1
+    process_id: int | None = None
+    addresses: tuple[str, ...] = ()
+    epoch_interval: timedelta = timedelta(seconds=2)
+    stop_at_end: bool = False  # bounded run: read every partition to its end, then stop
+    chunk: int = 2000
+    kafka_extra: tuple[tuple[str, str], ...] = field(default=())
+
+    def __repr__(self) -> str:  # never print credentials that may sit in URLs
+        return (f"StreamSettings(input_topic={self.input_topic!r}, "
+                f"kafka_bootstrap={self.kafka_bootstrap!r}, workers={self.workers})")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> StreamSettings:
+        """Flags first, then METERWAX_* environment variables; every problem reported at once."""
+        def get(name: str, default: Any = None) -> Any:
+            value = values.get(name)
+            if value is None:
+                value = os.environ.get(ENV_PREFIX + name.upper(), default)
+            return value
+
+        problems = []
+        required = {}
+        for name in ("catalog", "kafka_bootstrap", "input_topic", "redis_url", "clickhouse",
+                     "recovery_dir"):
+            value = get(name)
+            if not value:
+                problems.append(f"{name}: required (flag --{name.replace('_', '-')} or "
+                                f"{ENV_PREFIX}{name.upper()})")
+            required[name] = value
+        workers = int(get("workers", 1) or 1)
+        if workers < 1:
+            problems.append(f"workers: must be at least 1, got {workers}")
+        if required["catalog"] and not Path(required["catalog"]).is_file():
+            problems.append(f"catalog: no such file {required['catalog']!r}")
+        if problems:
+            raise SettingsError(problems)
+        return cls(
+            catalog=required["catalog"], kafka_bootstrap=required["kafka_bootstrap"],
+            input_topic=required["input_topic"], redis_url=required["redis_url"],
+            clickhouse=required["clickhouse"], recovery_dir=required["recovery_dir"],
+            topics=Topics.with_prefix(get("topic_prefix", "meterwax.")),
+            window=values.get("window") or timedelta(minutes=1),
+            allowed_lateness=values.get("allowed_lateness") or timedelta(hours=1),
+            workers=workers,
+            process_id=values.get("process_id"),
+            addresses=tuple(values.get("addresses") or ()),
+            stop_at_end=bool(values.get("stop_at_end")),
+        )
+
+
+class _MappedPartition(StatelessSinkPartition[Any]):
+    def __init__(self, inner: StatelessSinkPartition[Any], fn: Callable[[Any], Any]) -> None:
+        self.inner, self.fn = inner, fn
+
+    def write_batch(self, items: list[Any]) -> None:
+        self.inner.write_batch([self.fn(item) for item in items])
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class MappedSink(DynamicSink[Any]):
+    """Converts each item before handing it to another sink's partition."""
+
+    def __init__(self, inner: DynamicSink[Any], fn: Callable[[Any], Any]) -> None:
+        self.inner, self.fn = inner, fn
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _MappedPartition:
+        return _MappedPartition(self.inner.build(step_id, worker_index, worker_count), self.fn)
+
+
+def erp_messages(catalog: Catalog, topics: Topics, candidates: Sequence[InvoiceCandidate]
+                 ) -> list[Message]:
+    """Candidates and what the ERP receives for them, as keyed messages. Journals summarise a
+    whole month across subscriptions; in stream mode they are not emitted yet (file mode
+    writes them): see the README's known limits."""
+    erp = build_erp(catalog, candidates)
+    return (keyed(topics.candidates, candidates, "invoice_candidate_id")
+            + keyed(topics.ar_invoices, erp.ar_invoices, "ar_invoice_id")
+            + keyed(topics.schedules, erp.schedules, "schedule_id")
+            + keyed(topics.invoice_exceptions, erp.exceptions, "invoice_candidate_id"))
+
+
+def build_stream(settings: StreamSettings, catalog: Catalog,
+                 on_stats: Callable[[Sequence[IngestStats]], None] | None = None) -> Any:
+    from sinks.redis_dedup import RedisDedup
+    from sinks.running_charges import RunningCharges
+
+    from sinks.clickhouse import open_store
+    from sinks.store_sink import RatedWindowSink
+
+    kafka = KafkaSettings(settings.kafka_bootstrap, settings.kafka_extra)
+    topics = settings.topics
+    store = open_store(settings.clickhouse)
+    charges = RunningCharges(settings.redis_url)
+    producer = KafkaTopicsSink(kafka)
+
+    def dedup_factory(_snapshot: Any) -> Any:
+        # The dedup state lives in Redis, not in the Bytewax snapshot.
+        return RedisDedup(settings.redis_url, ttl=settings.dedup_ttl)
+
+    def exceptions_to_messages(records: list[ExceptionRecord]) -> list[Message]:
+        return dead_letters(topics.dead_letter, records)
+
+    def candidates_to_messages(cands: list[InvoiceCandidate]) -> list[Message]:
+        return erp_messages(catalog, topics, cands)
+
+    def apply_charges(items: Sequence[list[RatedWindow]]) -> None:
+        charges.apply([w for chunk in items for w in chunk], catalog)
+
+    sinks = Sinks(
+        exceptions=MappedSink(producer, exceptions_to_messages),
+        stats=CallbackSink(on_stats or (lambda _items: None)),
+        windows=[RatedWindowSink(store, flush_rows=1), CallbackSink(apply_charges)],
+        candidates=MappedSink(producer, candidates_to_messages),
+    )
+    config = IngestConfig(window=settings.window, allowed_lateness=settings.allowed_lateness)
+    source = KafkaChunkSource(kafka, settings.input_topic, settings.chunk, settings.stop_at_end)
+    flow = build_flow(catalog, config, source, sinks, dedup_factory=dedup_factory,
+                      flow_id="meterwax_stream", recoverable=True)
+    return flow, store
+
+
+def run_stream(settings: StreamSettings,
+               on_stats: Callable[[Sequence[IngestStats]], None] | None = None) -> None:
+    catalog = load_catalog(settings.catalog)
+    recovery = Path(settings.recovery_dir)
+    if not recovery.exists():
+        recovery.mkdir(parents=True)
+        # One recovery partition per worker keeps snapshot writes from contending.
+        init_db_dir(recovery, max(1, settings.workers * max(1, len(settings.addresses))))
+    flow, store = build_stream(settings, catalog, on_stats)
+    try:
+        cli_main(flow, workers_per_process=settings.workers, process_id=settings.process_id,
+                 addresses=list(settings.addresses) or None,
+                 epoch_interval=settings.epoch_interval,
+                 recovery_config=RecoveryConfig(str(recovery)))
+    finally:
+        store.close()
