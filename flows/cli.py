@@ -76,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     stream.add_argument("--clickhouse", help="http://host:8123 for a server, or a chDB path")
     stream.add_argument("--recovery-dir", dest="recovery_dir")
     stream.add_argument("--topic-prefix", dest="topic_prefix")
+    stream.add_argument("--redis-namespace", dest="redis_namespace")
     stream.add_argument("--window", type=_window, default=None)
     stream.add_argument("--allowed-lateness", type=parse_duration, default=None)
     stream.add_argument("-w", "--workers", type=_positive, default=None)

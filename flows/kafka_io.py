@@ -182,3 +182,28 @@ def dead_letters(topic: str, records: Sequence[ExceptionRecord]) -> list[Message
         ]
         out.append((topic, r.exception_id, raw, headers))
     return out
+
+
+def ensure_topics(settings: KafkaSettings, compacted: Sequence[str], plain: Sequence[str],
+                  partitions: int = 3, timeout: float = 30.0) -> list[str]:
+    """Create missing output topics; returns the ones created. Keyed outputs are compacted, so
+    the topic itself converges to one message per id (the latest), which is what consumers of an
+    at-least-once stream want; the dead-letter topic keeps everything."""
+    from confluent_kafka.admin import NewTopic
+
+    admin = AdminClient(settings.config())
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    wanted = [NewTopic(t, partitions, config={"cleanup.policy": "compact"})
+              for t in compacted if t not in existing]
+    wanted += [NewTopic(t, partitions) for t in plain if t not in existing]
+    if not wanted:
+        return []
+    created = []
+    for topic, future in admin.create_topics(wanted, request_timeout=timeout).items():
+        try:
+            future.result()
+            created.append(topic)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+    return created

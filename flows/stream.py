@@ -35,6 +35,7 @@ from flows.kafka_io import (
     KafkaTopicsSink,
     Message,
     dead_letters,
+    ensure_topics,
     keyed,
 )
 from flows.pipeline import Sinks, build_flow
@@ -82,6 +83,7 @@ class StreamSettings:
     clickhouse: str  # http(s)://... for a server, otherwise a chDB data path
     recovery_dir: str
     topics: Topics
+    redis_namespace: str = "meterwax"  # one per deployment: dedup keys and running charges
     window: timedelta = timedelta(minutes=1)
     allowed_lateness: timedelta = timedelta(hours=1)
     dedup_ttl: timedelta = timedelta(days=35)
@@ -127,6 +129,7 @@ class StreamSettings:
             input_topic=required["input_topic"], redis_url=required["redis_url"],
             clickhouse=required["clickhouse"], recovery_dir=required["recovery_dir"],
             topics=Topics.with_prefix(get("topic_prefix", "meterwax.")),
+            redis_namespace=get("redis_namespace", "meterwax"),
             window=values.get("window") or timedelta(minutes=1),
             allowed_lateness=values.get("allowed_lateness") or timedelta(hours=1),
             workers=workers,
@@ -180,12 +183,13 @@ def build_stream(settings: StreamSettings, catalog: Catalog,
     kafka = KafkaSettings(settings.kafka_bootstrap, settings.kafka_extra)
     topics = settings.topics
     store = open_store(settings.clickhouse)
-    charges = RunningCharges(settings.redis_url)
+    charges = RunningCharges(settings.redis_url, namespace=settings.redis_namespace)
     producer = KafkaTopicsSink(kafka)
 
     def dedup_factory(_snapshot: Any) -> Any:
         # The dedup state lives in Redis, not in the Bytewax snapshot.
-        return RedisDedup(settings.redis_url, ttl=settings.dedup_ttl)
+        return RedisDedup(settings.redis_url, namespace=settings.redis_namespace,
+                          ttl=settings.dedup_ttl)
 
     def exceptions_to_messages(records: list[ExceptionRecord]) -> list[Message]:
         return dead_letters(topics.dead_letter, records)
@@ -217,6 +221,11 @@ def run_stream(settings: StreamSettings,
         recovery.mkdir(parents=True)
         # One recovery partition per worker keeps snapshot writes from contending.
         init_db_dir(recovery, max(1, settings.workers * max(1, len(settings.addresses))))
+    topics = settings.topics
+    ensure_topics(KafkaSettings(settings.kafka_bootstrap, settings.kafka_extra),
+                  compacted=[topics.candidates, topics.ar_invoices, topics.journals,
+                             topics.schedules, topics.invoice_exceptions],
+                  plain=[topics.dead_letter])
     flow, store = build_stream(settings, catalog, on_stats)
     try:
         cli_main(flow, workers_per_process=settings.workers, process_id=settings.process_id,
