@@ -20,7 +20,6 @@ from typing import Any
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import (
-    OFFSET_BEGINNING,
     Consumer,
     KafkaError,
     KafkaException,
@@ -51,30 +50,34 @@ class _PartitionReader(StatefulSourcePartition[Chunk, int]):
                  chunk: int, stop_at_end: bool) -> None:
         self.name = f"{topic}:{partition}"
         self.chunk = chunk
-        self.stop_at_end = stop_at_end
-        self.next_offset = resume if resume is not None else OFFSET_BEGINNING
         self.consumer = Consumer(settings.config(**{
             "group.id": "meterwax-reader",  # required by librdkafka; assign() uses no group
             "enable.auto.commit": False,
-            "enable.partition.eof": True,
             "fetch.min.bytes": 1,
         }))
+        tp = TopicPartition(topic, partition)
+        low, high = self.consumer.get_watermark_offsets(tp, timeout=30)
+        self.next_offset = resume if resume is not None else low
+        # A bounded run stops at the end offset as of its start. Not at an end-of-partition
+        # event: librdkafka can report one early around a broker restart, which would end the
+        # run with events unread.
+        self.end = high if stop_at_end else None
         self.consumer.assign([TopicPartition(topic, partition, self.next_offset)])
-        self.at_end = False
 
     def next_batch(self) -> list[Chunk]:
-        if self.at_end and self.stop_at_end:
+        if self.end is not None and self.next_offset >= self.end:
             raise StopIteration
         lines: list[tuple[int, bytes]] = []
         for msg in self.consumer.consume(self.chunk, 0.05):
             err = msg.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
-                    self.at_end = True
                     continue
                 raise KafkaException(err)
             offset = msg.offset()
             assert offset is not None  # a delivered message always has one
+            if self.end is not None and offset >= self.end:
+                continue  # produced after a bounded run started: not part of it
             lines.append((offset, msg.value() or b""))
             self.next_offset = offset + 1
         return [(self.name, lines)] if lines else []
@@ -87,9 +90,9 @@ class _PartitionReader(StatefulSourcePartition[Chunk, int]):
 
 
 class KafkaChunkSource(FixedPartitionedSource[Chunk, int]):
-    """Every partition of `topic`. `stop_at_end=True` reads to the end offsets as of each
-    partition's end-of-partition event and stops (a bounded run: tests, backfills); otherwise it
-    tails forever."""
+    """Every partition of `topic`. `stop_at_end=True` reads each partition up to its end offset
+    as of the run's start and stops (a bounded run: tests, backfills); otherwise it tails
+    forever."""
 
     def __init__(self, settings: KafkaSettings, topic: str, chunk: int = 2000,
                  stop_at_end: bool = False) -> None:
