@@ -1,10 +1,33 @@
 #!/usr/bin/env bash
-# One command on a fresh machine: install meterwax with its test tools into .venv, lint, type-check
-# and run the whole test suite. Services the tests need are started here (none yet: file mode and
-# the embedded ClickHouse engine run in-process).
+# One command on a fresh machine: install meterwax with its test tools into .venv, start the
+# services the tests need (a Kafka broker and Redis, scripts/services.sh), lint, type-check and run
+# the whole test suite. Services this script started are stopped (and their data deleted) on exit,
+# whatever the outcome; ones already running before are left as they were. The exit code is the
+# first failing step's (pytest's when the tests fail).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh test
+
+echo "== services"
+started=()
+for service in kafka redis; do
+  scripts/services.sh status "$service" >/dev/null || started+=("$service")
+done
+finish() {
+  local rc=$?
+  trap - EXIT INT TERM
+  if [ ${#started[@]} -gt 0 ]; then
+    scripts/services.sh clean "${started[@]}" || echo "test.sh: stopping services failed" >&2
+  fi
+  exit "$rc"
+}
+trap finish EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+scripts/services.sh start
+eval "$(scripts/services.sh env)"
+echo "METERWAX_KAFKA_BOOTSTRAP=$METERWAX_KAFKA_BOOTSTRAP METERWAX_REDIS_URL=$METERWAX_REDIS_URL"
+
 echo "== ruff"
 .venv/bin/ruff check flows operators sinks schemas tests bench
 echo "== mypy"

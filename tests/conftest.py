@@ -21,6 +21,8 @@ from operators.ingest import IngestConfig
 from operators.periods import Month
 from schemas.records import InvoiceCandidate, RatedWindow
 
+pytest_plugins = ["services"]
+
 D = Decimal
 
 def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0,
