@@ -174,10 +174,9 @@ def erp_messages(catalog: Catalog, topics: Topics, candidates: Sequence[InvoiceC
 
 def build_stream(settings: StreamSettings, catalog: Catalog,
                  on_stats: Callable[[Sequence[IngestStats]], None] | None = None) -> Any:
+    from sinks.clickhouse import open_store
     from sinks.redis_dedup import RedisDedup
     from sinks.running_charges import RunningCharges
-
-    from sinks.clickhouse import open_store
     from sinks.store_sink import RatedWindowSink
 
     kafka = KafkaSettings(settings.kafka_bootstrap, settings.kafka_extra)
