@@ -333,3 +333,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if ("kafka_service" in names or "redis_service" in names) and \
                 item.get_closest_marker("services") is None:
             item.add_marker(pytest.mark.services)
+
+
+def counting_client(url: str) -> tuple[Any, dict[str, int]]:
+    """A real Redis client that counts the packets it sends: one per round trip (a pipeline or a
+    script call is one). Lets tests prove "one round trip per batch"."""
+    import redis
+
+    from sinks.redis_dedup import connect
+
+    counter = {"sends": 0}
+
+    class Counting(redis.Connection):
+        def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            counter["sends"] += 1
+            super().send_packed_command(command, check_health)
+
+    client = connect(url, connection_class=Counting)
+    client.ping()  # connect (and its handshake) before anything is counted
+    counter["sends"] = 0
+    return client, counter

@@ -20,6 +20,7 @@ import pytest
 import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from services import counting_client
 
 from operators.dedup import MemoryDedup, Origin
 from sinks.redis_dedup import (
@@ -69,21 +70,6 @@ def dedup(url: str, namespace: str) -> Iterator[RedisDedup]:
     store = RedisDedup.from_url(url, namespace=namespace)
     yield store
     store.close()
-
-
-def counting_client(url: str) -> tuple[redis.Redis, dict[str, int]]:
-    """A real client that counts the packets it sends: one per round trip (a pipeline is one)."""
-    counter = {"sends": 0}
-
-    class Counting(redis.Connection):
-        def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-            counter["sends"] += 1
-            super().send_packed_command(command, check_health)
-
-    client = connect(url, connection_class=Counting)
-    client.ping()  # connect (and its handshake) before anything is counted
-    counter["sends"] = 0
-    return client, counter
 
 
 def free_port() -> int:

@@ -17,12 +17,13 @@ from typing import Any
 
 import pytest
 import redis
+from services import counting_client
 
 from operators.catalog import Catalog, parse_catalog
 from operators.invoicing import period_lines
 from operators.periods import Month
 from schemas.records import RatedWindow
-from sinks.redis_dedup import RetryPolicy, connect
+from sinks.redis_dedup import RetryPolicy
 from sinks.running_charges import (
     ChargesUnavailable,
     RunningCharges,
@@ -112,21 +113,6 @@ def charges(db: tuple[str, redis.Redis]) -> Iterator[RunningCharges]:
     store = RunningCharges(db[0], f"t-{uuid.uuid4().hex[:8]}")
     yield store
     store.close()
-
-
-def counting_client(url: str) -> tuple[redis.Redis, dict[str, int]]:
-    """A real client that counts the packets it sends: one per round trip."""
-    counter = {"sends": 0}
-
-    class Counting(redis.Connection):
-        def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-            counter["sends"] += 1
-            super().send_packed_command(command, check_health)
-
-    client = connect(url, connection_class=Counting)
-    client.ping()
-    counter["sends"] = 0
-    return client, counter
 
 
 def usage(store: RunningCharges, customer: str = "c", period: str = "2026-10"
