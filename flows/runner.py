@@ -61,7 +61,7 @@ FILE_EPOCH = timedelta(days=3650)
 _ADJ = re.compile(r":adj-(\d+)$")
 
 
-def _candidate_order(c: InvoiceCandidate) -> tuple[str, str, int]:
+def candidate_order(c: InvoiceCandidate) -> tuple[str, str, int]:
     match = _ADJ.search(c.invoice_candidate_id)
     return (c.subscription_id, c.billing_period, int(match.group(1)) if match else 0)
 
@@ -155,7 +155,7 @@ def run_file(opts: RunOptions, progress: Progress | None = None,
                    e.position.get("line", e.position.get("offset", 0))))
     candidates = cand_sink.finalize(
         out / "invoice_candidates.jsonl", InvoiceCandidate, lambda c: c.invoice_candidate_id,
-        _candidate_order)
+        candidate_order)
     rated = rated_summary(store, database)
     report = reconcile(catalog, stats, rated, candidates, exceptions)
     erp = build_erp(catalog, candidates)

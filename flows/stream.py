@@ -25,6 +25,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import bytewax.operators as op
+import msgspec
+from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
@@ -39,10 +42,12 @@ from flows.kafka_io import (
     keyed,
 )
 from flows.pipeline import Sinks, build_flow
+from flows.runner import candidate_order
 from operators.catalog import Catalog, load_catalog
 from operators.erp import build_erp
 from operators.ingest import IngestConfig, IngestStats
-from schemas.records import ExceptionRecord, InvoiceCandidate, RatedWindow
+from schemas.erp import Journal
+from schemas.records import ENCODER, ExceptionRecord, InvoiceCandidate, RatedWindow
 from sinks.files import CallbackSink
 
 ENV_PREFIX = "METERWAX_"
@@ -162,14 +167,40 @@ class MappedSink(DynamicSink[Any]):
 
 def erp_messages(catalog: Catalog, topics: Topics, candidates: Sequence[InvoiceCandidate]
                  ) -> list[Message]:
-    """Candidates and what the ERP receives for them, as keyed messages. Journals summarise a
-    whole month across subscriptions; in stream mode they are not emitted yet (file mode
-    writes them): see the README's known limits."""
+    """Candidates and the per-candidate ERP payloads, as keyed messages. Journals summarise a
+    month across subscriptions and come from their own step (`JournalLogic`)."""
     erp = build_erp(catalog, candidates)
     return (keyed(topics.candidates, candidates, "invoice_candidate_id")
             + keyed(topics.ar_invoices, erp.ar_invoices, "ar_invoice_id")
             + keyed(topics.schedules, erp.schedules, "schedule_id")
             + keyed(topics.invoice_exceptions, erp.exceptions, "invoice_candidate_id"))
+
+
+class JournalLogic(StatefulBatchLogic[InvoiceCandidate, Journal, Any]):
+    """One summary journal per legal entity, currency and month, kept current as candidates
+    arrive. Each emission is the whole journal under its id, so the compacted journals topic
+    converges to exactly the journal file mode writes; an ERP adapter upserts by journal id and
+    posts it when it locks the period. Candidates are kept by id, which makes replays
+    idempotent."""
+
+    def __init__(self, catalog: Catalog, resume: Any) -> None:
+        self.catalog = catalog
+        self.candidates: dict[str, InvoiceCandidate] = {}
+        if resume is not None:
+            self.candidates = {c.invoice_candidate_id: c
+                               for c in _CANDIDATES.decode(resume)}
+
+    def on_batch(self, values: list[InvoiceCandidate]) -> tuple[list[Journal], bool]:
+        for cand in values:
+            self.candidates[cand.invoice_candidate_id] = cand
+        ordered = sorted(self.candidates.values(), key=candidate_order)
+        return build_erp(self.catalog, ordered).journals, StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> Any:
+        return ENCODER.encode(list(self.candidates.values()))
+
+
+_CANDIDATES = msgspec.json.Decoder(list[InvoiceCandidate])
 
 
 def build_stream(settings: StreamSettings, catalog: Catalog,
@@ -207,8 +238,18 @@ def build_stream(settings: StreamSettings, catalog: Catalog,
     )
     config = IngestConfig(window=settings.window, allowed_lateness=settings.allowed_lateness)
     source = KafkaChunkSource(kafka, settings.input_topic, settings.chunk, settings.stop_at_end)
+    def journals(candidates: Any) -> None:
+        singles = op.flat_map("candidate_each", candidates, lambda chunk: chunk)
+        keyed_c = op.key_on("key_journal", singles,
+                            lambda c: f"{c.legal_entity}|{c.currency}|{c.billing_period}")
+        js = op.stateful_batch("journal", keyed_c,
+                               lambda resume: JournalLogic(catalog, resume))
+        out = op.map("journal_messages", op.key_rm("journal_unkey", js),
+                     lambda j: keyed(topics.journals, [j], "journal_id"))
+        op.output("journals_out", out, producer)
+
     flow = build_flow(catalog, config, source, sinks, dedup_factory=dedup_factory,
-                      flow_id="meterwax_stream", recoverable=True)
+                      flow_id="meterwax_stream", recoverable=True, with_candidates=journals)
     return flow, store
 
 

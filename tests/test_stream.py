@@ -99,6 +99,7 @@ def engine_view(catalog, lines: list[bytes]) -> tuple[EngineResult, dict[str, An
                               for s in erp.schedules},
         "invoice-exceptions": {e.invoice_candidate_id: json.loads(ENCODER.encode(e))
                                for e in erp.exceptions},
+        "journals": {j.journal_id: json.loads(ENCODER.encode(j)) for j in erp.journals},
     }
     return result, view
 
