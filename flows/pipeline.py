@@ -30,9 +30,9 @@ from operators.catalog import Catalog
 from operators.dedup import DedupStore, MemoryDedup
 from operators.ingest import IngestConfig, Ingestor, IngestOutput, IngestState, Op
 from operators.rating import SubscriptionRater
-from schemas.records import ExceptionRecord, InvoiceCandidate, RatedWindow
+from schemas.records import AcceptedEvent, ExceptionRecord, InvoiceCandidate, RatedWindow
 
-EXC, STATS, OPS = "exc", "stats", "ops"
+EXC, STATS, OPS, LEDGER = "exc", "stats", "ops", "ledger"
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,8 @@ class Sinks:
     stats: Sink[Any] | Sequence[Sink[Any]]
     windows: Sink[list[RatedWindow]] | Sequence[Sink[list[RatedWindow]]]
     candidates: Sink[list[InvoiceCandidate]] | Sequence[Sink[list[InvoiceCandidate]]]
+    # Accepted events, for the ClickHouse usage ledger (needs IngestConfig.ledger).
+    ledger: Sequence[Sink[list[AcceptedEvent]]] = ()
 
 
 def _outputs(step: str, stream: Any, sinks: Any) -> None:
@@ -89,6 +91,8 @@ class IngestLogic(StatefulBatchLogic[Chunk, tuple[str, Any], Any]):
     def _emit(out: IngestOutput, into: list[tuple[str, Any]]) -> None:
         if out.exceptions:
             into.append((EXC, out.exceptions))
+        if out.accepted:
+            into.append((LEDGER, out.accepted))
         into.append((STATS, out.stats))
         for sub_id, ops in out.ops.items():
             into.append((OPS, (sub_id, ops)))
@@ -181,6 +185,10 @@ def build_flow(catalog: Catalog, config: IngestConfig, source: Source[Chunk], si
     stats = op.filter_map("stats", others, lambda item: item[1] if item[0] == STATS else None)
     _outputs("exceptions_out", exceptions, sinks.exceptions)
     _outputs("stats_out", stats, sinks.stats)
+    if sinks.ledger:
+        ledger = op.filter_map("ledger", others,
+                               lambda item: item[1] if item[0] == LEDGER else None)
+        _outputs("ledger_out", ledger, sinks.ledger)
 
     ops = op.map("ops_payload", split.trues, lambda item: item[1])
     by_sub = op.key_on("key_subscription", ops, lambda item: item[0])

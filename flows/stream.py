@@ -47,7 +47,13 @@ from operators.catalog import Catalog, load_catalog
 from operators.erp import build_erp
 from operators.ingest import IngestConfig, IngestStats
 from schemas.erp import Journal
-from schemas.records import ENCODER, ExceptionRecord, InvoiceCandidate, RatedWindow
+from schemas.records import (
+    ENCODER,
+    AcceptedEvent,
+    ExceptionRecord,
+    InvoiceCandidate,
+    RatedWindow,
+)
 from sinks.files import CallbackSink
 
 ENV_PREFIX = "METERWAX_"
@@ -230,13 +236,18 @@ def build_stream(settings: StreamSettings, catalog: Catalog,
     def apply_charges(items: Sequence[list[RatedWindow]]) -> None:
         charges.apply([w for chunk in items for w in chunk], catalog)
 
+    def write_ledger(items: Sequence[list[AcceptedEvent]]) -> None:
+        store.write_events([e for chunk in items for e in chunk])
+
     sinks = Sinks(
+        ledger=[CallbackSink(write_ledger)],
         exceptions=MappedSink(producer, exceptions_to_messages),
         stats=CallbackSink(on_stats or (lambda _items: None)),
         windows=[RatedWindowSink(store, flush_rows=1), CallbackSink(apply_charges)],
         candidates=MappedSink(producer, candidates_to_messages),
     )
-    config = IngestConfig(window=settings.window, allowed_lateness=settings.allowed_lateness)
+    config = IngestConfig(window=settings.window, allowed_lateness=settings.allowed_lateness,
+                          ledger=True)
     source = KafkaChunkSource(kafka, settings.input_topic, settings.chunk, settings.stop_at_end)
     def journals(candidates: Any) -> None:
         singles = op.flat_map("candidate_each", candidates, lambda chunk: chunk)

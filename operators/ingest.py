@@ -42,6 +42,7 @@ from schemas.records import (
     NO_ACTIVE_SUBSCRIPTION,
     REASONS,
     UNKNOWN_SUBJECT,
+    AcceptedEvent,
     ExceptionRecord,
 )
 
@@ -58,6 +59,8 @@ class IngestConfig:
     # First month to bill. None: the month of the earliest accepted event, fixed at the first
     # period close. meterwax bills what it saw; months before it were billed elsewhere.
     bill_from: Month | None = None
+    # Emit every accepted event (IngestOutput.accepted) for the ClickHouse usage ledger.
+    ledger: bool = False
 
     def __post_init__(self) -> None:
         if self.window <= timedelta(0) or self.window.total_seconds() % 1:
@@ -93,6 +96,7 @@ class IngestOutput:
     exceptions: list[ExceptionRecord]
     ops: dict[str, list[Op]]  # subscription id -> ops in input order
     stats: IngestStats
+    accepted: list[AcceptedEvent] = field(default_factory=list)  # with IngestConfig.ledger
 
 
 @dataclass
@@ -326,6 +330,13 @@ class Ingestor:
                                 f"meter {meter.id!r}: {exc}", event)
                 return
             values.append((meter, value))
+        if self.config.ledger:
+            out.accepted.append(AcceptedEvent(
+                event_source=event.source, event_id=event.id, event_type=event_type,
+                subject=event.subject, time=at, customer_id=customer.id,
+                subscription_id=sub.id, period=self._month(at)[0],
+                origin_source=self.source_name, origin_partition=self.partition,
+                origin_offset=position, raw=raw.decode("utf-8", errors="replace")))
         self._accept(out, sub, at, position, values)
 
     def _accept(self, out: IngestOutput, sub: Subscription, at: datetime, seq: int,

@@ -92,3 +92,21 @@ class InvoiceCandidate(msgspec.Struct, kw_only=True):
 
 
 ENCODER = msgspec.json.Encoder(decimal_format="string")
+
+
+class AcceptedEvent(msgspec.Struct, kw_only=True):
+    """An accepted (rated) usage event, as received: the immutable ledger that audit and
+    re-rating read. Keyed by the event's identity (source, id); a replay writes the same row."""
+
+    event_source: str
+    event_id: str
+    event_type: str
+    subject: str
+    time: datetime
+    customer_id: str
+    subscription_id: str
+    period: str  # YYYY-MM
+    origin_source: str  # topic (or "file")
+    origin_partition: int
+    origin_offset: int  # Kafka offset, or line number in file mode
+    raw: str  # the original message (UTF-8; undecodable bytes replaced, see README)

@@ -34,7 +34,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
-from schemas.records import RatedWindow
+from schemas.records import AcceptedEvent, RatedWindow
 
 DEFAULT_DATABASE = "meterwax"
 TABLE = "rated_windows"
@@ -351,6 +351,28 @@ def encode_batch(rows: Sequence[RatedWindow]) -> bytes:
 
 _BATCH_ORDER = operator.attrgetter("row_id", "revision")
 
+EVENTS_TABLE = "usage_events"
+EVENT_COLUMNS: tuple[str, ...] = AcceptedEvent.__struct_fields__
+_EVENT_ORDER = operator.attrgetter("event_source", "event_id")
+
+
+def encode_events(rows: Sequence[AcceptedEvent]) -> bytes:
+    """Accepted events as JSONEachRow in identity order, so a replayed batch encodes to the same
+    bytes and its dedup token matches."""
+    for row in rows:
+        if row.time.tzinfo is None:
+            _datetime_text(row.time, "time")
+    return _ROW_ENCODER.encode_lines(sorted(rows, key=_EVENT_ORDER))[:-1]
+
+
+def events_insert_sql(database: str, token: str) -> str:
+    return (
+        f"INSERT INTO `{check_database(database)}`.{EVENTS_TABLE} ({', '.join(EVENT_COLUMNS)}) "
+        f"SETTINGS insert_deduplication_token = '{token}', input_format_skip_unknown_fields = 0, "
+        "date_time_input_format = 'best_effort' "
+        "FORMAT JSONEachRow"
+    )
+
 
 def batch_token(payload: bytes) -> str:
     """Deterministic insert_deduplication_token for an encoded batch.
@@ -542,6 +564,13 @@ class ChdbStore:
         sql = insert_sql(self.database, batch_token(payload)) + "\n" + payload.decode()
         self._session().command(sql)
 
+    def write_events(self, rows: Sequence[AcceptedEvent]) -> None:
+        if not rows:
+            return
+        payload = encode_events(rows)
+        sql = events_insert_sql(self.database, batch_token(payload)) + "\n" + payload.decode()
+        self._session().command(sql)
+
     def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         """`sql` without a FORMAT clause; `params` fill `{name:Type}` placeholders."""
         return self._session().query(sql, params)
@@ -692,6 +721,21 @@ class ClickHouseConnectStore:
                           "date_time_input_format": "best_effort"})
         except Exception as exc:
             raise _server_error(exc, f"insert of {len(rows)} rated windows failed") from exc
+
+    def write_events(self, rows: Sequence[AcceptedEvent]) -> None:
+        if not rows:
+            return
+        payload = encode_events(rows)
+        client = self._live()
+        try:
+            client.raw_insert(
+                f"`{self.database}`.{EVENTS_TABLE}", EVENT_COLUMNS, insert_block=payload,
+                fmt="JSONEachRow",
+                settings={"insert_deduplication_token": batch_token(payload),
+                          "input_format_skip_unknown_fields": 0,
+                          "date_time_input_format": "best_effort"})
+        except Exception as exc:
+            raise _server_error(exc, f"insert of {len(rows)} usage events failed") from exc
 
     def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         """`sql` without a FORMAT clause; `params` fill `{name:Type}` placeholders (bound on the

@@ -92,8 +92,8 @@ def raw_count(store: ChdbStore) -> int:
 
 def test_migrations_apply_in_order_and_are_recorded(store: ChdbStore) -> None:
     files = load_migrations()
-    assert [m.version for m in files] == [0, 1]
-    assert store.applied == [0, 1]
+    assert [m.version for m in files] == [m.version for m in load_migrations()]
+    assert store.applied == [m.version for m in load_migrations()]
     ledger = store.query("SELECT version, name, checksum FROM meterwax.schema_migrations "
                          "ORDER BY version")
     assert ledger == [{"version": m.version, "name": m.name, "checksum": m.checksum}
@@ -122,7 +122,7 @@ def test_reopen_is_a_noop_and_stores_share_the_session(db_path: Path) -> None:
         assert raw_count(first) == 1  # closing second left first usable
     with ChdbStore(db_path) as again:  # reopen after the engine shut down
         assert again.applied == []
-        assert len(again.query("SELECT * FROM meterwax.schema_migrations")) == 2
+        assert len(again.query("SELECT * FROM meterwax.schema_migrations")) == len(load_migrations())
         again.write([rated()])  # the deduplication log survives the restart
         assert raw_count(again) == 1
 
@@ -161,9 +161,9 @@ def test_ledger_disagreements_are_errors(db_path: Path, tmp_path: Path) -> None:
     late = ch.Migration(1, "0001_other", "SELECT 1;")
     with pytest.raises(MigrationError, match="duplicate"):
         ChdbStore(db_path, migrations=[*files, late])
-    new = ch.Migration(2, "0002_noop", "SELECT 1;")
+    new = ch.Migration(99, "0099_noop", "SELECT 1;")
     with ChdbStore(db_path, migrations=[*files, new]) as s:
-        assert s.applied == [2]
+        assert s.applied == [99]
 
 
 def test_split_statements_ignores_semicolons_in_quotes_and_comments() -> None:
@@ -181,7 +181,7 @@ def test_second_path_in_the_process_is_refused(db_path: Path, tmp_path: Path) ->
     with ChdbStore(db_path), pytest.raises(StorePathError):
         ChdbStore(tmp_path / "other")
     with ChdbStore(tmp_path / "other") as s:  # fine once the first one is closed
-        assert s.applied == [0, 1]
+        assert s.applied == [m.version for m in load_migrations()]
 
 
 # --- writes ----------------------------------------------------------------------------------
@@ -289,3 +289,25 @@ def test_closed_store_refuses_use(db_path: Path) -> None:
     s.close()  # idempotent
     with pytest.raises(ch.StoreClosedError):
         s.write([rated()])
+
+
+def test_usage_ledger_keeps_each_accepted_event_once(db_path: Path) -> None:
+    from schemas.records import AcceptedEvent
+
+    def event(i: int, offset: int) -> AcceptedEvent:
+        return AcceptedEvent(
+            event_source="svc", event_id=f"e{i}", event_type="api.request", subject="acme-prod",
+            time=JAN + timedelta(minutes=i), customer_id="acme", subscription_id="sub-1",
+            period="2026-01", origin_source="usage", origin_partition=0, origin_offset=offset,
+            raw=f'{{"id":"e{i}"}}')
+
+    with ChdbStore(db_path) as store:
+        batch = [event(i, i) for i in range(5)]
+        store.write_events(batch)
+        store.write_events(list(reversed(batch)))  # a replay, in another order: same token
+        store.write_events([event(3, 3), event(5, 5)])  # overlapping batch after a restart
+        rows = store.query("SELECT count() AS n, uniqExact(event_id) AS ids "
+                           "FROM meterwax.usage_events FINAL")
+        assert rows == [{"n": 6, "ids": 6}]
+        raw = store.query("SELECT raw FROM meterwax.usage_events FINAL WHERE event_id = 'e2'")
+        assert raw == [{"raw": '{"id":"e2"}'}]

@@ -152,10 +152,23 @@ def test_kafka_path_gives_exactly_what_file_mode_gives(catalog, kafka_service, r
         assert headers["meterwax.reason"] == exc.reason.encode()
         assert value == (exc.raw.encode() if exc.raw is not None else value)
     assert _norm_rows(rated_rows(clickhouse)) == expected_rows(result)
+    assert ledger_rows(clickhouse) == (result.stats.rated, result.stats.rated)
+
+
+def ledger_rows(clickhouse: Any) -> tuple[int, int]:
+    import clickhouse_connect
+
+    client = clickhouse_connect.get_client(dsn=clickhouse.url, compress=False)
+    final, distinct = client.query(
+        "SELECT count(), uniqExact(event_source, event_id) FROM meterwax.usage_events FINAL"
+    ).result_rows[0]
+    return int(final), int(distinct)
 
 
 def _assert_outputs_equal(run: StreamRun, clickhouse: Any, result: EngineResult,
                           expected: dict[str, Any]) -> None:
+    # the ledger holds every accepted event once, replays collapsed
+    assert ledger_rows(clickhouse) == (result.stats.rated, result.stats.rated)
     for name, view in expected.items():
         got = run.latest(name)
         differing = sorted(k for k in set(got) | set(view) if got.get(k) != view.get(k))
