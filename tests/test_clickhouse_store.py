@@ -122,7 +122,8 @@ def test_reopen_is_a_noop_and_stores_share_the_session(db_path: Path) -> None:
         assert raw_count(first) == 1  # closing second left first usable
     with ChdbStore(db_path) as again:  # reopen after the engine shut down
         assert again.applied == []
-        assert len(again.query("SELECT * FROM meterwax.schema_migrations")) == len(load_migrations())
+        recorded = again.query("SELECT * FROM meterwax.schema_migrations")
+        assert len(recorded) == len(load_migrations())
         again.write([rated()])  # the deduplication log survives the restart
         assert raw_count(again) == 1
 
