@@ -1,0 +1,1078 @@
+"""Benchmark: `meterwax stream` on the real Kafka broker, Redis and ClickHouse, against a floor.
+
+    scripts/services.sh start && eval "$(scripts/services.sh env)"
+    .venv/bin/python bench/bench_stream.py [--size 200000] [--partitions 1] [-w W]
+                                           [--clickhouse-path [DIR]] [--rate 2000 --seconds 20]
+                                           [--latency | --skip-latency] [--keep]
+
+Two phases, each against fresh resources (a new input topic, a unique output-topic prefix and
+Redis namespace, a new recovery directory, a new ClickHouse directory):
+
+  throughput  N events from flows.workload.generate (the example catalog; dirty, two months of
+              event time) are produced into a fresh topic (--partitions, keyed by subject), then
+    floor       a bare confluent-kafka consumer reads every message of the topic and decodes it
+                with schemas.events.EVENT_DECODER (errors caught): the least any Kafka pipeline
+                must do per event (one librdkafka setting differs from the stream's reader: see
+                floor_pass);
+    stream      `meterwax stream --stop-at-end` as a subprocess, timed by wall clock from spawn
+                to exit, so process start-up, Bytewax, Redis dedup and running charges, the
+                output topics and every ClickHouse insert are included (at exit every rated
+                window is in ClickHouse). Its Prometheus counters are polled to split that into
+                start-up, reading and shutdown. ClickHouse is a ChdbHttpServer in this process
+                (the stream writes over clickhouse-connect), or with --clickhouse-path the
+                stream's own embedded chDB directory. The rows are then counted, and with one
+                partition compared with operators.engine.run_engine over the same events.
+
+  latency     `meterwax stream --window 1s` (no --stop-at-end) tails a fresh topic while this
+              process produces events at a steady --rate for --seconds. All events belong to one
+              subscription and meter (acme-prod api.request: sub-acme-1 api_calls, a count), and
+              each event's time is its production instant shifted to --event-base, so event time
+              advances with wall-clock time and a 1 s window closes as soon as the first event of
+              the next second is read. ClickHouse is polled (every --poll-ms) for that meter's
+              rated_windows rows; an event counts as visible at the end of the first poll whose
+              row for its window (row_id sub-acme-1:api_calls:<window start>) has an event_count
+              of at least the event's rank in its window (the stream judges one partition in
+              order, so the first k events of a window are the ones a count of k includes).
+              Reported, over the events produced during the measured --seconds (after a
+              --warmup that also absorbs the stream's start-up backlog):
+    event -> row    production of each event to its window row being queryable: includes the wait
+                    for the window to close (up to the window length; about half of it on
+                    average), which is inherent to windowed rating, not pipeline work;
+    close -> row    per window, from production of the event that closes it (the first event of
+                    the next window, which moves the watermark past its end) to the row being
+                    queryable: the pipeline's own latency;
+    close -> insert the same, to the row's ClickHouse `inserted_at` (set by the engine in this
+                    process at insert time, same clock): latency without the polling resolution.
+
+Prints a table and, last, one JSON line with every figure. A benchmark, not a test: nothing here
+asserts a speed. Exit status 0; 1 when a stream run failed or a check did not hold (shown on
+stderr, with the stream's stderr tail); 2 on bad arguments or missing services.
+Everything this run creates (subprocesses, temp dirs, topics, Redis keys) is removed at exit
+unless --keep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a plain script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+import msgspec  # noqa: E402
+from confluent_kafka import (  # noqa: E402
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
+
+from flows.workload import compose, generate  # noqa: E402
+from operators.catalog import load_catalog  # noqa: E402
+from schemas.events import EVENT_DECODER  # noqa: E402
+
+DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
+
+# The latency phase's one subject, event type, subscription and meter (catalog/example.yaml).
+LAT_SUBJECT, LAT_TYPE = "acme-prod", "api.request"
+LAT_SUBSCRIPTION, LAT_METER = "sub-acme-1", "api_calls"
+LAT_SOURCE = "//acme.example/api-gateway/acme-prod"
+# Mid-month and after every workload month, inside sub-acme-1 (open-ended): no period closes
+# during the phase, and its rows never mix with the throughput phase's Oct-Nov 2026 windows.
+DEFAULT_EVENT_BASE = "2027-01-10T00:00:00Z"
+
+
+class BenchFailed(Exception):
+    pass
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def default_meterwax() -> list[str]:
+    for candidate in (ROOT / ".venv" / "bin" / "meterwax",
+                      Path(sys.executable).parent / "meterwax"):
+        if candidate.exists():
+            return [str(candidate)]
+    found = shutil.which("meterwax")
+    if found:
+        return [found]
+    return [sys.executable, "-m", "flows.cli"]
+
+
+def service_addresses(kafka: str | None, redis_url: str | None) -> tuple[str, str]:
+    """Flags, then METERWAX_* variables, then what `scripts/services.sh env` says when its
+    services are running."""
+    kafka = kafka or os.environ.get("METERWAX_KAFKA_BOOTSTRAP")
+    redis_url = redis_url or os.environ.get("METERWAX_REDIS_URL")
+    script = ROOT / "scripts" / "services.sh"
+    if not (kafka and redis_url) and script.exists():
+        status = subprocess.run([str(script), "status"], cwd=ROOT, capture_output=True,
+                                text=True, check=False)
+        if status.returncode == 0:
+            env = subprocess.run([str(script), "env"], cwd=ROOT, capture_output=True, text=True,
+                                 check=False).stdout
+            found = dict(line[len("export "):].split("=", 1) for line in env.splitlines()
+                         if line.startswith("export ") and "=" in line)
+            kafka = kafka or found.get("METERWAX_KAFKA_BOOTSTRAP")
+            redis_url = redis_url or found.get("METERWAX_REDIS_URL")
+    if not (kafka and redis_url):
+        msg = ("no Kafka broker / Redis server: run `scripts/services.sh start` and "
+               "`eval \"$(scripts/services.sh env)\"`, or pass --kafka-bootstrap and --redis-url")
+        raise BenchFailed(msg)
+    return kafka, redis_url
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of sorted `values`."""
+    return values[max(0, math.ceil(q * len(values)) - 1)]
+
+
+def summary_ms(values: Sequence[float]) -> dict[str, Any]:
+    if not values:
+        return {"samples": 0}
+    s = sorted(values)
+    return {"samples": len(s), "p50_ms": round(1000 * pct(s, 0.50), 1),
+            "p99_ms": round(1000 * pct(s, 0.99), 1), "max_ms": round(1000 * s[-1], 1),
+            "min_ms": round(1000 * s[0], 1), "mean_ms": round(1000 * sum(s) / len(s), 1)}
+
+
+def tail_of(path: Path, lines: int = 25) -> str:
+    try:
+        text = path.read_bytes().decode("utf-8", "replace").rstrip().splitlines()
+    except OSError:
+        return "  | (no output)"
+    return "\n".join(f"  | {line}" for line in text[-lines:]) or "  | (empty)"
+
+
+class _Key(msgspec.Struct):
+    subject: str | None = None
+
+
+_KEY_DECODER = msgspec.json.Decoder(_Key)
+
+
+def subject_key(line: bytes) -> bytes | None:
+    """The partition key a producer would use: the event's subject (None for junk)."""
+    try:
+        subject = _KEY_DECODER.decode(line).subject
+    except DECODE_ERRORS:
+        return None
+    return subject.encode() if isinstance(subject, str) else None
+
+
+# -- resources: Kafka topics, Redis namespaces, subprocesses, temp dirs ---------------------------
+
+
+@dataclass
+class Resources:
+    kafka: str
+    redis_url: str
+    tmp: Path
+    keep: bool
+    topics: list[str] = field(default_factory=list)
+    topic_prefixes: list[str] = field(default_factory=list)
+    namespaces: list[str] = field(default_factory=list)
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.admin = AdminClient({"bootstrap.servers": self.kafka})
+
+    def kafka_config(self, **more: Any) -> dict[str, Any]:
+        return {"bootstrap.servers": self.kafka, **more}
+
+    def new_topic(self, prefix: str, partitions: int) -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        futures = self.admin.create_topics(
+            [NewTopic(name, num_partitions=partitions, replication_factor=1)],
+            operation_timeout=30, request_timeout=30)
+        futures[name].result(timeout=60)
+        self.topics.append(name)
+        deadline = time.monotonic() + 30
+        while True:
+            meta = self.admin.list_topics(topic=name, timeout=5).topics.get(name)
+            if (meta is not None and meta.error is None and len(meta.partitions) == partitions
+                    and all(p.leader >= 0 for p in meta.partitions.values())):
+                return name
+            if time.monotonic() > deadline:
+                msg = f"topic {name} has no leader for every partition after 30 s"
+                raise BenchFailed(msg)
+            time.sleep(0.1)
+
+    def unique(self, what: str) -> tuple[str, str]:
+        """A topic prefix and Redis namespace for one stream run."""
+        tag = f"bench-{what}-{uuid.uuid4().hex[:10]}"
+        self.topic_prefixes.append(tag + ".")
+        self.namespaces.append(tag)
+        return tag + ".", tag
+
+    def spawn(self, cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+        out = open(log.with_suffix(".out"), "wb")  # noqa: SIM115 (closed when the child exits)
+        err = open(log.with_suffix(".err"), "wb")  # noqa: SIM115
+        try:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=err,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        finally:
+            out.close()
+            err.close()
+        self.procs.append(proc)
+        return proc
+
+    @staticmethod
+    def stop(proc: subprocess.Popen[bytes], grace: float) -> str:
+        """SIGTERM, then SIGKILL after `grace` seconds; how it ended."""
+        if proc.poll() is not None:
+            return f"exited {proc.returncode} by itself"
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+            return f"exited {proc.returncode} after SIGTERM"
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(30)
+            return f"killed (SIGKILL) {grace:.0f} s after SIGTERM"
+
+    def cleanup(self) -> list[str]:
+        notes: list[str] = []
+        for proc in self.procs:
+            if proc.poll() is None:
+                notes.append(f"stream pid {proc.pid} {self.stop(proc, 10)}")
+        for close in reversed(self.closers):
+            try:
+                close()
+            except Exception as exc:
+                notes.append(f"close: {exc!r}")
+        if self.keep:
+            notes.append(f"kept: {self.tmp}, topics {self.topics} and prefixes "
+                         f"{self.topic_prefixes}, Redis namespaces {self.namespaces}")
+            return notes
+        try:
+            existing = set(self.admin.list_topics(timeout=10).topics)
+            ours = [t for t in existing
+                    if t in self.topics or t.startswith(tuple(self.topic_prefixes or ["\0"]))]
+            if ours:
+                for topic, future in self.admin.delete_topics(ours, operation_timeout=30).items():
+                    try:
+                        future.result(timeout=60)
+                    except Exception as exc:
+                        notes.append(f"delete topic {topic}: {exc}")
+        except Exception as exc:
+            notes.append(f"topics not deleted: {exc!r}")
+        if self.namespaces:
+            try:
+                import redis
+
+                client = redis.Redis.from_url(self.redis_url)
+                for ns in self.namespaces:
+                    batch: list[bytes] = []
+                    for key in client.scan_iter(match=f"{ns}:*", count=5000):
+                        batch.append(key)
+                        if len(batch) >= 5000:
+                            client.unlink(*batch)
+                            batch = []
+                    if batch:
+                        client.unlink(*batch)
+                client.close()
+            except Exception as exc:
+                notes.append(f"Redis keys not deleted: {exc!r}")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        return notes
+
+
+def stream_env(res: Resources, topic: str, prefix: str, namespace: str, clickhouse: str,
+               recovery: Path, workers: int | None) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "METERWAX_CATALOG": str(CATALOG),
+        "METERWAX_KAFKA_BOOTSTRAP": res.kafka,
+        "METERWAX_INPUT_TOPIC": topic,
+        "METERWAX_REDIS_URL": res.redis_url,
+        "METERWAX_CLICKHOUSE": clickhouse,
+        "METERWAX_RECOVERY_DIR": str(recovery),
+        "METERWAX_TOPIC_PREFIX": prefix,
+        "METERWAX_REDIS_NAMESPACE": namespace,
+    }
+    if workers is not None:
+        env["METERWAX_WORKERS"] = str(workers)
+    else:
+        env.pop("METERWAX_WORKERS", None)
+    return env
+
+
+CATALOG = ROOT / "catalog" / "example.yaml"
+
+
+# -- ClickHouse in this process -------------------------------------------------------------------
+
+
+class LocalClickHouse:
+    """A ChdbHttpServer on `path` for the stream, plus a ChdbStore on the same path (the same
+    chdb session) for this process's own queries. The store is opened first, so the schema
+    exists before the stream starts (the stream's migrations then find it applied)."""
+
+    def __init__(self, path: Path) -> None:
+        from sinks.chdb_http import ChdbHttpServer
+        from sinks.clickhouse import ChdbStore
+
+        self.store = ChdbStore(str(path))
+        try:
+            self.server = ChdbHttpServer(str(path)).start()
+        except BaseException:
+            self.store.close()
+            raise
+        self.url = self.server.url
+
+    def close(self) -> None:
+        try:
+            self.server.stop()
+        finally:
+            self.store.close()
+
+
+def count_rows(query: Callable[[str], list[dict[str, Any]]]) -> dict[str, int]:
+    row = query("SELECT count() AS windows, sum(event_count) AS events, "
+                "countIf(revision > 0) AS revised FROM meterwax.rated_windows_final")[0]
+    raw = query("SELECT count() AS n FROM meterwax.rated_windows")[0]
+    return {"windows": int(row["windows"]), "events": int(row["events"] or 0),
+            "revised_windows": int(row["revised"]), "rows_with_revisions": int(raw["n"])}
+
+
+# -- produce and floor ----------------------------------------------------------------------------
+
+
+def produce_all(res: Resources, topic: str, lines: Sequence[bytes], keyed: bool,
+                compression: str) -> float:
+    errors: list[str] = []
+
+    def delivered(err: Any, msg: Any) -> None:
+        if err is not None and len(errors) < 5:
+            errors.append(f"{msg.topic()}[{msg.partition()}]: {err}")
+
+    producer = Producer(res.kafka_config(**{
+        "enable.idempotence": True, "linger.ms": 20, "compression.type": compression,
+        "queue.buffering.max.messages": 500_000, "batch.size": 1_000_000}))
+    t0 = time.perf_counter()
+    produce, poll = producer.produce, producer.poll
+    for i, line in enumerate(lines):
+        key = subject_key(line) if keyed else None
+        while True:
+            try:
+                produce(topic, value=line, key=key, on_delivery=delivered)
+                break
+            except BufferError:
+                poll(0.05)
+        if i % 1000 == 0:
+            poll(0)
+    left = producer.flush(120)
+    seconds = time.perf_counter() - t0
+    if left or errors:
+        msg = f"produce to {topic}: {left} undelivered, errors {errors}"
+        raise BenchFailed(msg)
+    return seconds
+
+
+def floor_pass(res: Resources, topic: str, chunk: int) -> dict[str, Any]:
+    """A bare consumer reads every partition to its end offset as of the start, in batches of
+    `chunk` like the stream's reader, and decodes every message. Timed from consumer creation.
+
+    Its settings are the stream's (flows/kafka_io.py) plus `fetch.queue.backoff.ms=10`: with
+    librdkafka's default (1000 ms) a consumer that drains faster than about 100k messages/s
+    (queued.min.messages) finds its queue empty while the next fetch is postponed, and sits idle
+    about 1 s per 100k messages: an artefact that would halve this floor. The stream reads far
+    slower than that, so the setting does not matter to it."""
+    admin_meta = res.admin.list_topics(topic=topic, timeout=10).topics[topic]
+    t0 = time.perf_counter()
+    consumer = Consumer(res.kafka_config(**{
+        "group.id": "meterwax-bench-floor", "enable.auto.commit": False,
+        "fetch.min.bytes": 1, "fetch.queue.backoff.ms": 10}))
+    try:
+        ends: dict[int, int] = {}
+        assign = []
+        for p in sorted(admin_meta.partitions):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
+            if high > low:
+                ends[p] = high
+                assign.append(TopicPartition(topic, p, low))
+        consumer.assign(assign)
+        decode = EVENT_DECODER.decode
+        read = ok = 0
+        open_parts = set(ends)
+        deadline = time.monotonic() + 300
+        while open_parts:
+            for msg in consumer.consume(chunk, 0.05):
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise KafkaException(err)
+                p, offset = msg.partition() or 0, msg.offset() or 0
+                if offset >= ends[p]:
+                    continue
+                read += 1
+                try:
+                    decode(msg.value() or b"")
+                    ok += 1
+                except DECODE_ERRORS:
+                    pass
+                if offset == ends[p] - 1:
+                    open_parts.discard(p)
+            if time.monotonic() > deadline:
+                msg_text = f"floor: partitions {sorted(open_parts)} not read to the end in 300 s"
+                raise BenchFailed(msg_text)
+        seconds = time.perf_counter() - t0
+    finally:
+        consumer.close()
+    return {"read": read, "decoded": ok, "seconds": seconds}
+
+
+# -- throughput phase -----------------------------------------------------------------------------
+
+
+class MetricsWatcher(threading.Thread):
+    """Polls the stream's Prometheus endpoint: when the first events were counted and when all
+    `expected` were (events are counted per chunk, once ingest has judged them)."""
+
+    def __init__(self, port: int, expected: int, t0: float, every: float = 0.1) -> None:
+        super().__init__(daemon=True, name="metrics-watcher")
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.expected, self.t0, self.every = expected, t0, every
+        self.stop_flag = threading.Event()
+        self.first: tuple[float, int] | None = None  # (seconds since spawn, count then)
+        self.all_at: float | None = None
+        self.last = 0
+
+    def count(self) -> int | None:
+        try:
+            with urllib.request.urlopen(self.url, timeout=0.5) as resp:
+                text = resp.read().decode()
+        except OSError:
+            return None
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(("meterwax_events_total{", "meterwax_blank_lines_total ")):
+                total += float(line.rsplit(" ", 1)[1])
+        return int(total)
+
+    def run(self) -> None:
+        while not self.stop_flag.wait(self.every):
+            n = self.count()
+            now = time.perf_counter() - self.t0
+            if n is None:
+                continue
+            self.last = n
+            if n > 0 and self.first is None:
+                self.first = (now, n)
+            if n >= self.expected and self.all_at is None:
+                self.all_at = now
+                return
+
+
+def throughput_phase(args: argparse.Namespace, res: Resources, cmd_base: list[str],
+                     figures: dict[str, Any]) -> list[str]:
+    """Returns the problems found (empty when the run and its checks were fine)."""
+    problems: list[str] = []
+    catalog = load_catalog(str(CATALOG))
+    comp = compose(catalog, args.size, args.seed)
+    t0 = time.perf_counter()
+    lines = list(generate(catalog, args.size, args.seed))
+    gen_s = time.perf_counter() - t0
+    n = len(lines)
+    mb = sum(map(len, lines)) / 1e6
+    print(f"workload: {n:,} events, {mb:,.1f} MB ({comp.summary()})")
+    figures.update(lines=n, payload_mb=round(mb, 1), generate_s=round(gen_s, 3))
+
+    topic = res.new_topic("bench-usage", args.partitions)
+    produce_s = produce_all(res, topic, lines, keyed=True,
+                            compression=args.compression)
+    figures.update(produce_s=round(produce_s, 3), produce_events_per_s=round(n / produce_s))
+    print(f"produced into {topic} ({args.partitions} partition(s), keyed by subject, "
+          f"{args.compression} compression) in {produce_s:.2f} s")
+
+    floor = floor_pass(res, topic, args.chunk)
+    if floor["read"] != n:
+        problems.append(f"floor read {floor['read']} messages, {n} were produced")
+    floor_rate = n / floor["seconds"]
+    figures.update(floor_s=round(floor["seconds"], 3), floor_events_per_s=round(floor_rate),
+                   floor_decoded=floor["decoded"])
+
+    # The stream run.
+    prefix, namespace = res.unique("tp")
+    recovery = res.tmp / "recovery-throughput"
+    local: LocalClickHouse | None = None
+    if args.clickhouse_path is not None:
+        ch_path = Path(args.clickhouse_path or res.tmp / "chdb-throughput").resolve()
+        if ch_path.exists() and any(ch_path.iterdir()):
+            msg = f"--clickhouse-path {ch_path} exists and is not empty: give a fresh directory"
+            raise BenchFailed(msg)
+        clickhouse, ch_mode = str(ch_path), "chdb-path"
+    else:
+        local = LocalClickHouse(res.tmp / "ch-throughput")
+        res.closers.append(local.close)
+        clickhouse, ch_mode = local.url, "clickhouse-connect"
+    figures["clickhouse"] = ch_mode
+    watcher: MetricsWatcher | None = None
+    try:
+        port = free_port()
+        cmd = [*cmd_base, "stream", "--stop-at-end", "--metrics-port", str(port)]
+        if args.window:
+            cmd += ["--window", args.window]
+        env = stream_env(res, topic, prefix, namespace, clickhouse, recovery, args.workers)
+        print(f"running: {shlex.join(cmd)}  (ClickHouse: {ch_mode} {clickhouse})")
+        t0 = time.perf_counter()
+        proc = res.spawn(cmd, env, res.tmp / "stream-throughput")
+        watcher = MetricsWatcher(port, n, t0)
+        watcher.start()
+        try:
+            proc.wait(args.timeout)
+        except subprocess.TimeoutExpired:
+            how = res.stop(proc, 10)
+            msg = (f"`meterwax stream --stop-at-end` did not finish within {args.timeout:.0f} s "
+                   f"({how}); stderr tail:\n{tail_of(res.tmp / 'stream-throughput.err')}")
+            raise BenchFailed(msg) from None
+        stream_s = time.perf_counter() - t0
+        watcher.stop_flag.set()
+        watcher.join(2)
+        if proc.returncode != 0:
+            msg = (f"`meterwax stream --stop-at-end` failed with exit status {proc.returncode}; "
+                   f"stderr tail:\n{tail_of(res.tmp / 'stream-throughput.err')}")
+            raise BenchFailed(msg)
+        stream_rate = n / stream_s
+        figures.update(stream_s=round(stream_s, 3), stream_events_per_s=round(stream_rate),
+                       stream_vs_floor_pct=round(100 * stream_rate / floor_rate, 2))
+        if watcher.first is not None and watcher.all_at is not None:
+            first_s, first_n = watcher.first
+            reading_s = watcher.all_at - first_s
+            figures.update(
+                stream_startup_s=round(first_s, 2), stream_reading_s=round(reading_s, 2),
+                stream_shutdown_s=round(stream_s - watcher.all_at, 2),
+                stream_reading_events_per_s=(round((n - first_n) / reading_s)
+                                             if reading_s > 0 else None))
+        else:
+            figures["stream_phases"] = (f"metrics incomplete (last count {watcher.last}); "
+                                        "start-up and reading not split")
+
+        # What landed in ClickHouse.
+        if local is not None:
+            rows = count_rows(local.store.query)
+        else:
+            from sinks.clickhouse import ChdbStore
+
+            with ChdbStore(clickhouse) as store:
+                rows = count_rows(store.query)
+    finally:
+        if watcher is not None:
+            watcher.stop_flag.set()
+        if local is not None:  # closed here: the latency phase opens another path
+            local.close()
+            res.closers.remove(local.close)
+    figures["clickhouse_rows"] = rows
+    if args.verify and args.partitions == 1:
+        from flows.cli import parse_duration
+        from operators.engine import run_engine
+        from operators.ingest import IngestConfig
+
+        config = (IngestConfig(window=parse_duration(args.window)) if args.window
+                  else IngestConfig())
+        t1 = time.perf_counter()
+        result = run_engine(catalog, lines, config)
+        final: dict[str, Any] = {}
+        for w in result.windows:
+            if w.row_id not in final or w.revision > final[w.row_id].revision:
+                final[w.row_id] = w
+        expected = {"windows": len(final), "events": sum(w.event_count for w in final.values()),
+                    "rated": result.stats.rated}
+        figures["engine_expected"] = expected
+        figures["engine_check_s"] = round(time.perf_counter() - t1, 2)
+        if (rows["windows"], rows["events"]) != (expected["windows"], expected["events"]):
+            problems.append(f"ClickHouse holds {rows['windows']} windows / {rows['events']} "
+                            f"events; the engine rates {expected['windows']} / "
+                            f"{expected['events']}")
+        figures["clickhouse_check"] = "match" if not problems else "MISMATCH"
+    elif args.verify:
+        figures["clickhouse_check"] = "skipped (several partitions: another order than the file)"
+    return problems
+
+
+# -- latency phase --------------------------------------------------------------------------------
+
+
+def _rfc3339_ms(epoch_ms: int) -> str:
+    sec, ms = divmod(epoch_ms, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{ms:03d}Z"
+
+
+class SteadyProducer(threading.Thread):
+    """Produces one event every 1/rate s (bursting to catch up, never skipping). Event time =
+    --event-base + (production instant - t0), in ms; records (production time, window start,
+    rank in window) per event, in production order (= offset order: one partition, idempotent
+    producer)."""
+
+    def __init__(self, res: Resources, topic: str, rate: float, base_ms: int, window_s: int,
+                 linger_ms: float, compression: str, run_id: str) -> None:
+        super().__init__(daemon=True, name="steady-producer")
+        self.producer = Producer(res.kafka_config(**{
+            "enable.idempotence": True, "linger.ms": linger_ms,
+            "compression.type": compression}))
+        self.topic, self.rate, self.base_ms, self.window_s = topic, rate, base_ms, window_s
+        self.run_id = run_id
+        self.stop_flag = threading.Event()
+        self.records: list[tuple[float, int, int]] = []
+        self.counts: dict[int, int] = {}
+        self.errors: list[str] = []
+        self.t0 = 0.0
+        self.error: BaseException | None = None
+        head = ('{"specversion":"1.0","id":"lat-' + run_id + '-')
+        self.head = head
+        self.mid = ('","source":"' + LAT_SOURCE + '","type":"' + LAT_TYPE + '","subject":"'
+                    + LAT_SUBJECT + '","time":"')
+        self.tail = '","data":{"method":"GET","route":"/v1/orders","status":200}}'
+
+    def _delivered(self, err: Any, msg: Any) -> None:
+        if err is not None and len(self.errors) < 5:
+            self.errors.append(str(err))
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:
+            self.error = exc
+
+    def _run(self) -> None:
+        produce, poll = self.producer.produce, self.producer.poll
+        period = 1.0 / self.rate
+        w_ms = self.window_s * 1000
+        self.t0 = t0 = time.time()
+        i = 0
+        while not self.stop_flag.is_set():
+            now = time.time()
+            due = t0 + i * period
+            if due > now:
+                poll(0)
+                time.sleep(min(due - now, 0.002))
+                continue
+            while due <= now:
+                p = time.time()
+                ev_ms = self.base_ms + int((p - t0) * 1000)
+                ws = ev_ms // w_ms * self.window_s
+                rank = self.counts[ws] = self.counts.get(ws, 0) + 1
+                value = (self.head + str(i) + self.mid + _rfc3339_ms(ev_ms) + self.tail).encode()
+                while True:
+                    try:
+                        produce(self.topic, value=value, key=LAT_SUBJECT.encode(),
+                                on_delivery=self._delivered)
+                        break
+                    except BufferError:
+                        poll(0.01)
+                self.records.append((p, ws, rank))
+                i += 1
+                due = t0 + i * period
+            poll(0)
+        self.producer.flush(30)
+
+
+class RowPoller(threading.Thread):
+    """Every `every` s: the latency meter's rated_windows rows. Keeps, per window start, each
+    (revision, event_count) the first time it is seen, with the poll's end time and the row's
+    inserted_at."""
+
+    def __init__(self, store: Any, base_s: int, every: float) -> None:
+        super().__init__(daemon=True, name="row-poller")
+        self.store, self.every = store, every
+        self.sql = ("SELECT toUnixTimestamp(window_start) AS ws, revision, event_count, "
+                    "toUnixTimestamp64Micro(inserted_at) AS ins FROM meterwax.rated_windows "
+                    f"WHERE subscription_id = '{LAT_SUBSCRIPTION}' AND meter = '{LAT_METER}' "
+                    f"AND window_start >= toDateTime64({base_s}, 6, 'UTC')")
+        self.stop_flag = threading.Event()
+        self.seen: dict[int, list[tuple[float, int, float]]] = {}  # ws -> [(t, count, ins)]
+        self._keys: set[tuple[int, int, int]] = set()
+        self.polls = 0
+        self.query_s = 0.0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        next_at = time.time()
+        while not self.stop_flag.is_set():
+            try:
+                q0 = time.time()
+                rows = self.store.query(self.sql)
+                q1 = time.time()
+            except Exception as exc:  # the table exists (store opened first): a real failure
+                self.error = exc
+                return
+            self.polls += 1
+            self.query_s += q1 - q0
+            for r in rows:
+                key = (int(r["ws"]), int(r["revision"]), int(r["event_count"]))
+                if key not in self._keys:
+                    self._keys.add(key)
+                    self.seen.setdefault(key[0], []).append(
+                        (q1, key[2], int(r["ins"]) / 1e6))
+            next_at += self.every
+            self.stop_flag.wait(max(0.0, next_at - time.time()))
+
+    def visible(self, ws: int, count: int) -> tuple[float, float] | None:
+        """(poll time, inserted_at) of the first row of window `ws` whose event_count >= count."""
+        best: tuple[float, float] | None = None
+        for t, c, ins in self.seen.get(ws, ()):
+            if c >= count and (best is None or t < best[0]):
+                best = (t, ins)
+        return best
+
+
+def latency_phase(args: argparse.Namespace, res: Resources, cmd_base: list[str],
+                  figures: dict[str, Any]) -> list[str]:
+    problems: list[str] = []
+    window_s = args.latency_window
+    base = datetime.fromisoformat(args.event_base.replace("Z", "+00:00"))
+    if base.tzinfo is None:
+        base = base.replace(tzinfo=UTC)
+    base_ms = int(base.timestamp()) * 1000
+    topic = res.new_topic("bench-latency", 1)
+    prefix, namespace = res.unique("lat")
+    local = LocalClickHouse(res.tmp / "ch-latency")
+    res.closers.append(local.close)
+    cmd = [*cmd_base, "stream", "--window", f"{window_s}s"]
+    env = stream_env(res, topic, prefix, namespace, local.url, res.tmp / "recovery-latency",
+                     args.workers)
+    print(f"\nrunning: {shlex.join(cmd)}  (tailing {topic}; ClickHouse: clickhouse-connect "
+          f"{local.url})")
+    lat = figures["latency"] = {
+        "window_s": window_s, "rate": args.rate, "seconds": args.seconds,
+        "warmup_s": args.warmup, "poll_ms": args.poll_ms, "linger_ms": args.linger_ms,
+        "event_base": args.event_base, "subscription": LAT_SUBSCRIPTION, "meter": LAT_METER}
+    err_log = res.tmp / "stream-latency.err"
+    t_spawn = time.time()
+    proc = res.spawn(cmd, env, res.tmp / "stream-latency")
+    poller = RowPoller(local.store, base_ms // 1000, args.poll_ms / 1000)
+    producer = SteadyProducer(res, topic, args.rate, base_ms, window_s, args.linger_ms,
+                              args.compression, uuid.uuid4().hex[:8])
+    poller.start()
+    producer.start()
+
+    def alive_or_fail(doing: str) -> None:
+        if proc.poll() is not None:
+            msg = (f"`meterwax stream` exited ({proc.returncode}) while {doing}; stderr tail:\n"
+                   f"{tail_of(err_log)}")
+            raise BenchFailed(msg)
+        for thread in (producer, poller):
+            if thread.error is not None:
+                msg = f"{thread.name} failed while {doing}: {thread.error!r}"
+                raise BenchFailed(msg)
+
+    try:
+        # Start-up: until the first window row is queryable (the events produced meanwhile are a
+        # backlog the stream reads at once; the warm-up lets it catch up before sampling).
+        deadline = time.time() + args.startup_timeout
+        while not poller.seen:
+            alive_or_fail("starting")
+            if time.time() > deadline:
+                msg = (f"no rated window in ClickHouse {args.startup_timeout:.0f} s after "
+                       f"starting the stream; stderr tail:\n{tail_of(err_log)}")
+                raise BenchFailed(msg)
+            time.sleep(0.05)
+        lat["startup_to_first_row_s"] = round(time.time() - t_spawn, 2)
+        end_warmup = time.time() + args.warmup
+        while time.time() < end_warmup:
+            alive_or_fail("warming up")
+            time.sleep(0.05)
+        sample_from = time.time()
+        sample_to = sample_from + args.seconds
+        print(f"  stream up after {lat['startup_to_first_row_s']} s; warmed up {args.warmup} s; "
+              f"sampling {args.seconds} s at {args.rate:,.0f} events/s ...")
+        while time.time() < sample_to:
+            alive_or_fail("sampling")
+            time.sleep(0.05)
+        # Drain: keep producing (unsampled) so the last sampled window closes, until it is
+        # visible with the last sampled event in it.
+        recs = producer.records
+        last = next((r for r in reversed(recs[:len(recs)]) if r[0] < sample_to), None)
+        drain_deadline = time.time() + args.drain_timeout
+        while last is not None and poller.visible(last[1], last[2]) is None:
+            alive_or_fail("draining")
+            if time.time() > drain_deadline:
+                problems.append(f"the last sampled window was not queryable within "
+                                f"{args.drain_timeout:.0f} s after sampling ended")
+                break
+            time.sleep(0.05)
+        time.sleep(3 * args.poll_ms / 1000)  # a few more polls
+    finally:
+        producer.stop_flag.set()
+        poller.stop_flag.set()
+        producer.join(35)
+        poller.join(5)
+        how = Resources.stop(proc, args.stop_timeout)
+        lat["stream_stop"] = how
+        print(f"  stream stopped: {how}")
+    if producer.errors:
+        problems.append(f"delivery errors: {producer.errors}")
+
+    # Analysis.
+    records = producer.records
+    produced_s = (records[-1][0] - producer.t0) if records else 0.0
+    lat["produced_total"] = len(records)
+    lat["produced_rate"] = round(len(records) / produced_s) if produced_s else None
+    samples = [r for r in records if sample_from <= r[0] < sample_to]
+    lat["sampled_rate"] = round(len(samples) / args.seconds)
+    event_lat: list[float] = []
+    missing = 0
+    for p, ws, rank in samples:
+        seen = poller.visible(ws, rank)
+        if seen is None:
+            missing += 1
+        else:
+            event_lat.append(seen[0] - p)
+    lat["event_to_row"] = summary_ms(event_lat)
+    lat["event_to_row"]["missing"] = missing
+    # Per window: its closing event = the first event of a later window.
+    close_lat: list[float] = []
+    close_ins: list[float] = []
+    count_mismatch: list[str] = []
+    for prev, cur in itertools.pairwise(records):
+        if cur[1] == prev[1] or not sample_from <= cur[0] < sample_to:
+            continue
+        ws, total = prev[1], producer.counts[prev[1]]
+        seen = poller.visible(ws, total)
+        if seen is None:
+            continue  # counted as missing above when it holds sampled events
+        close_lat.append(seen[0] - cur[0])
+        close_ins.append(seen[1] - cur[0])
+        counts = [c for _t, c, _i in poller.seen.get(ws, ())]
+        if max(counts) != total:
+            count_mismatch.append(f"window {ws}: event_count {max(counts)}, produced {total}")
+    lat["close_to_row"] = summary_ms(close_lat)
+    lat["close_to_insert"] = summary_ms(close_ins)
+    lat["polls"] = poller.polls
+    lat["poll_query_mean_ms"] = (round(1000 * poller.query_s / poller.polls, 2)
+                                 if poller.polls else None)
+    if missing:
+        problems.append(f"{missing} sampled events never became visible")
+    if count_mismatch:
+        problems.append("rated event_count differs from what was produced: "
+                        + "; ".join(count_mismatch[:3]))
+    return problems
+
+
+# -- output ---------------------------------------------------------------------------------------
+
+
+def _fmt_rate(rate: float | None) -> str:
+    return f"{rate:>13,.0f}" if rate is not None else f"{'-':>13}"
+
+
+def print_throughput(args: argparse.Namespace, f: dict[str, Any]) -> None:
+    n = f["lines"]
+    floor_rate = f["floor_events_per_s"]
+    workers = args.workers if args.workers is not None else "default"
+    print()
+    print(f"meterwax stream bench: {n:,} events, seed {args.seed}, {args.partitions} "
+          f"partition(s), workers {workers}, window {args.window or '1m (default)'}, "
+          f"ClickHouse via {f.get('clickhouse')}, {os.cpu_count()} CPUs")
+    print(f"  {'measure':<40}{'events/s':>13}{'seconds':>10}{'% of floor':>12}")
+    rows: list[tuple[str, float | None, float | None, bool]] = [
+        ("generate (flows.workload)", n / f["generate_s"], f["generate_s"], False),
+        ("produce (confluent-kafka)", f["produce_events_per_s"], f["produce_s"], False),
+        ("floor (consume + EVENT_DECODER)", floor_rate, f["floor_s"], True),
+        ("stream --stop-at-end (wall clock)", f.get("stream_events_per_s"), f.get("stream_s"),
+         True),
+    ]
+    if "stream_startup_s" in f:
+        rows += [
+            ("  start-up (spawn to first counted)", None, f["stream_startup_s"], False),
+            ("  reading (first to last counted)", f["stream_reading_events_per_s"],
+             f["stream_reading_s"], True),
+            ("  shutdown (last counted to exit)", None, f["stream_shutdown_s"], False),
+        ]
+    for name, rate, secs, show_pct in rows:
+        pct_txt = (f"{100 * rate / floor_rate:>11.1f}%" if show_pct and rate is not None
+                   else f"{'':>12}")
+        secs_txt = f"{secs:>10.2f}" if secs is not None else f"{'-':>10}"
+        print(f"  {name:<40}{_fmt_rate(rate)}{secs_txt}{pct_txt}")
+    if "stream_events_per_s" in f:
+        print(f"  stream / floor: {100 * f['stream_events_per_s'] / floor_rate:.1f}% (wall "
+              "clock, process start-up and shutdown included)")
+    rows_ch = f.get("clickhouse_rows")
+    if rows_ch:
+        exp = f.get("engine_expected")
+        check = (f"; engine: {exp['windows']:,} windows / {exp['events']:,} events -> "
+                 f"{f['clickhouse_check']}" if exp else
+                 f"; {f['clickhouse_check']}" if "clickhouse_check" in f else "")
+        print(f"  ClickHouse after exit: {rows_ch['windows']:,} windows holding "
+              f"{rows_ch['events']:,} rated events{check}")
+
+
+def print_latency(f: dict[str, Any]) -> None:
+    lat = f["latency"]
+    w = lat["window_s"]
+    print()
+    print(f"latency: meterwax stream --window {w}s (a {w}-second window for this phase only: a "
+          "window's row can appear only once the watermark passes its end, so the default 1m "
+          "would add up to a minute), "
+          f"{lat['rate']:,.0f} events/s for {lat['seconds']} s after a {lat['warmup_s']} s "
+          f"warm-up; one subject and meter ({LAT_SUBJECT} {LAT_TYPE} -> {LAT_SUBSCRIPTION} "
+          f"{LAT_METER}); ClickHouse polled every {lat['poll_ms']} ms "
+          f"({lat['polls']} polls, {lat['poll_query_mean_ms']} ms each)")
+    print(f"  produced {lat['produced_total']:,} events in all ({lat['produced_rate']:,}/s), "
+          f"sampled {lat['event_to_row'].get('samples', 0):,} ({lat['sampled_rate']:,}/s); "
+          f"stream up (first row queryable) {lat.get('startup_to_first_row_s')} s after spawn")
+    print(f"  {'measure':<40}{'samples':>9}{'p50 ms':>10}{'p99 ms':>10}{'max ms':>10}"
+          f"{'mean ms':>10}")
+    for name, key in (("event produced -> window row queryable", "event_to_row"),
+                      ("window closed -> row queryable", "close_to_row"),
+                      ("window closed -> row inserted_at", "close_to_insert")):
+        s = lat[key]
+        if not s.get("samples"):
+            print(f"  {name:<40}{0:>9}")
+            continue
+        print(f"  {name:<40}{s['samples']:>9,}{s['p50_ms']:>10,.1f}{s['p99_ms']:>10,.1f}"
+              f"{s['max_ms']:>10,.1f}{s['mean_ms']:>10,.1f}")
+    print("  event -> row: from each sampled event's produce() call to the end of the first poll "
+          "whose row for its window")
+    print("    has an event_count >= the event's rank in that window; it includes the wait for "
+          f"the window to close (0-{w} s,")
+    print(f"    ~{w / 2:g} s on average at a steady rate). window closed -> row: per window, from "
+          "producing the first event of")
+    print("    the next window (which moves the watermark past its end) to the full row being "
+          "queryable: pipeline latency")
+    print(f"    alone, overstated by up to one poll interval ({lat['poll_ms']} ms) + query; "
+          "-> inserted_at uses ClickHouse's own insert time.")
+
+
+# -- main -----------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", type=int, default=200_000, help="events for the throughput phase")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--partitions", type=int, default=1, help="input topic partitions")
+    ap.add_argument("-w", "--workers", type=int, default=None,
+                    help="stream workers (default: the command's own)")
+    ap.add_argument("--window", default=None, help="throughput phase window (default: 1m)")
+    ap.add_argument("--clickhouse-path", nargs="?", const="", default=None, metavar="DIR",
+                    help="throughput phase: the stream writes to an embedded chDB directory "
+                         "(DIR, fresh; default a temp dir) instead of clickhouse-connect")
+    ap.add_argument("--compression", default="lz4", help="producer compression.type")
+    ap.add_argument("--chunk", type=int, default=2000,
+                    help="floor consumer batch (the stream's chunk is 2000)")
+    ap.add_argument("--timeout", type=float, default=600, help="seconds for the stream run")
+    ap.add_argument("--no-verify", dest="verify", action="store_false",
+                    help="skip comparing the ClickHouse rows with the in-process engine")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--latency", action="store_true", help="the latency phase only")
+    mode.add_argument("--skip-latency", action="store_true", help="the throughput phase only")
+    ap.add_argument("--rate", type=float, default=2000, help="latency phase: events/s")
+    ap.add_argument("--seconds", type=float, default=20, help="latency phase: sampled seconds")
+    ap.add_argument("--warmup", type=float, default=3,
+                    help="latency phase: seconds produced after the stream is up, not sampled")
+    ap.add_argument("--latency-window", type=int, default=1, metavar="SECONDS",
+                    help="latency phase window (default 1 s)")
+    ap.add_argument("--poll-ms", type=float, default=50, help="latency phase: ClickHouse poll")
+    ap.add_argument("--linger-ms", type=float, default=5, help="latency phase: producer linger")
+    ap.add_argument("--event-base", default=DEFAULT_EVENT_BASE,
+                    help="latency phase: event time of the first event (an instant inside an "
+                         "active sub-acme-1 month, away from its end)")
+    ap.add_argument("--startup-timeout", type=float, default=90)
+    ap.add_argument("--drain-timeout", type=float, default=20)
+    ap.add_argument("--stop-timeout", type=float, default=15,
+                    help="seconds between SIGTERM and SIGKILL when stopping the stream")
+    ap.add_argument("--kafka-bootstrap", default=None)
+    ap.add_argument("--redis-url", default=None)
+    ap.add_argument("--meterwax", default=None,
+                    help="the meterwax command (default: .venv/bin/meterwax of this repo)")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep temp dirs, topics and Redis keys")
+    args = ap.parse_args(argv)
+    if args.size <= 0 or args.partitions <= 0 or args.rate <= 0 or args.seconds <= 0:
+        ap.error("--size, --partitions, --rate and --seconds must be positive")
+    if args.workers is not None and args.workers <= 0:
+        ap.error("--workers must be positive")
+    if args.latency_window <= 0:
+        ap.error("--latency-window must be positive")
+    if args.clickhouse_path is not None and args.latency:
+        ap.error("--clickhouse-path applies to the throughput phase; --latency polls ClickHouse "
+                 "from this process, so it always serves it (ChdbHttpServer)")
+    try:
+        kafka, redis_url = service_addresses(args.kafka_bootstrap, args.redis_url)
+    except BenchFailed as exc:
+        print(f"bench_stream: {exc}", file=sys.stderr)
+        return 2
+    cmd_base = shlex.split(args.meterwax) if args.meterwax else default_meterwax()
+
+    def on_term(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    res = Resources(kafka, redis_url, Path(tempfile.mkdtemp(prefix="meterwax-bench-stream-")),
+                    args.keep)
+    figures: dict[str, Any] = {
+        "bench": "bench_stream", "size": args.size, "seed": args.seed,
+        "partitions": args.partitions, "workers": args.workers, "window": args.window or "1m",
+        "compression": args.compression, "cpus": os.cpu_count()}
+    problems: list[str] = []
+    status = 0
+    def throughput() -> None:
+        problems.extend(throughput_phase(args, res, cmd_base, figures))
+        print_throughput(args, figures)
+
+    def latency() -> None:
+        problems.extend(latency_phase(args, res, cmd_base, figures))
+        print_latency(figures)
+
+    phases: list[tuple[str, Callable[[], None]]] = []
+    if not args.latency:
+        phases.append(("throughput", throughput))
+    if not args.skip_latency:
+        phases.append(("latency", latency))
+    try:
+        for name, run in phases:
+            try:
+                run()
+            except BenchFailed as exc:  # the other phase still runs
+                print(f"\n{name.upper()} NOT MEASURED: {exc}", file=sys.stderr)
+                figures["status"] = "failed"
+                figures.setdefault("errors", {})[name] = str(exc)[-3000:]
+                status = 1
+    finally:
+        for note in res.cleanup():
+            print(f"cleanup: {note}", file=sys.stderr)
+    if problems:
+        status = 1
+        for p in problems:
+            print(f"PROBLEM: {p}", file=sys.stderr)
+        figures["problems"] = problems
+    figures.setdefault("status", "ok" if not problems else "problems")
+    print(json.dumps(figures, sort_keys=True))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
