@@ -89,6 +89,7 @@ from confluent_kafka import (  # noqa: E402
 )
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
+from bench.bench_run import default_meterwax  # noqa: E402
 from flows.workload import compose, generate  # noqa: E402
 from operators.catalog import load_catalog  # noqa: E402
 from schemas.events import EVENT_DECODER  # noqa: E402
@@ -109,17 +110,6 @@ class BenchFailed(Exception):
 
 
 # -- helpers --------------------------------------------------------------------------------------
-
-
-def default_meterwax() -> list[str]:
-    for candidate in (ROOT / ".venv" / "bin" / "meterwax",
-                      Path(sys.executable).parent / "meterwax"):
-        if candidate.exists():
-            return [str(candidate)]
-    found = shutil.which("meterwax")
-    if found:
-        return [found]
-    return [sys.executable, "-m", "flows.cli"]
 
 
 def service_addresses(kafka: str | None, redis_url: str | None) -> tuple[str, str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import re
 import shutil
 import time
@@ -25,8 +24,8 @@ from operators.erp import ErpOutput, build_erp, erp_chain
 from operators.ingest import IngestConfig, IngestStats
 from operators.periods import Month
 from operators.reconcile import RatedKey, RatedSummary, StatsTotal, reconcile
-from schemas.records import ENCODER, ExceptionRecord, InvoiceCandidate
-from sinks.files import CallbackSink, JsonLinesPartsSink
+from schemas.records import ExceptionRecord, InvoiceCandidate
+from sinks.files import CallbackSink, JsonLinesPartsSink, write_jsonl
 from sinks.store_sink import RatedWindowSink
 
 
@@ -159,10 +158,10 @@ def run_file(opts: RunOptions, progress: Progress | None = None,
     rated = rated_summary(store, database)
     report = reconcile(catalog, stats, rated, candidates, exceptions)
     erp = build_erp(catalog, candidates)
-    _write_jsonl(out / "erp_ar_invoices.jsonl", erp.ar_invoices)
-    _write_jsonl(out / "erp_journals.jsonl", erp.journals)
-    _write_jsonl(out / "revenue_schedules.jsonl", erp.schedules)
-    _write_jsonl(out / "invoice_exceptions.jsonl", erp.exceptions)
+    write_jsonl(out / "erp_ar_invoices.jsonl", erp.ar_invoices)
+    write_jsonl(out / "erp_journals.jsonl", erp.journals)
+    write_jsonl(out / "revenue_schedules.jsonl", erp.schedules)
+    write_jsonl(out / "invoice_exceptions.jsonl", erp.exceptions)
     usage = {key: (stats.ingested[key].quantity() if key in stats.ingested else Decimal(0),
                    rated[key].cumulative_quantity if key in rated else Decimal(0))
              for key in set(stats.ingested) | set(rated)}
@@ -194,12 +193,3 @@ def run_file(opts: RunOptions, progress: Progress | None = None,
     store.close()
     return RunResult(catalog, report, candidates, exceptions, elapsed, progress, erp)
 
-
-def _write_jsonl(path: Path, records: Sequence[Any]) -> None:
-    """Whole file at once, through a temporary name, so a reader never sees half a file."""
-    tmp = Path(f"{path}.tmp")
-    with open(tmp, "wb") as fh:
-        for record in records:
-            fh.write(ENCODER.encode(record))
-            fh.write(b"\n")
-    os.replace(tmp, path)

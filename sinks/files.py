@@ -63,13 +63,18 @@ class JsonLinesPartsSink(DynamicSink[list[Any]]):
                     records[id_of(record)] = record
             part.unlink()
         ordered = sorted(records.values(), key=sort_key)
-        tmp = Path(f"{final}.tmp")
-        with open(tmp, "wb") as fh:
-            for record in ordered:
-                fh.write(ENCODER.encode(record))
-                fh.write(b"\n")
-        os.replace(tmp, final)
+        write_jsonl(final, ordered)
         return ordered
+
+
+def write_jsonl(path: str | Path, records: Sequence[Any]) -> None:
+    """Whole file at once, through a temporary name, so a reader never sees half a file."""
+    tmp = Path(f"{path}.tmp")
+    with open(tmp, "wb") as fh:
+        for record in records:
+            fh.write(ENCODER.encode(record))
+            fh.write(b"\n")
+    os.replace(tmp, path)
 
 
 class _CallbackPartition(StatelessSinkPartition[Any]):
