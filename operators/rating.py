@@ -144,11 +144,17 @@ class SubscriptionRater:
         else:
             win.open_agg.merge(partial)
         win.open_events += events
+        touched: set[str] = set()
         if state.heap[0][0] <= wm:
-            touched: set[str] = set()
             self._close_windows(wm, out, touched)
-            if touched:
-                self._adjust(touched, out)
+        if pstate.closed and win.open_agg is not None:
+            # Usage for an issued period is adjusted at once. From a single input partition
+            # its window has always ended by the watermark (closed above); from several, this
+            # op's partition may be behind the one whose watermark closed the period, and
+            # waiting for it would leave the usage in a window no close will ever rate.
+            self._rate_window(period, meter, window_start, out, touched)
+        if touched:
+            self._adjust(touched, out)
 
     def _close_windows(self, wm_ts: int, out: list[Output], touched: set[str]) -> None:
         heap = self.state.heap
