@@ -77,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     stream.add_argument("--recovery-dir", dest="recovery_dir")
     stream.add_argument("--topic-prefix", dest="topic_prefix")
     stream.add_argument("--redis-namespace", dest="redis_namespace")
+    stream.add_argument("--dedup-ttl", dest="dedup_ttl", type=parse_duration, default=None,
+                        help="how long an event identity is remembered (default 35d)")
     stream.add_argument("--window", type=_window, default=None)
     stream.add_argument("--allowed-lateness", type=parse_duration, default=None)
     stream.add_argument("-w", "--workers", type=_positive, default=None)

@@ -128,6 +128,18 @@ class StreamSettings:
                 problems.append(f"{name}: required (flag --{name.replace('_', '-')} or "
                                 f"{ENV_PREFIX}{name.upper()})")
             required[name] = value
+        ttl_text = get("dedup_ttl")
+        dedup_ttl = timedelta(days=35)
+        if ttl_text:
+            import argparse
+
+            from flows.cli import parse_duration
+
+            try:
+                dedup_ttl = ttl_text if isinstance(ttl_text, timedelta) else parse_duration(
+                    str(ttl_text))
+            except argparse.ArgumentTypeError as exc:
+                problems.append(f"dedup_ttl: {exc}")
         workers = int(get("workers", 1) or 1)
         if workers < 1:
             problems.append(f"workers: must be at least 1, got {workers}")
@@ -141,6 +153,7 @@ class StreamSettings:
             clickhouse=required["clickhouse"], recovery_dir=required["recovery_dir"],
             topics=Topics.with_prefix(get("topic_prefix", "meterwax.")),
             redis_namespace=get("redis_namespace", "meterwax"),
+            dedup_ttl=dedup_ttl,
             window=values.get("window") or timedelta(minutes=1),
             allowed_lateness=values.get("allowed_lateness") or timedelta(hours=1),
             workers=workers,

@@ -4,6 +4,7 @@ embedded ClickHouse engine."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -115,3 +116,18 @@ def test_check_catalog_and_usage_errors(tmp_path: Path) -> None:
     window = meterwax("run", "--catalog", CATALOG, "--events", "x", "--out", str(tmp_path),
                       "--window", "0s")
     assert window.returncode == 2 and "longer than zero" in window.stderr
+
+
+def test_stream_settings_report_every_problem_at_once(tmp_path: Path) -> None:
+    env_free = {k: v for k, v in os.environ.items()
+                if not k.startswith("METERWAX_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "stream", "--catalog", str(tmp_path / "none.yaml"),
+         "--dedup-ttl", "35d"],
+        cwd=ROOT, env={**env_free, "METERWAX_WORKERS": "0"}, capture_output=True, text=True,
+        timeout=60, check=False)
+    assert proc.returncode == 2
+    for problem in ("kafka_bootstrap: required", "input_topic: required", "redis_url: required",
+                    "clickhouse: required", "recovery_dir: required",
+                    "workers: must be at least 1", "catalog: no such file"):
+        assert problem in proc.stderr, proc.stderr

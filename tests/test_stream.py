@@ -200,7 +200,7 @@ def _has_output(run: StreamRun, name: str) -> bool:
 
 def test_killed_mid_stream_and_restarted_loses_and_doubles_nothing(
         catalog, kafka_service, redis_service, clickhouse, tmp_path) -> None:
-    lines = dirty_lines() + list(generate(catalog, 60_000, seed=5))
+    lines = dirty_lines() + list(generate(catalog, 90_000, seed=5))
     topic = kafka_service.new_topic("usage", partitions=1)
     kafka_service.produce(topic, lines)
     run = StreamRun(kafka_service, redis_service, clickhouse, tmp_path, topic)
@@ -211,7 +211,7 @@ def test_killed_mid_stream_and_restarted_loses_and_doubles_nothing(
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
         assert time.monotonic() < deadline
         time.sleep(0.5)
-    time.sleep(2.5)
+    time.sleep(1.0)
     assert proc.poll() is None, "the run finished before it could be killed: use more events"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
