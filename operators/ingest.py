@@ -87,8 +87,6 @@ class IngestStats:
     # reconciliation, computed independently of windows and rating.
     ingested: dict[tuple[str, str, str], Aggregate] = field(default_factory=dict)
     contributions: dict[str, int] = field(default_factory=dict)  # meter -> accepted values
-    first_position: int | None = None
-    last_position: int | None = None
 
 
 @dataclass
@@ -180,9 +178,6 @@ class Ingestor:
     def process(self, batch: Sequence[tuple[int, bytes]]) -> IngestOutput:
         out = self._new_output()
         stats = out.stats
-        if batch:
-            stats.first_position = batch[0][0]
-            stats.last_position = batch[-1][0]
         decode = EVENT_DECODER.decode
         source_name, partition = self.source_name, self.partition
         decoded: list[tuple[int, bytes, CloudEvent]] = []

@@ -18,7 +18,6 @@ input order), so outputs are identical however the runtime batches or distribute
 
 from __future__ import annotations
 
-import copy
 import functools
 import heapq
 from dataclasses import dataclass, field
@@ -97,9 +96,6 @@ class SubscriptionRater:
         # The pricer of each meter's charge, looked up once rather than per rated window.
         self._pricers = {c.meter: PRICERS[c.model] for c in self.plan.charges}
         self._period_ends: dict[str, int] = {}
-
-    def snapshot(self) -> RaterState:
-        return copy.deepcopy(self.state)
 
     # -- ops ------------------------------------------------------------------------------------
 
