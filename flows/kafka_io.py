@@ -184,6 +184,9 @@ def dead_letters(topic: str, records: Sequence[ExceptionRecord]) -> list[Message
             ("meterwax.source.partition", str(pos.get("partition", "")).encode()),
             ("meterwax.source.offset", str(pos.get("offset", pos.get("line", ""))).encode()),
             ("meterwax.correlation_id", (r.event_id or r.exception_id).encode()),
+            # The whole position: for a rating failure it names the subscription, period,
+            # meter and window instead of an input offset.
+            ("meterwax.position", ENCODER.encode(pos)),
         ]
         out.append((topic, r.exception_id, raw, headers))
     return out

@@ -8,12 +8,18 @@ from collections.abc import Sequence
 from prometheus_client import Counter, start_http_server
 
 from operators.ingest import IngestStats
+from schemas.records import INTERNAL_ERROR, ExceptionRecord
 
 EVENTS = Counter("meterwax_events_total", "Events read, by the bucket they landed in",
                  ["bucket"])
 LATE = Counter("meterwax_late_after_close_total",
                "Rated events for a period whose invoice candidate was already issued")
 BLANK = Counter("meterwax_blank_lines_total", "Blank input messages skipped")
+# Page on any increase: the flow goes on without the event (see operators/ingest.py), but an
+# INTERNAL_ERROR is a bug or an input nobody foresaw, and its usage is not billed until fixed.
+INTERNAL = Counter("meterwax_internal_errors_total",
+                   "Events or rating steps that failed unexpectedly and were set aside",
+                   ["step"])
 
 
 def record(batches: Sequence[IngestStats]) -> None:
@@ -26,6 +32,16 @@ def record(batches: Sequence[IngestStats]) -> None:
                 EVENTS.labels(reason).inc(n)
         LATE.inc(s.late_after_close)
         BLANK.inc(s.blank)
+        internal = s.exceptions.get(INTERNAL_ERROR, 0)
+        if internal:
+            INTERNAL.labels("ingest").inc(internal)
+
+
+def record_exceptions(records: Sequence[ExceptionRecord]) -> None:
+    """Rating failures: they are exception records, not ingest counts."""
+    for r in records:
+        if r.position.get("step") == "rating":
+            INTERNAL.labels("rating").inc()
 
 
 def serve(port: int) -> None:

@@ -143,10 +143,13 @@ class RateLogic(StatefulBatchLogic[SubOps, tuple[str, list[Any]], Any]):
             rater = self.rater = SubscriptionRater(self.catalog, values[0][0], self.config.window)
         windows: list[RatedWindow] = []
         candidates: list[InvoiceCandidate] = []
+        failures: list[ExceptionRecord] = []
         for _, ops in values:
             for item in rater.apply(ops):
                 if isinstance(item, RatedWindow):
                     windows.append(item)
+                elif isinstance(item, ExceptionRecord):
+                    failures.append(item)
                 else:
                     candidates.append(item)
         out: list[tuple[str, list[Any]]] = []
@@ -154,6 +157,8 @@ class RateLogic(StatefulBatchLogic[SubOps, tuple[str, list[Any]], Any]):
             out.append(("win", windows))
         if candidates:
             out.append(("cand", candidates))
+        if failures:
+            out.append((EXC, failures))
         return out, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> Any:
@@ -183,7 +188,6 @@ def build_flow(catalog: Catalog, config: IngestConfig, source: Source[Chunk], si
     exceptions = op.filter_map("exceptions", others,
                                lambda item: item[1] if item[0] == EXC else None)
     stats = op.filter_map("stats", others, lambda item: item[1] if item[0] == STATS else None)
-    _outputs("exceptions_out", exceptions, sinks.exceptions)
     _outputs("stats_out", stats, sinks.stats)
     if sinks.ledger:
         ledger = op.filter_map("ledger", others,
@@ -199,6 +203,11 @@ def build_flow(catalog: Catalog, config: IngestConfig, source: Source[Chunk], si
                             lambda item: item[1] if item[0] == "win" else None)
     candidates = op.filter_map("candidates", rated_items,
                                lambda item: item[1] if item[0] == "cand" else None)
+    # Ops whose rating failed (operators/rating.py) join the rejected events.
+    rating_failures = op.filter_map("rating_failures", rated_items,
+                                    lambda item: item[1] if item[0] == EXC else None)
+    _outputs("exceptions_out", op.merge("all_exceptions", exceptions, rating_failures),
+             sinks.exceptions)
     _outputs("windows_out", windows, sinks.windows)
     _outputs("candidates_out", candidates, sinks.candidates)
     if with_candidates is not None:

@@ -14,7 +14,12 @@ from typing import BinaryIO
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from operators.limits import MAX_LINE_BYTES
+
 Chunk = tuple[str, list[tuple[int, bytes]]]  # (partition name, [(line number, raw line)])
+
+_READ_BYTES = 1 << 18
+_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass
@@ -34,6 +39,12 @@ class FilePosition:
 
 
 class _FilePartition(StatefulSourcePartition[Chunk, FilePosition]):
+    """Splits the file into lines itself, from fixed-size reads, so no line costs more memory
+    than the 1 MiB limit however long it is: the part of an over-long line beyond the limit is
+    read and dropped, and the kept prefix (one byte past the limit) reaches ingest, which
+    rejects it as INVALID_JSON. A UTF-8 byte order mark at the start of the file is the file's
+    encoding marker, not part of its first event, and is dropped."""
+
     def __init__(self, name: str, fh: BinaryIO, resume: FilePosition | None, chunk_lines: int,
                  progress: Progress | None) -> None:
         self.name = name
@@ -43,23 +54,68 @@ class _FilePartition(StatefulSourcePartition[Chunk, FilePosition]):
         self.position = resume or FilePosition(0, 1)
         if self.position.offset:
             fh.seek(self.position.offset)
+        self._buffer = b""  # bytes read after the last complete line (at most the limit + 1)
+        self._overflow = False  # the buffered line already passed the limit
+        self._pending = 0  # file bytes of the buffered line, kept or dropped
+        self._ready: list[tuple[bytes, int]] = []  # complete lines and the bytes each spans
+        self._eof = False
 
     def next_batch(self) -> list[Chunk]:
-        # readlines(hint) stops after about `hint` bytes: ~chunk_lines lines of ~200 bytes.
-        lines = self.fh.readlines(self.chunk_lines * 200)
-        if not lines:
+        ready = self._ready
+        while len(ready) < self.chunk_lines and not self._eof:
+            block = self.fh.read(_READ_BYTES)
+            if not block:
+                self._eof = True
+                if self._buffer or self._pending:
+                    ready.append((self._buffer, self._pending))
+                    self._buffer, self._overflow, self._pending = b"", False, 0
+                break
+            self._split(block)
+        if not ready:
             if self.progress is not None:
                 self.progress.done = True
             raise StopIteration
+        taken = ready[: self.chunk_lines]
+        del ready[: self.chunk_lines]
         first = self.position.line
-        chunk = [(number, raw.rstrip(b"\r\n")) for number, raw in enumerate(lines, first)]
-        size = sum(map(len, lines))
+        lines = [line for line, _ in taken]
+        if self.position.offset == 0 and lines[0].startswith(_BOM):
+            lines[0] = lines[0][len(_BOM):]
+        chunk = [(number, raw[:-1] if raw.endswith(b"\r") else raw)
+                 for number, raw in enumerate(lines, first)]
+        consumed = sum(span for _, span in taken)
         number = first + len(lines)
-        self.position = FilePosition(self.position.offset + size, number)
+        self.position = FilePosition(self.position.offset + consumed, number)
         if self.progress is not None:
-            self.progress.read_bytes += size
+            self.progress.read_bytes += consumed
             self.progress.lines = number - 1
         return [(self.name, chunk)]
+
+    def _split(self, block: bytes) -> None:
+        """Queue the lines `block` completes, each with the file bytes it spans."""
+        parts = block.split(b"\n")
+        ready = self._ready
+        for part in parts[:-1]:
+            ready.append((self._keep(part), self._pending + len(part) + 1))
+            self._buffer, self._overflow, self._pending = b"", False, 0
+        tail = parts[-1]
+        self._pending += len(tail)
+        self._keep_tail(tail)
+
+    def _keep(self, part: bytes) -> bytes:
+        """The line that `part` completes, cut one byte past the limit."""
+        if self._overflow:
+            return self._buffer
+        line = self._buffer + part if self._buffer else part
+        return line[: MAX_LINE_BYTES + 1]
+
+    def _keep_tail(self, tail: bytes) -> None:
+        if self._overflow or not tail:
+            return
+        self._buffer += tail
+        if len(self._buffer) > MAX_LINE_BYTES:
+            self._buffer = self._buffer[: MAX_LINE_BYTES + 1]
+            self._overflow = True
 
     def snapshot(self) -> FilePosition:
         return self.position

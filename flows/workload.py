@@ -37,6 +37,7 @@ from typing import Any
 import orjson
 
 from operators.catalog import Catalog, Customer, Meter, Subscription
+from schemas.records import REASONS
 
 # --------------------------------------------------------------------------------------------
 # The time frame: two calendar months of event time.
@@ -161,7 +162,7 @@ class Composition:
             "unmetered": self.unmetered_type + self.not_in_plan,
             "unmetered_not_in_plan": self.not_in_plan,
             "late_after_close": self.late,
-            "exceptions": {
+            "exceptions": dict.fromkeys(REASONS, 0) | {
                 "INVALID_JSON": self.malformed,
                 "INVALID_EVENT": self.invalid_envelope,
                 "UNKNOWN_SUBJECT": self.unknown_subject,

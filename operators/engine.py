@@ -42,6 +42,8 @@ def run_engine(catalog: Catalog, lines: Iterable[bytes], config: IngestConfig,
             for item in rater.apply(ops):
                 if isinstance(item, RatedWindow):
                     result.windows.append(item)
+                elif isinstance(item, ExceptionRecord):
+                    result.exceptions.append(item)
                 else:
                     result.candidates.append(item)
 

@@ -1,7 +1,14 @@
 """Ingest: from raw input lines to one bucket per event, and rating ops per subscription.
 
-Each event lands in exactly one bucket, tested in this order: INVALID_JSON, INVALID_EVENT,
-duplicate, unmetered, UNKNOWN_SUBJECT, NO_ACTIVE_SUBSCRIPTION, INVALID_VALUE, rated.
+Each event lands in exactly one bucket, tested in this order: INVALID_JSON, INVALID_EVENT
+(both judged by operators/envelope.py), FUTURE_EVENT, duplicate, unmetered, UNKNOWN_SUBJECT,
+NO_ACTIVE_SUBSCRIPTION, INVALID_VALUE, PERIOD_LIMIT_EXCEEDED, rated.
+
+The crash-safe boundary: judging one event can never raise out of `process`. An unforeseen
+exception while decoding or classifying an event makes that event an INTERNAL_ERROR record (the
+error text and its original bytes) and the batch goes on, because in stream mode an exception
+that reaches Bytewax stops the flow, and recovery would replay the same message into the same
+exception for ever. Rating has its own boundary (operators/rating.py).
 
 The ingest step also owns the event-time watermark: the greatest event time among *accepted*
 (rated) events. Junk cannot move it: an event from an unknown subject dated 2099 must not close
@@ -27,19 +34,23 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-import msgspec
-
 from operators.aggregators import Aggregate, new_aggregate
 from operators.catalog import Catalog, Customer, Meter, Subscription
+from operators.clock import Clock, system_clock
 from operators.dedup import DedupStore, Origin
+from operators.envelope import Rejection, judge
+from operators.limits import DEFAULT_MAX_FUTURE, MAX_DURATION, MAX_LINE_BYTES, RAW_KEEP_BYTES
+from operators.money import ZERO
 from operators.periods import Month
+from operators.pricers import quantity_cap
 from operators.values import InvalidValue, distinct_key, quantity
-from schemas.events import EVENT_DECODER, CloudEvent
+from schemas.events import CloudEvent
 from schemas.records import (
-    INVALID_EVENT,
-    INVALID_JSON,
+    FUTURE_EVENT,
+    INTERNAL_ERROR,
     INVALID_VALUE,
     NO_ACTIVE_SUBSCRIPTION,
+    PERIOD_LIMIT_EXCEEDED,
     REASONS,
     UNKNOWN_SUBJECT,
     AcceptedEvent,
@@ -48,6 +59,11 @@ from schemas.records import (
 
 USAGE, TICK, CLOSE = 0, 1, 2
 _ONE = Decimal(1)
+# How a meter's period quantity is bounded (Ingestor._over_limit).
+_UNBOUNDED, _BY_VALUE, _BY_SUM, _BY_COUNT = 0, 1, 2, 3
+# A period cannot hold this many events (a million a second for thirty years), so a count cap
+# at or above it needs no counting.
+_MAX_EVENTS = Decimal(10) ** 15
 
 Op = tuple[Any, ...] | list[Any]  # USAGE ops are lists: pre-aggregation updates them in place
 
@@ -61,6 +77,10 @@ class IngestConfig:
     bill_from: Month | None = None
     # Emit every accepted event (IngestOutput.accepted) for the ClickHouse usage ledger.
     ledger: bool = False
+    # Events dated more than this ahead of `clock()` are FUTURE_EVENT: they do not move the
+    # watermark and do not claim their dedup identity, so they can be retried once due.
+    max_future: timedelta = DEFAULT_MAX_FUTURE
+    clock: Clock = system_clock
 
     def __post_init__(self) -> None:
         if self.window <= timedelta(0) or self.window.total_seconds() % 1:
@@ -68,6 +88,13 @@ class IngestConfig:
             raise ValueError(msg)
         if self.allowed_lateness < timedelta(0):
             msg = "allowed lateness must not be negative"
+            raise ValueError(msg)
+        for name in ("window", "allowed_lateness", "max_future"):
+            if getattr(self, name) > MAX_DURATION:
+                msg = f"{name} must be at most {MAX_DURATION.days} days"
+                raise ValueError(msg)
+        if self.max_future < timedelta(0):
+            msg = "max_future must not be negative"
             raise ValueError(msg)
 
 
@@ -104,6 +131,9 @@ class IngestState:
     closed_through: Month | None = None
     pending: dict[str, int] = field(default_factory=dict)  # sub -> end of its newest open window
     heap: list[tuple[int, str]] = field(default_factory=list)
+    # (subscription, period, meter) -> upper bound of the period quantity accepted so far, for
+    # the charges whose cap a period could reach (see `Ingestor._over_limit`).
+    totals: dict[tuple[str, str, str], Decimal] = field(default_factory=dict)
 
 
 class Ingestor:
@@ -129,6 +159,7 @@ class Ingestor:
         # since subscriptions never overlap, "still active" settles it without the bisect.
         self._last_sub: dict[str, Subscription] = {}
         self._open_ops: dict[tuple[str, str, str, int], list[Any]] = {}
+        self._caps: dict[tuple[str, str], tuple[Decimal, int]] = {}
         self._next_close = -1  # watermark (s) below which no period can close; -1: unknown
         # Period keys ("YYYY-MM") of closed_through and bill_from, compared with every accepted
         # event's period: kept as text rather than rebuilt from the Months per event, and updated
@@ -151,6 +182,9 @@ class Ingestor:
     def _exception(self, out: IngestOutput, position: int, raw: bytes, reason: str, error: str,
                    event: CloudEvent | None = None) -> None:
         out.stats.exceptions[reason] += 1
+        if len(raw) > MAX_LINE_BYTES:
+            error = f"{error}; the line has {len(raw)} bytes, the first {RAW_KEEP_BYTES} are kept"
+            raw = raw[:RAW_KEEP_BYTES]
         try:
             text: str | None = raw.decode("utf-8")
             b64 = None
@@ -178,50 +212,34 @@ class Ingestor:
     def process(self, batch: Sequence[tuple[int, bytes]]) -> IngestOutput:
         out = self._new_output()
         stats = out.stats
-        decode = EVENT_DECODER.decode
         source_name, partition = self.source_name, self.partition
         decoded: list[tuple[int, bytes, CloudEvent]] = []
         claims: list[tuple[str, Origin]] = []  # (identity, origin) of each decoded event
+        # Read once per batch: the horizon only has to be right to within a batch.
+        now = self.config.clock()
+        horizon = now + self.config.max_future
         blank = 0
         for position, raw in batch:
             if not raw or raw.isspace():  # `not raw.strip()`, without copying every line
                 blank += 1
                 continue
             try:
-                event = decode(raw)
-            except msgspec.ValidationError as exc:
-                # msgspec validates while it parses, so a schema error early in a line can hide
-                # malformed JSON after it: only well-formed JSON is an INVALID_EVENT.
-                try:
-                    msgspec.json.decode(raw)
-                except (msgspec.DecodeError, UnicodeDecodeError) as bad:
-                    self._exception(out, position, raw, INVALID_JSON, f"not valid JSON: {bad}")
-                    continue
-                self._exception(out, position, raw, INVALID_EVENT, f"invalid CloudEvent: {exc}")
+                event = judge(raw)
+            except Exception as exc:  # the crash-safe boundary (module docstring)
+                self._internal(out, position, raw, "decoding", exc)
                 continue
-            except msgspec.DecodeError as exc:
-                self._exception(out, position, raw, INVALID_JSON, f"not valid JSON: {exc}")
+            if type(event) is Rejection:
+                self._exception(out, position, raw, event.reason, event.error, event.event)
                 continue
-            except UnicodeDecodeError as exc:
-                # msgspec reports invalid UTF-8 inside a string this way rather than as a
-                # DecodeError; it is still a line that is not JSON text.
-                self._exception(out, position, raw, INVALID_JSON, f"not valid UTF-8 JSON: {exc}")
+            assert isinstance(event, CloudEvent)
+            if event.time > horizon:
+                # Neither the watermark nor the dedup store sees it: once it is due, the same
+                # bytes replayed are judged like any other event.
+                self._exception(out, position, raw, FUTURE_EVENT,
+                                f"`time` {event.time.isoformat()} is more than "
+                                f"{_duration(self.config.max_future)} ahead of the processing "
+                                f"clock ({now.isoformat()}); replay it once it is due", event)
                 continue
-            tz = event.time.tzinfo
-            if tz is None:
-                self._exception(out, position, raw, INVALID_EVENT,
-                                "invalid CloudEvent: `time` has no UTC offset - at `$.time`",
-                                event)
-                continue
-            if tz is not UTC:
-                try:
-                    event.time.astimezone(UTC)
-                except OverflowError:
-                    # 0001-01-01T00:00:00+01:00 has no UTC instant a datetime can hold.
-                    self._exception(out, position, raw, INVALID_EVENT,
-                                    "invalid CloudEvent: `time` is out of range in UTC "
-                                    "- at `$.time`", event)
-                    continue
             decoded.append((position, raw, event))
             source = event.source
             claims.append((f"{len(source)}:{source}{event.id}", (source_name, partition, position)))
@@ -233,12 +251,25 @@ class Ingestor:
         duplicates = 0
         for (position, raw, event), first in zip(decoded, firsts, strict=True):
             if first:
-                classify(out, position, raw, event)
+                rated, late = stats.rated, stats.late_after_close
+                try:
+                    classify(out, position, raw, event)
+                except Exception as exc:  # the crash-safe boundary
+                    stats.rated, stats.late_after_close = rated, late
+                    self._internal(out, position, raw, "classifying", exc, event)
             else:
                 duplicates += 1
         stats.duplicates += duplicates
         self._tally(out)
         return out
+
+    def _internal(self, out: IngestOutput, position: int, raw: bytes, step: str,
+                  exc: BaseException, event: CloudEvent | None = None) -> None:
+        """An unforeseen failure judging one event: that event becomes an INTERNAL_ERROR record
+        (counted, so an alert fires) and the rest of the stream goes on."""
+        self._exception(out, position, raw, INTERNAL_ERROR,
+                        f"internal error while {step} the event: {type(exc).__name__}: "
+                        f"{_clip(str(exc))}", event)
 
     def _tally(self, out: IngestOutput) -> None:
         """The ingested side of reconciliation, from the same pre-aggregates the raters get."""
@@ -291,9 +322,7 @@ class Ingestor:
                             f"subject {event.subject!r} belongs to no customer in the catalog",
                             event)
             return
-        at = event.time
-        if at.tzinfo is not UTC:
-            at = at.astimezone(UTC)
+        at = event.time  # UTC: operators/envelope.judge converted it
         sub = self._subscription_at(customer, at)
         if sub is None:
             self._exception(out, position, raw, NO_ACTIVE_SUBSCRIPTION,
@@ -325,6 +354,10 @@ class Ingestor:
                                 f"meter {meter.id!r}: {exc}", event)
                 return
             values.append((meter, value))
+        over = self._over_limit(sub, self._month(at)[0], values)
+        if over is not None:
+            self._exception(out, position, raw, PERIOD_LIMIT_EXCEEDED, over, event)
+            return
         if self.config.ledger:
             out.accepted.append(AcceptedEvent(
                 event_source=event.source, event_id=event.id, event_type=event_type,
@@ -333,6 +366,54 @@ class Ingestor:
                 origin_source=self.source_name, origin_partition=self.partition,
                 origin_offset=position, raw=raw.decode("utf-8", errors="replace")))
         self._accept(out, sub, at, position, values)
+
+    def _over_limit(self, sub: Subscription, period: str,
+                    values: list[tuple[Meter, Decimal | str]]) -> str | None:
+        """Why accepting these values would take the period past what its charge can rate and
+        store (operators/pricers.quantity_cap), or None; the period's bound is then updated.
+
+        `sum` periods are bounded by the running sum of accepted values, `count` and
+        `unique_count` by the number of accepted events, `max` and `latest` by the value
+        itself. Counting is skipped where the cap is beyond any event count a period can have.
+        The bounds are per input partition: with several partitions the rater checks again.
+        """
+        totals = self.state.totals
+        updates: list[tuple[tuple[str, str, str], Decimal]] = []
+        for meter, value in values:
+            cap, kind = self._cap(sub.plan_id, meter)
+            if kind == _UNBOUNDED:
+                continue
+            if kind == _BY_VALUE:
+                assert isinstance(value, Decimal)
+                bound = value
+            else:
+                key = (sub.id, period, meter.id)
+                bound = totals.get(key, ZERO) + (value if kind == _BY_SUM else _ONE)  # type: ignore[operator]
+                updates.append((key, bound))
+            if bound >= cap:
+                return (f"meter {meter.id!r}: accepting this event would take period {period}'s "
+                        f"quantity to {_clip(str(bound))}, beyond what its charge can rate and "
+                        f"store exactly (quantity below {_clip(str(cap))}, amount below 10^20)")
+        for key, bound in updates:
+            totals[key] = bound
+        return None
+
+    def _cap(self, plan_id: str, meter: Meter) -> tuple[Decimal, int]:
+        key = (plan_id, meter.id)
+        hit = self._caps.get(key)
+        if hit is None:
+            charge = self.catalog.plans[plan_id].charge_for(meter.id)
+            assert charge is not None  # routed meters are charged
+            cap = quantity_cap(charge)
+            aggregation = meter.aggregation
+            if aggregation in ("max", "latest"):
+                kind = _BY_VALUE
+            elif aggregation == "sum":
+                kind = _BY_SUM
+            else:
+                kind = _BY_COUNT if cap < _MAX_EVENTS else _UNBOUNDED
+            hit = self._caps[key] = (cap, kind)
+        return hit
 
     def _accept(self, out: IngestOutput, sub: Subscription, at: datetime, seq: int,
                 values: list[tuple[Meter, Decimal | str]]) -> None:
@@ -448,3 +529,17 @@ class Ingestor:
             if self.state.closed_through is None or self.state.closed_through < last:
                 self._close(out, last, wm)
         return out
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _duration(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    if seconds >= 2 * 86400 and seconds % 86400 == 0:
+        return f"{seconds // 86400}d"
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"

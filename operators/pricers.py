@@ -8,9 +8,10 @@ pricer never needs to know about windows, deltas or rounding.
 from __future__ import annotations
 
 from collections.abc import Callable
-from decimal import Decimal
+from decimal import ROUND_FLOOR, Decimal, localcontext
 
 from operators.catalog import Charge
+from operators.limits import STORE_LIMIT
 from operators.money import ZERO
 
 Pricer = Callable[[Charge, Decimal], Decimal]
@@ -67,3 +68,29 @@ PRICERS: dict[str, Pricer] = {
 
 def price(charge: Charge, q: Decimal) -> Decimal:
     return PRICERS[charge.model](charge, q)
+
+
+def quantity_cap(charge: Charge) -> Decimal:
+    """The period quantity a charge can rate without leaving what is stored exactly: every
+    quantity below it, and the amount any pricer gives for it, stay below `STORE_LIMIT`.
+
+    Each model's amount is bounded by a line, amount <= q * slope + offset (the steepest tier,
+    every flat price, one package started), so the cap is where that line meets the limit,
+    rounded down. Ingest refuses usage that would take a period past it (PERIOD_LIMIT_EXCEEDED)
+    instead of letting a store insert fail later.
+    """
+    if charge.model == "per_unit":
+        slope, offset = charge.unit_price, ZERO
+    elif charge.model in ("graduated", "volume"):
+        slope = max(t.unit_price for t in charge.tiers)
+        flats = [t.flat_price for t in charge.tiers]
+        offset = sum(flats, ZERO) if charge.model == "graduated" else max(flats)
+    elif charge.model == "package":
+        slope, offset = charge.package_price / charge.package_size, charge.package_price
+    else:
+        slope, offset = charge.rate, ZERO
+    if slope <= 0:
+        return STORE_LIMIT
+    with localcontext() as ctx:
+        ctx.rounding = ROUND_FLOOR
+        return min(STORE_LIMIT, (STORE_LIMIT - offset) / slope)

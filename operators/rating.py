@@ -12,6 +12,14 @@ re-emitted with `revision + 1` and its accumulated totals (the store keeps the h
 A contribution to a period whose invoice candidate was already issued is never dropped: it is
 rated the same way and yields an adjustment candidate carrying the line deltas.
 
+The crash-safe boundary: `apply` never raises. An op whose rating fails becomes an exception
+record (PERIOD_LIMIT_EXCEEDED when a period would pass what the store holds, which only several
+input partitions together can reach, since each partition's ingest refuses it first; otherwise
+INTERNAL_ERROR) naming the subscription, period, meter, window and event count, and the ops after
+it are rated. Its events were counted as rated by ingest and are now in no window, so
+reconciliation reports the gap for that subscription, period and meter: finance sees it, and
+the flow does not stop for it.
+
 Every decision depends only on the op sequence (each op carries the watermark computed upstream in
 input order), so outputs are identical however the runtime batches or distributes the work.
 """
@@ -30,12 +38,23 @@ from operators.aggregators import Aggregate, new_aggregate
 from operators.catalog import Catalog, Subscription
 from operators.ingest import CLOSE, TICK, USAGE, Op
 from operators.invoicing import LineValue, candidate, diff_lines, period_lines
+from operators.limits import STORE_LIMIT
 from operators.money import ZERO
 from operators.periods import Month, months_between
 from operators.pricers import PRICERS
-from schemas.records import InvoiceCandidate, RatedWindow
+from schemas.records import (
+    INTERNAL_ERROR,
+    PERIOD_LIMIT_EXCEEDED,
+    ExceptionRecord,
+    InvoiceCandidate,
+    RatedWindow,
+)
 
-Output = RatedWindow | InvoiceCandidate
+Output = RatedWindow | InvoiceCandidate | ExceptionRecord
+
+
+class RatingLimitError(ValueError):
+    """A period's quantity or amount would leave what the store holds exactly (below 10^20)."""
 
 
 @functools.lru_cache(maxsize=4096)
@@ -79,6 +98,7 @@ class RaterState:
     closed: set[str] = field(default_factory=set)
     heap: list[tuple[int, str, str, int]] = field(default_factory=list)  # (end, period, meter, ws)
     rating_seq: int = 0
+    failures: int = 0  # ops whose rating failed (see the module docstring); numbers their ids
 
 
 class SubscriptionRater:
@@ -102,17 +122,44 @@ class SubscriptionRater:
     def apply(self, ops: list[Op]) -> list[Output]:
         out: list[Output] = []
         for op in ops:
-            kind = op[0]
-            if kind == USAGE:
-                self._usage(op, out)
-            elif kind == TICK:
-                self._close_windows(op[1], out, set())
-            elif kind == CLOSE:
-                self._close_periods(Month.parse(op[1]), Month.parse(op[2]), op[3], out)
-            else:
-                msg = f"unknown op {kind!r}"
-                raise ValueError(msg)
+            try:
+                kind = op[0]
+                if kind == USAGE:
+                    self._usage(op, out)
+                elif kind == TICK:
+                    self._close_windows(op[1], out, set())
+                elif kind == CLOSE:
+                    self._close_periods(Month.parse(op[1]), Month.parse(op[2]), op[3], out)
+                else:
+                    msg = f"unknown op {kind!r}"
+                    raise ValueError(msg)
+            except Exception as exc:  # the crash-safe boundary (module docstring)
+                out.append(self._failure(op, exc))
         return out
+
+    def _failure(self, op: Op, exc: Exception) -> ExceptionRecord:
+        state = self.state
+        state.failures += 1
+        where: dict[str, object] = {"step": "rating", "subscription": self.sub.id}
+        if op and op[0] == USAGE and len(op) == 7:
+            _, period, meter, ws, _, events, _ = op
+            where |= {"op": "usage", "period": period, "meter": meter,
+                      "window_start": _utc(ws).isoformat() if isinstance(ws, int) else ws,
+                      "events": events}
+        elif op:
+            where |= {"op": {TICK: "tick", CLOSE: "close"}.get(op[0], repr(op[0]))}
+        reason = PERIOD_LIMIT_EXCEEDED if isinstance(exc, RatingLimitError) else INTERNAL_ERROR
+        text = str(exc)
+        if len(text) > 500:
+            text = f"{text[:500]}... ({len(text)} characters)"
+        return ExceptionRecord(
+            exception_id=f"{self.sub.id}:rating-failure-{state.failures}",
+            reason=reason,
+            error=f"rating failed, its events are in no rated window: {type(exc).__name__}: "
+                  f"{text}",
+            position=where,
+            raw=None,
+        )
 
     def _period_end(self, period: str) -> int:
         end = self._period_ends.get(period)
@@ -177,6 +224,10 @@ class SubscriptionRater:
         win.open_agg, win.open_events = None, 0
         q = agg.quantity()
         amount = self._pricers[meter](self._charges[meter], q)
+        if q >= STORE_LIMIT or amount >= STORE_LIMIT or amount <= -STORE_LIMIT:
+            msg = (f"period {period} meter {meter!r}: quantity {q} or amount {amount} is beyond "
+                   "what the store holds exactly (below 10^20)")
+            raise RatingLimitError(msg)
         delta = amount - pstate.rated.get(meter, ZERO)
         pstate.rated[meter] = amount
         if delta:

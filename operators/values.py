@@ -5,11 +5,15 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from operators.money import MAX_SCALE, MoneyError, parse_decimal, scale
+from operators.limits import MAX_ATTRIBUTE_CHARS, MAX_VALUE, MAX_VALUE_INT
+from operators.money import MAX_SCALE, MoneyError, parse_decimal
 
-# Quantities are stored as Decimal(38, 18); values at or above 10^18 could overflow a period sum.
-_LIMIT = Decimal(10) ** 18
-_INT_LIMIT = 10**18
+_LIMIT = MAX_VALUE
+_INT_LIMIT = MAX_VALUE_INT
+# A decimal string longer than this cannot be an acceptable value (18 integer digits, a point,
+# 9 fractional digits, and room for leading zeros or an exponent); refusing it by length first
+# keeps Decimal from ever parsing a megabyte of digits.
+_MAX_TEXT = 64
 
 
 class InvalidValue(ValueError):
@@ -51,6 +55,10 @@ def quantity(data: dict[str, Any], path: tuple[str, ...]) -> Decimal:
     elif isinstance(raw, Decimal):
         value = raw
     elif isinstance(raw, str):
+        if len(raw) > _MAX_TEXT:
+            msg = (f"{_where(path)} must be a decimal below 10^18 with at most {MAX_SCALE} "
+                   f"fractional digits, got a string of {len(raw)} characters")
+            raise InvalidValue(msg)
         try:
             value = parse_decimal(raw)
         except MoneyError:
@@ -67,15 +75,33 @@ def quantity(data: dict[str, Any], path: tuple[str, ...]) -> Decimal:
 
 
 def _quantity_problem(value: Decimal, raw: Any) -> str | None:
+    # Only comparisons and `as_tuple` here: they are exact for any exponent, while arithmetic
+    # or `normalize()` on 1e999999999 raises decimal.Overflow.
     if not value.is_finite():
-        return f"must be finite, got {raw!r}"
+        return f"must be finite, got {_short(raw)}"
     if value < 0:
-        return f"must not be negative, got {raw!r}"
+        return f"must not be negative, got {_short(raw)}"
     if value >= _LIMIT:
-        return f"is out of range (>= 10^18): {raw!r}"
-    if scale(value) > MAX_SCALE:
-        return f"has more than {MAX_SCALE} fractional digits: {raw!r}"
+        return f"is out of range (the limit is below 10^18): {_short(raw)}"
+    if _fractional_digits(value) > MAX_SCALE:
+        return f"has more than {MAX_SCALE} fractional digits: {_short(raw)}"
     return None
+
+
+def _fractional_digits(value: Decimal) -> int:
+    """Digits after the point needed to write `value` exactly (trailing zeros do not count)."""
+    _, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)  # finite
+    if exponent >= 0 or not any(digits):
+        return 0
+    trailing = len(digits) - len(bytes(digits).rstrip(b"\0"))
+    return max(0, -exponent - trailing)
+
+
+def _short(raw: Any) -> str:
+    """A value for a message: hostile values can be megabytes long."""
+    text = repr(raw) if not isinstance(raw, Decimal) else str(raw)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
 
 
 def distinct_key(data: dict[str, Any], path: tuple[str, ...]) -> str:
@@ -85,6 +111,10 @@ def distinct_key(data: dict[str, Any], path: tuple[str, ...]) -> str:
     if isinstance(raw, str):
         if not raw:
             msg = f"{_where(path)} must not be empty"
+            raise InvalidValue(msg)
+        if len(raw) > MAX_ATTRIBUTE_CHARS:
+            msg = (f"{_where(path)} is longer than the limit of {MAX_ATTRIBUTE_CHARS} "
+                   f"characters ({len(raw)})")
             raise InvalidValue(msg)
         return raw
     if isinstance(raw, bool) or raw is None:
@@ -96,10 +126,35 @@ def distinct_key(data: dict[str, Any], path: tuple[str, ...]) -> str:
         if not raw.is_finite():
             msg = f"{_where(path)} must be finite"
             raise InvalidValue(msg)
-        normal = raw.normalize()
-        return format(normal, "f") if normal != normal.to_integral() else str(int(normal))
+        return _canonical(raw, path)
     msg = f"{_where(path)} must be a string or a number, got a {_kind(raw)}"
     raise InvalidValue(msg)
+
+
+def _canonical(value: Decimal, path: tuple[str, ...]) -> str:
+    """The exact shortest plain text of a number (1.50 and 1.5 and 15e-1 are "1.5"; 4.2e1 is
+    "42"), built from its digits: `normalize()` would round past the context precision (two
+    long ids would collide) and overflow on large exponents."""
+    sign, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)
+    text = bytes(d + 48 for d in digits).decode().lstrip("0")
+    if not text:
+        return "0"
+    stripped = text.rstrip("0")
+    exponent += len(text) - len(stripped)
+    # The written length is known before it is built: refuse anything a key should not be.
+    length = len(stripped) + abs(exponent) + 2
+    if length > MAX_ATTRIBUTE_CHARS:
+        msg = (f"{_where(path)} is a number too long to count as a distinct value (more than "
+               f"{MAX_ATTRIBUTE_CHARS} characters written out)")
+        raise InvalidValue(msg)
+    if exponent >= 0:
+        plain = stripped + "0" * exponent
+    elif -exponent >= len(stripped):
+        plain = "0." + "0" * (-exponent - len(stripped)) + stripped
+    else:
+        plain = f"{stripped[:exponent]}.{stripped[exponent:]}"
+    return ("-" if sign else "") + plain
 
 
 def _json(raw: Any) -> str:

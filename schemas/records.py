@@ -18,8 +18,14 @@ INVALID_JSON = "INVALID_JSON"
 INVALID_EVENT = "INVALID_EVENT"
 UNKNOWN_SUBJECT = "UNKNOWN_SUBJECT"
 NO_ACTIVE_SUBSCRIPTION = "NO_ACTIVE_SUBSCRIPTION"
+FUTURE_EVENT = "FUTURE_EVENT"  # dated too far ahead of the processing clock; retry it later
 INVALID_VALUE = "INVALID_VALUE"
-REASONS = (INVALID_JSON, INVALID_EVENT, UNKNOWN_SUBJECT, NO_ACTIVE_SUBSCRIPTION, INVALID_VALUE)
+# Accepting the event would take its period's quantity or amount beyond what can be stored.
+PERIOD_LIMIT_EXCEEDED = "PERIOD_LIMIT_EXCEEDED"
+# Anything unforeseen while judging or rating one event: the flow goes on without it.
+INTERNAL_ERROR = "INTERNAL_ERROR"
+REASONS = (INVALID_JSON, INVALID_EVENT, FUTURE_EVENT, UNKNOWN_SUBJECT, NO_ACTIVE_SUBSCRIPTION,
+           INVALID_VALUE, PERIOD_LIMIT_EXCEEDED, INTERNAL_ERROR)
 
 
 class ExceptionRecord(msgspec.Struct, kw_only=True):

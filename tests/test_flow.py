@@ -131,8 +131,10 @@ def test_dirty_workload_buckets_and_reconciles(catalog: Catalog, expected: Engin
     assert report["balanced"], report["problems"]
     events = report["events"]
     assert events["read"] == 29 and events["blank_lines_skipped"] == 1
-    assert events["exceptions"] == {"INVALID_JSON": 2, "INVALID_EVENT": 1, "UNKNOWN_SUBJECT": 1,
-                                    "NO_ACTIVE_SUBSCRIPTION": 2, "INVALID_VALUE": 1}
+    assert events["exceptions"] == {"INVALID_JSON": 2, "INVALID_EVENT": 1, "FUTURE_EVENT": 0,
+                                    "UNKNOWN_SUBJECT": 1, "NO_ACTIVE_SUBSCRIPTION": 2,
+                                    "INVALID_VALUE": 1, "PERIOD_LIMIT_EXCEEDED": 0,
+                                    "INTERNAL_ERROR": 0}
     # id 2 resent, and id 4 whose first occurrence was rejected for its subject
     assert events["duplicates"] == 2
     assert events["unmetered"] == 1

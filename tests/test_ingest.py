@@ -453,8 +453,9 @@ def test_mixed_stream_reconciles_bucket_by_bucket() -> None:
         "duplicates": 1,
         "unmetered": 1,
         "unmetered_not_in_plan": 0,
-        "exceptions": {"INVALID_JSON": 1, "INVALID_EVENT": 1, "UNKNOWN_SUBJECT": 1,
-                       "NO_ACTIVE_SUBSCRIPTION": 1, "INVALID_VALUE": 1},
+        "exceptions": {"INVALID_JSON": 1, "INVALID_EVENT": 1, "FUTURE_EVENT": 0,
+                       "UNKNOWN_SUBJECT": 1, "NO_ACTIVE_SUBSCRIPTION": 1, "INVALID_VALUE": 1,
+                       "PERIOD_LIMIT_EXCEEDED": 0, "INTERNAL_ERROR": 0},
         "exceptions_total": 5,
         "late_after_close": 0,
         "buckets_total": 9,
@@ -483,5 +484,5 @@ def test_time_outside_utc_range_is_invalid_event_not_a_crash(time: str) -> None:
             b'"subject":"acme-prod","time":"' + time.encode() + b'","data":{}}')
     result = run_engine(load_catalog("catalog/example.yaml"), [line, line], IngestConfig())
     assert [e.reason for e in result.exceptions] == ["INVALID_EVENT", "INVALID_EVENT"]
-    assert "out of range" in result.exceptions[0].error
+    assert "outside the supported range" in result.exceptions[0].error
     assert result.stats.duplicates == 0  # an invalid envelope registers no identity

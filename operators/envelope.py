@@ -1,0 +1,191 @@
+"""Judging one raw line as a CloudEvent: the rules a line must pass before it is an event.
+
+`judge(raw)` returns the decoded event with its time in UTC, or a `Rejection` naming the reason
+(INVALID_JSON or INVALID_EVENT) and what is wrong. It never raises for any input: every limit a
+hostile producer could reach (size, nesting, duplicate keys, times no datetime can hold) is
+tested here before anything else uses the event. This is the one copy of the envelope rules;
+every way in (file, Kafka, later HTTP) calls it.
+
+Duplicate keys are refused because they are ambiguous: msgspec (like most parsers) keeps the last
+value, others keep the first, so two systems reading the same bytes would see different events.
+meterwax accepts I-JSON (RFC 7493), which forbids them. The check is exact and usually free: in a
+line with no backslash and no whitespace before a colon, every `":` ends exactly one key, so
+comparing that count with the keys the decoder kept proves there was no duplicate. Any other
+line (escapes, pretty-printing, extension attributes) is re-read by the standard library with a
+hook that sees every key.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from operators.limits import MAX_DEPTH, MAX_LINE_BYTES, MAX_TIME, MIN_TIME
+from schemas.events import EVENT_DECODER, REQUIRED_ATTRIBUTES, CloudEvent
+from schemas.records import INVALID_EVENT, INVALID_JSON
+
+_GENERIC = msgspec.json.Decoder()
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    reason: str
+    error: str
+    event: CloudEvent | None = None  # when it decoded, so the record can name it
+
+
+class _Duplicate(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def judge(raw: bytes) -> CloudEvent | Rejection:
+    """The event in `raw` (its `time` converted to UTC), or why it is not one."""
+    if len(raw) > MAX_LINE_BYTES:
+        return Rejection(INVALID_JSON, f"the line is longer than the limit of {MAX_LINE_BYTES} "
+                                       "bytes (1 MiB)")
+    try:
+        event = EVENT_DECODER.decode(raw)
+    except msgspec.ValidationError as exc:
+        # msgspec validates while it parses, so a schema error early in a line can hide
+        # malformed JSON after it: only well-formed JSON is an INVALID_EVENT.
+        malformed = _malformed(raw)
+        if malformed is not None:
+            return malformed
+        if str(exc).startswith("Integer value out of range"):
+            return Rejection(INVALID_EVENT, f"invalid CloudEvent: {exc}: JSON integers must fit "
+                                            "in 64 bits; write larger numbers as decimal strings")
+        return Rejection(INVALID_EVENT, f"invalid CloudEvent: {exc}")
+    except msgspec.DecodeError as exc:
+        return Rejection(INVALID_JSON, _not_json(raw, exc))
+    except UnicodeDecodeError as exc:
+        # msgspec reports invalid UTF-8 inside a string this way rather than as a DecodeError.
+        return Rejection(INVALID_JSON, f"not valid UTF-8 JSON: {exc}")
+    except RecursionError:
+        return _too_deep()
+    at = event.time
+    tz = at.tzinfo
+    if tz is None:
+        return Rejection(INVALID_EVENT,
+                         "invalid CloudEvent: `time` has no UTC offset - at `$.time`", event)
+    if tz is not UTC:
+        try:
+            at = at.astimezone(UTC)
+        except OverflowError:
+            # 0001-01-01T00:00:00+01:00 has no UTC instant a datetime can hold.
+            return _out_of_range(event.time, event)
+        event = msgspec.structs.replace(event, time=at)
+    if not MIN_TIME <= at < MAX_TIME:
+        return _out_of_range(at, event)
+    if raw.count(b"{") == 2 and b"[" not in raw:
+        # Only the envelope and `data` are objects, so `data` holds only scalars (a brace
+        # inside a string only makes the count larger and takes the general walk).
+        shape = len(event.data)
+    else:
+        walked = _data_shape(event.data)
+        if walked is None:
+            return _too_deep()
+        shape = walked
+    if _may_repeat_keys(raw, event, shape):
+        duplicate = _duplicate_key(raw)
+        if duplicate is not None:
+            return duplicate
+    return event
+
+
+def _malformed(raw: bytes) -> Rejection | None:
+    try:
+        _GENERIC.decode(raw)
+    except msgspec.ValidationError:
+        return None  # well-formed, but beyond what msgspec holds (an integer of 20 digits)
+    except msgspec.DecodeError as exc:
+        return Rejection(INVALID_JSON, _not_json(raw, exc))
+    except UnicodeDecodeError as exc:
+        return Rejection(INVALID_JSON, f"not valid UTF-8 JSON: {exc}")
+    except RecursionError:
+        return _too_deep()
+    return None
+
+
+def _not_json(raw: bytes, exc: Exception) -> str:
+    if raw.startswith(_UTF16_BOMS):
+        return "not valid JSON: the input is UTF-16 (it starts with a byte order mark); " \
+               "meterwax reads UTF-8 JSON lines"
+    if raw.startswith(_UTF8_BOM):
+        return "not valid JSON: a UTF-8 byte order mark is only allowed at the start of the input"
+    return f"not valid JSON: {exc}"
+
+
+def _too_deep() -> Rejection:
+    return Rejection(INVALID_JSON, f"JSON nested more than {MAX_DEPTH} levels deep")
+
+
+def _out_of_range(at: datetime, event: CloudEvent) -> Rejection:
+    return Rejection(INVALID_EVENT, f"invalid CloudEvent: `time` {at.isoformat()} is outside the "
+                                    f"supported range {MIN_TIME.date()} .. {MAX_TIME.date()} "
+                                    "(UTC, end exclusive) - at `$.time`", event)
+
+
+def _data_shape(data: dict[str, Any]) -> int | None:
+    """The number of keys in `data` at every level, or None when it nests deeper than MAX_DEPTH
+    (counting the envelope as level 1). Iterative: depth is what is being bounded."""
+    keys = 0
+    stack: list[tuple[Any, int]] = [(data, 2)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return None
+        if isinstance(node, dict):
+            keys += len(node)
+            values: Any = node.values()
+        else:
+            values = node
+        for value in values:
+            if isinstance(value, dict | list):
+                stack.append((value, depth + 1))
+    return keys
+
+
+def _may_repeat_keys(raw: bytes, event: CloudEvent, data_keys: int) -> bool:
+    """False only when the text provably has no repeated key (see the module docstring)."""
+    if b"\\" in raw or b" :" in raw or b"\t:" in raw or b"\r:" in raw or b"\n:" in raw:
+        return True
+    kept = REQUIRED_ATTRIBUTES + data_keys
+    kept += (event.datacontenttype is not None) + (event.dataschema is not None)
+    # Equal counts also prove there are no extension attributes: each would be one more key in
+    # the text than the struct kept. Those lines take the exact path, which is correct anyway.
+    return raw.count(b'":') != kept
+
+
+def _check_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _Duplicate(key)
+        out[key] = value
+    return out
+
+
+def _duplicate_key(raw: bytes) -> Rejection | None:
+    try:
+        # Numbers stay text: the standard library would otherwise convert them (and refuse
+        # integers of more than 4300 digits), and only the keys matter here.
+        json.loads(raw, object_pairs_hook=_check_pairs, parse_int=str, parse_float=str,
+                   parse_constant=str)
+    except _Duplicate as dup:
+        return Rejection(INVALID_JSON, f"duplicate key {dup.key!r}: the line is ambiguous "
+                                       "(parsers disagree on which value counts); keys must be "
+                                       "unique (I-JSON, RFC 7493)")
+    except RecursionError:
+        return _too_deep()
+    except ValueError as exc:
+        # msgspec accepted the line; the standard library disagreeing is itself a reason to
+        # refuse it rather than guess which reading is right.
+        return Rejection(INVALID_JSON, f"not valid JSON: {exc}")
+    return None

@@ -1,0 +1,57 @@
+"""The limits of what meterwax accepts, in one place.
+
+Every value that enters from outside (an event line, a catalog, an argument) is judged against
+these before it is used, so nothing downstream can overflow, wrap or raise on it. Each limit is
+chosen from what the next stage can hold exactly, and the README's rules list them:
+
+- the store keeps quantities and amounts as ClickHouse Decimal(38, 18): below 10^20, at most 18
+  fractional digits;
+- event times are stored as DateTime64(6, 'UTC') (1900-01-01 .. 2299-12-31) and periods are
+  calendar months that must have a successor, so the accepted range is narrower than both;
+- Python's own limits (recursion, int/str conversion of 4300 digits, Decimal exponents) must
+  never be reached by input, because reaching them raises instead of answering.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from schemas.events import MAX_ATTRIBUTE_CHARS as EVENT_ATTRIBUTE_CHARS
+
+# Usage values: below 10^18 with at most 9 fractional digits (operators/money.MAX_SCALE), so a
+# value times a catalog price (also at most 9 digits) has at most 18 fractional digits.
+MAX_VALUE = Decimal(10) ** 18
+MAX_VALUE_INT = 10**18
+
+# What a stored quantity or amount (Decimal(38, 18)) can hold: strictly below 10^20.
+STORE_LIMIT = Decimal(10) ** 20
+
+# Catalog money (prices, fees, minimums, rates): below 10^12. Bounded so that the largest amount
+# a charge can rate is known up front (`operators.catalog.Charge.quantity_cap`).
+MAX_PRICE = Decimal(10) ** 12
+# Catalog quantities (tier bounds, package sizes): the same bound as usage values.
+MAX_QUANTITY = MAX_VALUE
+
+# Event and contract times: from the Unix epoch to 2200-01-01, exclusive. Every instant in it
+# is storable, has a UTC epoch second >= 0 and a month with a successor.
+MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_TIME = datetime(2200, 1, 1, tzinfo=UTC)
+MIN_TS = 0
+MAX_TS = int(MAX_TIME.timestamp())
+
+# An event line: at most 1 MiB (Kafka's default message size) and JSON nested at most 32 levels
+# deep. Longer or deeper lines are INVALID_JSON without being parsed.
+MAX_LINE_BYTES = 1 << 20
+MAX_DEPTH = 32
+# Envelope attributes (id, source, type, subject): at most this many characters. They become
+# dedup keys in Redis, Kafka keys and ClickHouse columns.
+MAX_ATTRIBUTE_CHARS = EVENT_ATTRIBUTE_CHARS
+# How much of an over-long line an exception record keeps (its length is recorded too).
+RAW_KEEP_BYTES = 64 * 1024
+
+# Events dated further ahead of the processing clock than this are quarantined (FUTURE_EVENT).
+DEFAULT_MAX_FUTURE = timedelta(hours=24)
+
+# Durations given as arguments (windows, lateness, horizons, TTLs): at most ten years.
+MAX_DURATION = timedelta(days=3660)
