@@ -1,6 +1,7 @@
 """The `meterwax` command.
 
     meterwax run  --catalog FILE --events FILE|- --out DIR [--window 1m] [--allowed-lateness 1h]
+                  [--max-future 24h] [--now RFC3339]
     meterwax demo [--size N] [--out DIR]
     meterwax check-catalog FILE
     meterwax sql --out DIR "SELECT ..."      query the embedded ClickHouse store of a run
@@ -8,57 +9,262 @@
     meterwax serve-clickhouse --path DIR [--port N]   the embedded store over ClickHouse HTTP
 
 Exit codes: 0 everything balanced; 1 the run finished but reconciliation found a difference;
-2 bad usage or a bad catalog (nothing was written).
+2 bad usage or a bad catalog (nothing was touched); 3 the run failed or was interrupted (the
+previous outputs are unchanged).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import stat
 import sys
-from datetime import timedelta
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TypeVar
 
-from operators.catalog import CatalogError, load_catalog
+import msgspec
+
+from operators.catalog import Catalog, CatalogError, load_catalog
+from operators.limits import DEFAULT_MAX_FUTURE, MAX_DURATION, MAX_TIME, MIN_TIME
 from operators.periods import Month
 
-_DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+T = TypeVar("T")
+
+EXIT_USAGE = 2
+EXIT_FAILED = 3
+
+DEFAULT_WINDOW = timedelta(minutes=1)
+DEFAULT_LATENESS = timedelta(hours=1)
+MAX_WORKERS = 64
+MAX_DEMO_SIZE = 10**8
+_LIMIT = f"the 10-year limit ({MAX_DURATION.days} days)"
+_MAX_SECONDS = int(MAX_DURATION.total_seconds())
+
+# ASCII digits only: str.isdigit() and \d also take other scripts' digits and superscripts.
+_DURATION = re.compile(r"(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?|([0-9]+)")
+_UNITS = (86400, 3600, 60, 1, 1)
+# Ten years is a 9-digit number of seconds: a part with more significant digits than this is
+# over the limit whatever its unit, and is never handed to int() (4300-digit limit) or
+# timedelta (OverflowError).
+_MAX_DIGITS = 12
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_MONTH = re.compile(r"([0-9]{4})-(0[1-9]|1[0-2])")
+
+
+def _shown(text: str) -> str:
+    """The argument as quoted in a message: hostile input may be a megabyte long."""
+    return repr(text if len(text) <= 40 else text[:40] + "...")
 
 
 def parse_duration(text: str) -> timedelta:
-    """'90s', '1m', '1h30m', '2d'. A bare number is seconds."""
-    if text.isdigit():
-        return timedelta(seconds=int(text))
-    match = _DURATION.fullmatch(text)
-    if not text or not match:
-        msg = f"not a duration: {text!r} (use e.g. 30s, 1m, 1h30m, 2d)"
+    """'90s', '1m', '1h30m', '2d'. A bare number is seconds. At most the 10-year limit."""
+    match = _DURATION.fullmatch(text) if text else None
+    if match is None:
+        msg = f"not a duration: {_shown(text)} (use e.g. 30s, 1m, 1h30m, 2d)"
         raise argparse.ArgumentTypeError(msg)
-    days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
-    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    seconds = 0
+    for part, unit in zip(match.groups(), _UNITS, strict=True):
+        digits = (part or "").lstrip("0")
+        if len(digits) > _MAX_DIGITS:
+            seconds = _MAX_SECONDS + 1
+            break
+        seconds += int(digits or "0") * unit
+    if seconds > _MAX_SECONDS:
+        msg = f"{_shown(text)} is longer than {_LIMIT}"
+        raise argparse.ArgumentTypeError(msg)
+    return timedelta(seconds=seconds)
 
 
-def _month(text: str) -> Month:
-    if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", text):
-        msg = f"not a month: {text!r} (use YYYY-MM)"
+def parse_window(text: str) -> timedelta:
+    value = parse_duration(text)
+    if value <= timedelta(0):
+        msg = "must be longer than zero"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def parse_positive_duration(text: str) -> timedelta:
+    value = parse_duration(text)
+    if value <= timedelta(0):
+        msg = "must be longer than zero"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def int_between(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        if not _INTEGER.fullmatch(text):
+            msg = f"not a whole number: {_shown(text)}"
+            raise argparse.ArgumentTypeError(msg)
+        # Longer than any bound we use: judged by its sign, never converted.
+        value = int(text) if len(text) <= 30 else (low - 1 if text[0] == "-" else high + 1)
+        if value < low:
+            msg = f"must be at least {low}, got {_shown(text) if len(text) > 30 else value}"
+            raise argparse.ArgumentTypeError(msg)
+        if value > high:
+            msg = f"must be at most {high}, got {_shown(text) if len(text) > 30 else value}"
+            raise argparse.ArgumentTypeError(msg)
+        return value
+
+    return parse
+
+
+def parse_month(text: str) -> Month:
+    match = _MONTH.fullmatch(text)
+    if not match:
+        msg = f"not a month: {_shown(text)} (use YYYY-MM)"
+        raise argparse.ArgumentTypeError(msg)
+    if not MIN_TIME.year <= int(match.group(1)) < MAX_TIME.year:
+        msg = (f"{text} is outside {MIN_TIME.year}-01 .. {MAX_TIME.year - 1}-12, the months "
+               "meterwax can bill")
         raise argparse.ArgumentTypeError(msg)
     return Month.parse(text)
 
 
+def parse_instant(text: str) -> datetime:
+    """An RFC 3339 timestamp with its UTC offset, within the times meterwax accepts."""
+    try:
+        value = msgspec.convert(text, datetime)
+    except msgspec.ValidationError:
+        msg = f"not an RFC 3339 timestamp: {_shown(text)} (use e.g. 2026-12-01T00:00:00Z)"
+        raise argparse.ArgumentTypeError(msg) from None
+    if value.tzinfo is None:
+        msg = f"{_shown(text)} has no UTC offset (add Z or +HH:MM)"
+        raise argparse.ArgumentTypeError(msg)
+    if not MIN_TIME <= value < MAX_TIME:
+        msg = f"{_shown(text)} is outside {MIN_TIME:%Y-%m-%d} .. {MAX_TIME:%Y-%m-%d} (exclusive)"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+_workers = int_between(1, MAX_WORKERS)
+
+
+class Checks:
+    """Every problem with the arguments, collected instead of stopping at the first."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def add(self, flag: str, message: str) -> None:
+        # One line per problem, even when a path given to us holds a newline.
+        line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+        self.problems.append(f"{flag}: {line}")
+
+    def value(self, flag: str, text: str | None, convert: Callable[[str], T], default: T) -> T:
+        if text is None:
+            return default
+        try:
+            return convert(text)
+        except argparse.ArgumentTypeError as exc:
+            self.add(flag, str(exc))
+            return default
+
+    def readable_file(self, flag: str, path: str) -> bool:
+        problem = _file_problem(path)
+        if problem:
+            self.add(flag, problem)
+        return problem is None
+
+    def catalog(self, path: str) -> Catalog | None:
+        if not self.readable_file("--catalog", path):
+            return None
+        try:
+            return load_catalog(path)
+        except CatalogError as exc:
+            self.problems.append(str(exc))  # already one line per catalog problem
+            return None
+
+    def out_dir(self, out: str, inputs: Mapping[str, str | None]) -> None:
+        from flows.runner import out_dir_problems
+
+        for problem in out_dir_problems(out):
+            self.add("--out", problem)
+        for flag, path in inputs.items():
+            if path and path != "-" and _inside(path, out):
+                self.add(flag, f"{path} is inside --out {out}, which a run replaces whole; "
+                               "move it or choose another --out")
+
+    def report(self) -> int:
+        for problem in self.problems:
+            print(f"meterwax: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _file_problem(path: str) -> str | None:
+    if not path:
+        return "must not be empty"
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return f"no such file: {_shown(path)}"
+    except (OSError, ValueError) as exc:
+        return f"cannot be read: {_shown(path)}: {getattr(exc, 'strerror', None) or exc}"
+    if stat.S_ISDIR(st.st_mode):
+        return f"{_shown(path)} is a folder, not a file"
+    # A pipe or a device is fine (`--events <(zcat events.gz)`); only its readability counts.
+    if not os.access(path, os.R_OK):
+        return f"{_shown(path)} is not readable"
+    return None
+
+
+def _inside(path: str, folder: str) -> bool:
+    try:
+        inner, outer = os.path.realpath(path), os.path.realpath(folder)
+    except (OSError, ValueError):
+        return False
+    return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
+
+
+@dataclass(frozen=True)
+class Common:
+    """The options `run` and `demo` share, validated."""
+
+    window: timedelta
+    allowed_lateness: timedelta
+    max_future: timedelta
+    bill_from: Month | None
+    workers: int
+    now: datetime | None
+
+
+def _common_values(c: Checks, args: argparse.Namespace) -> Common:
+    return Common(
+        window=c.value("--window", args.window, parse_window, DEFAULT_WINDOW),
+        allowed_lateness=c.value("--allowed-lateness", args.allowed_lateness, parse_duration,
+                                 DEFAULT_LATENESS),
+        max_future=c.value("--max-future", args.max_future, parse_duration, DEFAULT_MAX_FUTURE),
+        bill_from=c.value("--bill-from", args.bill_from, parse_month, None),
+        workers=c.value("--workers", args.workers, _workers, 1),
+        now=c.value("--now", args.now, parse_instant, None),
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
+    # Values are taken as text and judged afterwards (`Checks`), so that every bad value is
+    # reported at once; argparse itself only stops on a malformed command line.
     parser = argparse.ArgumentParser(prog="meterwax", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="rate a JSON-lines file of CloudEvents")
     run.add_argument("--catalog", required=True, help="catalog YAML")
     run.add_argument("--events", required=True, help="JSON-lines file, or - for stdin")
-    run.add_argument("--out", required=True, help="output folder")
+    run.add_argument("--out", required=True,
+                     help="output folder (replaced whole once the run finished)")
     _common(run)
 
     demo = sub.add_parser("demo", help="generate a dirty workload and run it end to end")
-    demo.add_argument("--size", type=int, default=200_000, help="events to generate")
-    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--size", default=None,
+                      metavar="N",
+                      help=f"events to generate (default 200000, at most {MAX_DEMO_SIZE:,})")
+    demo.add_argument("--seed", default=None, help="workload seed (default 7)")
     demo.add_argument("--out", default="demo-out", help="output folder")
     demo.add_argument("--catalog", default=None, help="catalog (default: the shipped example)")
-    _common(demo)
+    _common(demo, now_help="judge the events as of this RFC 3339 instant "
+                           "(default: the end of the generated data)")
 
     check = sub.add_parser("check-catalog", help="validate a catalog and list every problem")
     check.add_argument("catalog")
@@ -68,7 +274,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Every flag can also come from the environment: METERWAX_CATALOG, "
                     "METERWAX_KAFKA_BOOTSTRAP, METERWAX_INPUT_TOPIC, METERWAX_REDIS_URL, "
                     "METERWAX_CLICKHOUSE, METERWAX_RECOVERY_DIR, METERWAX_TOPIC_PREFIX, "
-                    "METERWAX_WORKERS. See k8s/meterwax.env.example.")
+                    "METERWAX_REDIS_NAMESPACE, METERWAX_DEDUP_TTL, METERWAX_WINDOW, "
+                    "METERWAX_ALLOWED_LATENESS, METERWAX_MAX_FUTURE, METERWAX_WORKERS. "
+                    "See k8s/meterwax.env.example.")
     stream.add_argument("--catalog")
     stream.add_argument("--kafka-bootstrap", dest="kafka_bootstrap")
     stream.add_argument("--input-topic", dest="input_topic")
@@ -77,15 +285,19 @@ def _parser() -> argparse.ArgumentParser:
     stream.add_argument("--recovery-dir", dest="recovery_dir")
     stream.add_argument("--topic-prefix", dest="topic_prefix")
     stream.add_argument("--redis-namespace", dest="redis_namespace")
-    stream.add_argument("--dedup-ttl", dest="dedup_ttl", type=parse_duration, default=None,
+    stream.add_argument("--dedup-ttl", dest="dedup_ttl", default=None,
                         help="how long an event identity is remembered (default 35d)")
-    stream.add_argument("--window", type=_window, default=None)
-    stream.add_argument("--allowed-lateness", type=parse_duration, default=None)
-    stream.add_argument("-w", "--workers", type=_positive, default=None)
-    stream.add_argument("-i", "--process-id", dest="process_id", type=int, default=None)
+    stream.add_argument("--window", default=None, help="tumbling event-time window (default 1m)")
+    stream.add_argument("--allowed-lateness", default=None,
+                        help="how long after a month ends its period stays open (default 1h)")
+    stream.add_argument("--max-future", dest="max_future", default=None,
+                        help="events dated further ahead of the clock than this are "
+                             "quarantined as FUTURE_EVENT (default 24h)")
+    stream.add_argument("-w", "--workers", default=None)
+    stream.add_argument("-i", "--process-id", dest="process_id", default=None)
     stream.add_argument("-a", "--addresses", action="append", default=None,
                         help="host:port of every process, in process-id order (repeat)")
-    stream.add_argument("--metrics-port", dest="metrics_port", type=int, default=None,
+    stream.add_argument("--metrics-port", dest="metrics_port", default=None,
                         help="serve Prometheus metrics on this port")
     stream.add_argument("--stop-at-end", action="store_true",
                         help="read every partition to its current end, then stop (backfills)")
@@ -101,36 +313,30 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        msg = f"must be at least 1, got {value}"
-        raise argparse.ArgumentTypeError(msg)
-    return value
-
-
-def _window(text: str) -> timedelta:
-    value = parse_duration(text)
-    if value <= timedelta(0):
-        msg = "the window must be longer than zero"
-        raise argparse.ArgumentTypeError(msg)
-    return value
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--window", type=_window, default=timedelta(minutes=1),
+def _common(p: argparse.ArgumentParser,
+            now_help: str = "judge the events as of this RFC 3339 instant, e.g. "
+                            "2026-12-01T00:00:00Z (default: the system clock)") -> None:
+    p.add_argument("--window", default=None, metavar="DURATION",
                    help="tumbling event-time window (default 1m)")
-    p.add_argument("--allowed-lateness", type=parse_duration, default=timedelta(hours=1),
+    p.add_argument("--allowed-lateness", default=None, metavar="DURATION",
                    help="how long after a month ends its period stays open (default 1h)")
-    p.add_argument("--bill-from", type=_month, default=None,
+    p.add_argument("--max-future", default=None, metavar="DURATION",
+                   help="events dated further ahead of the clock than this are quarantined as "
+                        "FUTURE_EVENT (default 24h)")
+    p.add_argument("--now", default=None, metavar="RFC3339", help=now_help)
+    p.add_argument("--bill-from", default=None, metavar="YYYY-MM",
                    help="first month to bill (default: the month of the earliest rated event)")
-    p.add_argument("-w", "--workers", type=_positive, default=1, help="Bytewax worker threads")
+    p.add_argument("-w", "--workers", default=None, metavar="N",
+                   help=f"Bytewax worker threads (default 1, at most {MAX_WORKERS})")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "check-catalog":
+            checks = Checks()
+            if not checks.readable_file("catalog", args.catalog):
+                return checks.report()
             catalog = load_catalog(args.catalog)
             print(f"catalog OK: {len(catalog.legal_entities)} legal entities, "
                   f"{len(catalog.meters)} meters, {len(catalog.plans)} plans, "
@@ -140,39 +346,119 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sql":
             return _sql(args.out, args.query)
         if args.command == "stream":
-            from flows.stream import SettingsError, StreamSettings, run_stream
-
-            try:
-                settings = StreamSettings.from_mapping(vars(args))
-            except SettingsError as exc:
-                print(f"meterwax: {exc}", file=sys.stderr)
-                return 2
-            from flows import metrics
-
-            if args.metrics_port:
-                metrics.serve(args.metrics_port)
-            run_stream(settings, on_stats=metrics.record)
-            return 0
+            return _stream(args)
         if args.command == "serve-clickhouse":
             from sinks.chdb_http import serve_main
 
             return int(serve_main(args.rest) or 0)
         if args.command == "run":
-            from flows.report import print_run_summary
-            from flows.runner import RunOptions, run_file
-
-            opts = RunOptions(catalog=args.catalog, events=args.events, out_dir=args.out,
-                              window=args.window, allowed_lateness=args.allowed_lateness,
-                              bill_from=args.bill_from, workers=args.workers)
-            result = run_file(opts)
-            print_run_summary(result, sys.stdout, detailed=False)
-            return 0 if result.balanced else 1
-        from flows.demo import run_demo
-
-        return run_demo(args)
+            return _run(args)
+        return _demo(args)
     except CatalogError as exc:
         print(f"meterwax: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+
+
+def _run(args: argparse.Namespace) -> int:
+    checks = Checks()
+    common = _common_values(checks, args)
+    if args.events != "-":
+        checks.readable_file("--events", args.events)
+    catalog = checks.catalog(args.catalog)
+    checks.out_dir(args.out, {"--events": args.events, "--catalog": args.catalog})
+    if checks.problems or catalog is None:
+        return checks.report()
+
+    from flows.report import print_run_summary
+    from flows.runner import RunOptions, run_file
+
+    opts = RunOptions(catalog=args.catalog, events=args.events, out_dir=args.out,
+                      window=common.window, allowed_lateness=common.allowed_lateness,
+                      bill_from=common.bill_from, workers=common.workers,
+                      max_future=common.max_future, now=common.now)
+    result = _finished(args.out, lambda: run_file(opts, catalog=catalog))
+    if isinstance(result, int):
+        return result
+    print_run_summary(result, sys.stdout, detailed=False)
+    return 0 if result.balanced else 1
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from flows.demo import DemoOptions, example_catalog_path, run_demo
+
+    checks = Checks()
+    common = _common_values(checks, args)
+    size = checks.value("--size", args.size, int_between(1, MAX_DEMO_SIZE), 200_000)
+    seed = checks.value("--seed", args.seed, int_between(-(2**63), 2**63 - 1), 7)
+    catalog_path = args.catalog or example_catalog_path()
+    catalog = checks.catalog(catalog_path)
+    checks.out_dir(args.out, {"--catalog": args.catalog})
+    if checks.problems or catalog is None:
+        return checks.report()
+    opts = DemoOptions(size=size, seed=seed, out=args.out, catalog=catalog_path,
+                       window=common.window, allowed_lateness=common.allowed_lateness,
+                       max_future=common.max_future, bill_from=common.bill_from,
+                       workers=common.workers, now=common.now)
+    return _finished(args.out, lambda: run_demo(opts, catalog=catalog))
+
+
+def _finished(out: str, work: Callable[[], T]) -> T | int:
+    """`work()`, or the exit code of a run that failed: the outputs are swapped in only at the
+    end of a finished run (`flows.runner.staged_output`), so say what is left in `out`."""
+    kept = (f"the previous outputs in {out} are unchanged" if os.path.isdir(out)
+            else f"nothing was written to {out}")
+    try:
+        return work()
+    except KeyboardInterrupt:
+        print(f"meterwax: run interrupted; {kept}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # any failure of the run itself: say it in one line, keep no half
+        if _caused_by_interrupt(exc):
+            print(f"meterwax: run interrupted; {kept}", file=sys.stderr)
+            return EXIT_FAILED
+        first, _, rest = str(exc).strip().partition("\n")
+        print(f"meterwax: run failed: {type(exc).__name__}: {first}; {kept}", file=sys.stderr)
+        for line in rest.splitlines():  # details (a Bytewax error nests the Python one)
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    # Ctrl-C lands in whichever operator is running; Bytewax reports it as its own error.
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def _stream(args: argparse.Namespace) -> int:
+    from flows.stream import SettingsError, StreamSettings, run_stream
+
+    problems = []
+    port = None
+    if args.metrics_port is not None:
+        try:
+            port = int_between(1, 65535)(args.metrics_port)
+        except argparse.ArgumentTypeError as exc:
+            problems.append(f"metrics_port: {exc}")
+    try:
+        settings = StreamSettings.from_mapping(vars(args))
+    except SettingsError as exc:
+        problems.extend(exc.problems)
+    if problems:
+        for problem in problems:
+            print(f"meterwax: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    from flows import metrics
+
+    if port:
+        metrics.serve(port)
+    run_stream(settings, on_stats=metrics.record)
+    return 0
 
 
 def _sql(out_dir: str, query: str) -> int:

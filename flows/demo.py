@@ -7,17 +7,39 @@ what finance and platform engineers look at first.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import threading
 import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from flows import workload as generator
 from flows.report import print_run_summary
-from flows.runner import RunOptions, run_file
+from flows.runner import RunOptions, run_into, staged_output
 from flows.sources import Progress
 from flows.workload import Workload
-from operators.catalog import load_catalog
+from operators.catalog import Catalog, load_catalog
+from operators.limits import DEFAULT_MAX_FUTURE
+from operators.periods import Month
+
+# The generated events span [workload.START, workload.END); judging them as of the end makes
+# the demo give the same result whatever today's date (none is in the future, none is stale).
+DATA_END = datetime.fromtimestamp(generator.END, UTC)
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    size: int = 200_000
+    seed: int = 7
+    out: str = "demo-out"
+    catalog: str | None = None  # None: the shipped example
+    window: timedelta = timedelta(minutes=1)
+    allowed_lateness: timedelta = timedelta(hours=1)
+    max_future: timedelta = DEFAULT_MAX_FUTURE
+    bill_from: Month | None = None
+    workers: int = 1
+    now: datetime | None = None  # None: DATA_END
 
 
 def example_catalog_path() -> str:
@@ -48,40 +70,48 @@ def _progress_loop(progress: Progress, stop: threading.Event, started: list[floa
         sys.stderr.flush()
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    catalog_path = args.catalog or example_catalog_path()
-    catalog = load_catalog(catalog_path)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    events = out / "events.jsonl"
+def run_demo(opts: DemoOptions, catalog: Catalog | None = None) -> int:
+    catalog_path = opts.catalog or example_catalog_path()
+    catalog = catalog if catalog is not None else load_catalog(catalog_path)
+    out = Path(opts.out)
+    final_events = out / "events.jsonl"
     print(f"meterwax demo: {len(catalog.customers)} customers, "
           f"{len(catalog.legal_entities)} legal entities, {len(catalog.plans)} plans "
           f"({catalog_path})")
-    t0 = time.perf_counter()
-    workload = Workload(catalog, args.size, args.seed)
-    count = 0
-    with open(events, "wb", buffering=1 << 20) as fh:
-        for chunk in workload.chunks():
-            fh.write(b"\n".join(chunk))
-            fh.write(b"\n")
-            count += len(chunk)
-    print(f"generated {count:,} events in {time.perf_counter() - t0:.1f} s -> {events}")
-    print(f"  {workload.composition.summary()}")
+    # The workload is generated into the staged folder too: a demo that fails half-way leaves
+    # the previous demo's events and outputs together, as they were.
+    with staged_output(out) as work:
+        events = work / "events.jsonl"
+        t0 = time.perf_counter()
+        workload = Workload(catalog, opts.size, opts.seed)
+        count = 0
+        with open(events, "wb", buffering=1 << 20) as fh:
+            for chunk in workload.chunks():
+                fh.write(b"\n".join(chunk))
+                fh.write(b"\n")
+                count += len(chunk)
+        print(f"generated {count:,} events in {time.perf_counter() - t0:.1f} s "
+              f"-> {final_events}")
+        print(f"  {workload.composition.summary()}")
 
-    progress = Progress()
-    stop = threading.Event()
-    started: list[float] = []
-    ticker = threading.Thread(target=_progress_loop, args=(progress, stop, started), daemon=True)
-    ticker.start()
-    opts = RunOptions(catalog=catalog_path, events=str(events), out_dir=str(out),
-                      window=args.window, allowed_lateness=args.allowed_lateness,
-                      bill_from=args.bill_from, workers=args.workers)
-    try:
-        result = run_file(opts, progress=progress,
-                          on_start=lambda: started.append(time.perf_counter()))
-    finally:
-        stop.set()
-        ticker.join()
+        progress = Progress()
+        stop = threading.Event()
+        started: list[float] = []
+        ticker = threading.Thread(target=_progress_loop, args=(progress, stop, started),
+                                  daemon=True)
+        ticker.start()
+        run_opts = RunOptions(catalog=catalog_path, events=str(final_events), out_dir=str(out),
+                              window=opts.window, allowed_lateness=opts.allowed_lateness,
+                              bill_from=opts.bill_from, workers=opts.workers,
+                              max_future=opts.max_future,
+                              now=DATA_END if opts.now is None else opts.now)
+        try:
+            result = run_into(run_opts, work, catalog=catalog, events=str(events),
+                              progress=progress,
+                              on_start=lambda: started.append(time.perf_counter()))
+        finally:
+            stop.set()
+            ticker.join()
     print_run_summary(result, sys.stdout, detailed=True)
     print(f"\nOutputs in {out}/: invoice_candidates.jsonl, exceptions.jsonl, reconciliation.json,"
           f" and the rated windows in the embedded ClickHouse store {out}/clickhouse "

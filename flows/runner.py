@@ -1,15 +1,24 @@
-"""File mode: run the dataflow over a JSON-lines file and write every output under one folder."""
+"""File mode: run the dataflow over a JSON-lines file and write every output under one folder.
+
+The folder is replaced whole, and only by a run that finished: outputs are written into a fresh
+sibling (`OUT.partial-<pid>`) and swapped in at the end, so a run that fails or is killed leaves
+the previous outputs as they were (`staged_output`).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
+import os
 import re
 import shutil
+import stat
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,8 +29,10 @@ from bytewax.testing import run_main
 from flows.pipeline import Sinks, build_flow
 from flows.sources import JsonLinesSource, Progress
 from operators.catalog import Catalog, load_catalog
+from operators.clock import fixed_clock, system_clock
 from operators.erp import ErpOutput, build_erp, erp_chain
 from operators.ingest import IngestConfig, IngestStats
+from operators.limits import DEFAULT_MAX_FUTURE
 from operators.periods import Month
 from operators.reconcile import RatedKey, RatedSummary, StatsTotal, reconcile
 from schemas.records import ExceptionRecord, InvoiceCandidate
@@ -39,6 +50,14 @@ class RunOptions:
     bill_from: Month | None = None
     workers: int = 1
     chunk_lines: int = 2000
+    max_future: timedelta = DEFAULT_MAX_FUTURE
+    # Judge the input as of this instant instead of the system clock (replays, the demo).
+    now: datetime | None = None
+
+    def ingest_config(self) -> IngestConfig:
+        return IngestConfig(window=self.window, allowed_lateness=self.allowed_lateness,
+                            bill_from=self.bill_from, max_future=self.max_future,
+                            clock=system_clock if self.now is None else fixed_clock(self.now))
 
 
 @dataclass
@@ -98,19 +117,220 @@ def open_embedded_store(out_dir: Path, database: str) -> Any:
     return ChdbStore(str(out_dir / "clickhouse"), database=database)
 
 
+# --------------------------------------------------------------------------------------------
+# The output folder, replaced whole
+
+# What a run (or the demo) writes into its folder. A folder holding anything else is not a
+# previous run's, and is refused: the swap deletes the old folder, so `--out ~` must not be
+# taken as "replace my home folder".
+OUTPUT_NAMES = frozenset({
+    "invoice_candidates.jsonl", "exceptions.jsonl", "reconciliation.json",
+    "erp_ar_invoices.jsonl", "erp_journals.jsonl", "revenue_schedules.jsonl",
+    "invoice_exceptions.jsonl", "clickhouse", ".parts", "events.jsonl",
+})
+_LEFTOVER = re.compile(r"\.(partial|previous)-([1-9][0-9]{0,9})")
+
+
+def _is_output_name(name: str) -> bool:
+    # write_jsonl goes through NAME.tmp; an older, killed run may have left one behind.
+    return name in OUTPUT_NAMES or name.removesuffix(".tmp") in OUTPUT_NAMES
+
+
+def _sibling(final: Path, kind: str, pid: int) -> Path:
+    # Beside the final folder, not in /tmp: the swap must be a rename on one filesystem.
+    return final.with_name(f"{final.name}.{kind}-{pid}")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        # This process runs one flow at a time (chDB hosts one store path per process), so a
+        # folder named after it can only be what an earlier, failed cleanup left.
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, under another user
+        return True
+    except (OverflowError, ValueError):  # not a pid this system can have
+        return False
+    return True
+
+
+def sweep_leftovers(final: Path) -> None:
+    """Remove what killed runs on `final` left beside it.
+
+    Only folders named after a process that is gone: another run on the same folder may be
+    writing its own partial folder right now, and removing it would break that run half-way. A
+    reused pid only delays the cleanup of its folder to a later run.
+    """
+    parent = final.parent
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    stale: dict[str, list[Path]] = {"previous": [], "partial": []}
+    for name in names:
+        if not name.startswith(final.name):
+            continue
+        match = _LEFTOVER.fullmatch(name, len(final.name))
+        if match and not _pid_alive(int(match.group(2))):
+            stale[match.group(1)].append(parent / name)
+    for aside in sorted(stale["previous"]):
+        if not os.path.lexists(final):
+            # Killed between the two renames of a swap: the previous outputs are only here.
+            os.rename(aside, final)
+        else:
+            shutil.rmtree(aside, ignore_errors=True)
+    for partial in stale["partial"]:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _swap_in(work: Path, final: Path) -> None:
+    if not os.path.lexists(final):
+        os.rename(work, final)
+        return
+    aside = _sibling(final, "previous", os.getpid())
+    os.rename(final, aside)
+    try:
+        os.rename(work, final)
+    except BaseException:
+        os.rename(aside, final)
+        raise
+    # The new outputs are in place; if this fails, the next run removes what is left.
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_output(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
+    """A fresh folder beside `out_dir` to write a run into; swapped in for `out_dir` when the
+    block ends normally, removed (and `out_dir` left untouched) when it raises."""
+    # Resolved, so a symlinked --out keeps pointing at the outputs after the swap.
+    final = Path(os.path.realpath(out_dir))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    sweep_leftovers(final)
+    work = _sibling(final, "partial", os.getpid())
+    if os.path.lexists(work):
+        shutil.rmtree(work)
+    work.mkdir()
+    try:
+        # Finance data: a folder its owner closed to others stays closed, while the run writes
+        # and after the swap (the owner keeps write access while the run lasts).
+        mode = stat.S_IMODE(final.stat().st_mode) if final.is_dir() else None
+        if mode is not None:
+            os.chmod(work, mode | stat.S_IRWXU)
+        yield work
+        if mode is not None:
+            os.chmod(work, mode)
+        _swap_in(work, final)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def _stat(path: Path) -> tuple[os.stat_result | None, str | None]:
+    """(stat, None); (None, None) when nothing is there; (None, why) when it cannot be told."""
+    try:
+        return path.stat(), None
+    except (FileNotFoundError, NotADirectoryError):
+        return None, None
+    except OSError as exc:
+        return None, exc.strerror or str(exc)
+    except ValueError as exc:  # e.g. an embedded NUL byte
+        return None, str(exc)
+
+
+def out_dir_problems(out_dir: str) -> list[str]:
+    """Why `out_dir` cannot take a run's outputs (empty: it can). Touches nothing there."""
+    if not out_dir:
+        return ["must not be empty"]
+    try:
+        final = Path(os.path.realpath(out_dir))
+        cwd = Path(os.path.realpath(os.getcwd()))
+    except (OSError, ValueError) as exc:
+        return [f"unusable path: {exc}"]
+    if final.parent == final:
+        return ["is the root folder; give the outputs a folder of their own"]
+    if final == cwd or final in cwd.parents:
+        return ["is the current folder or holds it; a run replaces its --out whole, so give "
+                "the outputs a folder of their own"]
+    problems = []
+    st, why = _stat(final)
+    if why:
+        problems.append(f"cannot be inspected: {why}")
+    elif st is not None and not stat.S_ISDIR(st.st_mode):
+        problems.append(f"{out_dir} exists and is not a folder")
+    elif st is not None:
+        try:
+            names = os.listdir(final)
+        except OSError as exc:
+            names = []
+            problems.append(f"cannot be read: {exc.strerror}")
+        foreign = sorted(n if n.isprintable() else repr(n) for n in names
+                         if not _is_output_name(n))
+        if foreign:
+            more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+            problems.append(f"holds files a run did not write ({', '.join(foreign[:3])}{more}); "
+                            "a run replaces the folder whole, so give an empty or new folder")
+        if not os.access(final, os.W_OK | os.X_OK):
+            problems.append("is not writable")
+        if os.path.ismount(final):
+            problems.append(f"{out_dir} is a mount point, which the run cannot replace by a "
+                            "rename; give a folder inside it")
+    parent = final.parent
+    pst, why = _stat(parent)
+    if why:
+        problems.append(f"its parent folder {parent} cannot be inspected: {why}")
+    elif pst is None:
+        problems.append(f"its parent folder {parent} does not exist")
+    elif not stat.S_ISDIR(pst.st_mode):
+        problems.append(f"its parent {parent} is not a folder")
+    else:
+        # The run writes a sibling folder and renames it in, so the parent must take new
+        # entries. access() only judges permissions, which root always has, while some
+        # filesystems refuse new entries anyway (/proc, sysfs): ask the filesystem itself.
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".meterwax-probe-", dir=parent))
+        except OSError as exc:
+            problems.append(f"cannot create folders in {parent}: {exc.strerror}")
+    return problems
+
+
 def run_file(opts: RunOptions, progress: Progress | None = None,
-             on_start: Callable[[], None] | None = None) -> RunResult:
+             on_start: Callable[[], None] | None = None, *,
+             catalog: Catalog | None = None) -> RunResult:
     """Validate the catalog, run the flow, write the outputs, reconcile. A bad catalog raises
-    CatalogError before anything is written."""
-    catalog = load_catalog(opts.catalog)
-    config = IngestConfig(window=opts.window, allowed_lateness=opts.allowed_lateness,
-                          bill_from=opts.bill_from)
+    CatalogError before anything is written; the outputs replace `opts.out_dir` only once the
+    run finished (balanced or not), so a failed run leaves the previous ones whole."""
+    catalog = catalog if catalog is not None else load_catalog(opts.catalog)
+    opts.ingest_config()  # a bad option raises here, before the folder is touched
+    with staged_output(opts.out_dir) as work:
+        return run_into(opts, work, catalog=catalog, progress=progress, on_start=on_start)
+
+
+def run_into(opts: RunOptions, work: Path, *, catalog: Catalog | None = None,
+             events: str | None = None, progress: Progress | None = None,
+             on_start: Callable[[], None] | None = None) -> RunResult:
+    """The run itself, writing into `work` (a folder from `staged_output`) and naming its
+    outputs as they will be once swapped into `opts.out_dir`. `events` is the file to read
+    when it is not `opts.events` (the demo generates its input inside `work`)."""
+    catalog = catalog if catalog is not None else load_catalog(opts.catalog)
+    config = opts.ingest_config()
     out = Path(opts.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    # A run rewrites its folder: the embedded store from a previous run would otherwise mix in.
-    shutil.rmtree(out / "clickhouse", ignore_errors=True)
     database = "meterwax"
-    store = open_embedded_store(out, database)
+    store = open_embedded_store(work, database)
+    try:
+        return _run(opts, catalog, config, work, out, store, database,
+                    opts.events if events is None else events, progress, on_start)
+    finally:
+        # Before the swap: chDB hosts one path per process, and `meterwax sql` (or the next
+        # run in this process) opens the final folder, not this one.
+        store.close()
+
+
+def _run(opts: RunOptions, catalog: Catalog, config: IngestConfig, work: Path, out: Path,
+         store: Any, database: str, events: str, progress: Progress | None,
+         on_start: Callable[[], None] | None) -> RunResult:
     progress = progress or Progress()
     stats = StatsTotal()
 
@@ -118,12 +338,12 @@ def run_file(opts: RunOptions, progress: Progress | None = None,
         for s in items:
             stats.add(s)
 
-    exc_sink = JsonLinesPartsSink(out, "exceptions")
-    cand_sink = JsonLinesPartsSink(out, "invoice_candidates")
+    exc_sink = JsonLinesPartsSink(work, "exceptions")
+    cand_sink = JsonLinesPartsSink(work, "invoice_candidates")
     sinks = Sinks(exceptions=exc_sink, stats=CallbackSink(collect),
                   windows=RatedWindowSink(store), candidates=cand_sink)
     flow = build_flow(catalog, config,
-                      JsonLinesSource(opts.events, opts.chunk_lines, progress), sinks,
+                      JsonLinesSource(events, opts.chunk_lines, progress), sinks,
                       recoverable=False)
     if on_start:
         on_start()
@@ -149,19 +369,19 @@ def run_file(opts: RunOptions, progress: Progress | None = None,
     progress.done = True
 
     exceptions = exc_sink.finalize(
-        out / "exceptions.jsonl", ExceptionRecord, lambda e: e.exception_id,
+        work / "exceptions.jsonl", ExceptionRecord, lambda e: e.exception_id,
         lambda e: (e.position.get("source", ""), e.position.get("partition", 0),
                    e.position.get("line", e.position.get("offset", 0))))
     candidates = cand_sink.finalize(
-        out / "invoice_candidates.jsonl", InvoiceCandidate, lambda c: c.invoice_candidate_id,
+        work / "invoice_candidates.jsonl", InvoiceCandidate, lambda c: c.invoice_candidate_id,
         candidate_order)
     rated = rated_summary(store, database)
     report = reconcile(catalog, stats, rated, candidates, exceptions)
     erp = build_erp(catalog, candidates)
-    write_jsonl(out / "erp_ar_invoices.jsonl", erp.ar_invoices)
-    write_jsonl(out / "erp_journals.jsonl", erp.journals)
-    write_jsonl(out / "revenue_schedules.jsonl", erp.schedules)
-    write_jsonl(out / "invoice_exceptions.jsonl", erp.exceptions)
+    write_jsonl(work / "erp_ar_invoices.jsonl", erp.ar_invoices)
+    write_jsonl(work / "erp_journals.jsonl", erp.journals)
+    write_jsonl(work / "revenue_schedules.jsonl", erp.schedules)
+    write_jsonl(work / "invoice_exceptions.jsonl", erp.exceptions)
     usage = {key: (stats.ingested[key].quantity() if key in stats.ingested else Decimal(0),
                    rated[key].cumulative_quantity if key in rated else Decimal(0))
              for key in set(stats.ingested) | set(rated)}
@@ -183,13 +403,15 @@ def run_file(opts: RunOptions, progress: Progress | None = None,
         "window_seconds": int(opts.window.total_seconds()),
         "allowed_lateness_seconds": int(opts.allowed_lateness.total_seconds()),
         "workers": opts.workers,
+        "max_future_seconds": int(opts.max_future.total_seconds()),
+        # The instant the input was judged as of; null: the system clock at run time.
+        "now": None if opts.now is None else opts.now.astimezone(UTC).isoformat(),
         "elapsed_seconds": round(elapsed, 3),
         "events_per_second": round(stats.read / elapsed) if elapsed > 0 else None,
         "rated_windows_store": str(out / "clickhouse"),
     }
-    with open(out / "reconciliation.json", "w", encoding="utf-8") as fh:
+    with open(work / "reconciliation.json", "w", encoding="utf-8") as fh:
         json.dump(report, fh, indent=2, sort_keys=False)
         fh.write("\n")
-    store.close()
     return RunResult(catalog, report, candidates, exceptions, elapsed, progress, erp)
 

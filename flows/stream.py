@@ -46,6 +46,7 @@ from flows.runner import candidate_order
 from operators.catalog import Catalog, load_catalog
 from operators.erp import build_erp
 from operators.ingest import IngestConfig, IngestStats
+from operators.limits import DEFAULT_MAX_FUTURE
 from schemas.erp import Journal
 from schemas.records import (
     ENCODER,
@@ -98,6 +99,8 @@ class StreamSettings:
     window: timedelta = timedelta(minutes=1)
     allowed_lateness: timedelta = timedelta(hours=1)
     dedup_ttl: timedelta = timedelta(days=35)
+    # Events dated further ahead of the system clock than this are quarantined (FUTURE_EVENT).
+    max_future: timedelta = DEFAULT_MAX_FUTURE
     workers: int = 1
     process_id: int | None = None
     addresses: tuple[str, ...] = ()
@@ -113,13 +116,39 @@ class StreamSettings:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> StreamSettings:
         """Flags first, then METERWAX_* environment variables; every problem reported at once."""
+        import argparse
+
+        from flows.cli import (
+            MAX_WORKERS,
+            int_between,
+            parse_duration,
+            parse_positive_duration,
+            parse_window,
+        )
+
         def get(name: str, default: Any = None) -> Any:
             value = values.get(name)
             if value is None:
                 value = os.environ.get(ENV_PREFIX + name.upper(), default)
             return value
 
-        problems = []
+        problems: list[str] = []
+
+        def check(name: str, convert: Callable[[str], Any], default: Any) -> Any:
+            value = get(name)
+            if value is None or value == "":
+                return default
+            if isinstance(value, timedelta):  # already typed (a caller that is not the CLI)
+                if value.total_seconds() % 1:
+                    problems.append(f"{name}: must be a whole number of seconds")
+                    return default
+                value = f"{int(value.total_seconds())}s" if value >= timedelta(0) else str(value)
+            try:
+                return convert(str(value))
+            except argparse.ArgumentTypeError as exc:
+                problems.append(f"{name}: {exc}")
+                return default
+
         required = {}
         for name in ("catalog", "kafka_bootstrap", "input_topic", "redis_url", "clickhouse",
                      "recovery_dir"):
@@ -128,21 +157,25 @@ class StreamSettings:
                 problems.append(f"{name}: required (flag --{name.replace('_', '-')} or "
                                 f"{ENV_PREFIX}{name.upper()})")
             required[name] = value
-        ttl_text = get("dedup_ttl")
-        dedup_ttl = timedelta(days=35)
-        if ttl_text:
-            import argparse
-
-            from flows.cli import parse_duration
-
-            try:
-                dedup_ttl = ttl_text if isinstance(ttl_text, timedelta) else parse_duration(
-                    str(ttl_text))
-            except argparse.ArgumentTypeError as exc:
-                problems.append(f"dedup_ttl: {exc}")
-        workers = int(get("workers", 1) or 1)
-        if workers < 1:
-            problems.append(f"workers: must be at least 1, got {workers}")
+        dedup_ttl = check("dedup_ttl", parse_positive_duration, timedelta(days=35))
+        window = check("window", parse_window, timedelta(minutes=1))
+        allowed_lateness = check("allowed_lateness", parse_duration, timedelta(hours=1))
+        max_future = check("max_future", parse_duration, DEFAULT_MAX_FUTURE)
+        workers = check("workers", int_between(1, MAX_WORKERS), 1)
+        addresses = tuple(values.get("addresses") or ())
+        process_id = None
+        # A cluster needs both: where every process is, and which one this is.
+        if values.get("process_id") is not None and addresses:
+            process_id = check("process_id", int_between(0, len(addresses) - 1), None)
+        elif values.get("process_id") is not None:
+            problems.append("addresses: required with --process-id")
+        elif addresses:
+            problems.append("process_id: required with --addresses")
+        for address in addresses:
+            host, _, port = str(address).rpartition(":")
+            if not host or not port.isascii() or not port.isdigit() or len(port) > 5 \
+                    or not 1 <= int(port) <= 65535:
+                problems.append(f"addresses: not host:port: {address!r}")
         if required["catalog"] and not Path(required["catalog"]).is_file():
             problems.append(f"catalog: no such file {required['catalog']!r}")
         if problems:
@@ -154,11 +187,12 @@ class StreamSettings:
             topics=Topics.with_prefix(get("topic_prefix", "meterwax.")),
             redis_namespace=get("redis_namespace", "meterwax"),
             dedup_ttl=dedup_ttl,
-            window=values.get("window") or timedelta(minutes=1),
-            allowed_lateness=values.get("allowed_lateness") or timedelta(hours=1),
+            window=window,
+            allowed_lateness=allowed_lateness,
+            max_future=max_future,
             workers=workers,
-            process_id=values.get("process_id"),
-            addresses=tuple(values.get("addresses") or ()),
+            process_id=process_id,
+            addresses=addresses,
             stop_at_end=bool(values.get("stop_at_end")),
         )
 
@@ -260,7 +294,7 @@ def build_stream(settings: StreamSettings, catalog: Catalog,
         candidates=MappedSink(producer, candidates_to_messages),
     )
     config = IngestConfig(window=settings.window, allowed_lateness=settings.allowed_lateness,
-                          ledger=True)
+                          max_future=settings.max_future, ledger=True)
     source = KafkaChunkSource(kafka, settings.input_topic, settings.chunk, settings.stop_at_end)
     def journals(candidates: Any) -> None:
         singles = op.flat_map("candidate_each", candidates, lambda chunk: chunk)

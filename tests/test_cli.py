@@ -14,6 +14,8 @@ from test_flow import dirty_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 CATALOG = str(ROOT / "catalog" / "example.yaml")
+# Judged as of a fixed instant after every test event, so no result depends on today's date.
+NOW = "2030-01-01T00:00:00Z"
 
 
 def meterwax(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
@@ -34,7 +36,8 @@ def events(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory, events: Path) -> Path:
     out = tmp_path_factory.mktemp("run")
-    proc = meterwax("run", "--catalog", CATALOG, "--events", str(events), "--out", str(out))
+    proc = meterwax("run", "--catalog", CATALOG, "--events", str(events), "--out", str(out),
+                    "--now", NOW)
     assert proc.returncode == 0, proc.stderr
     assert "VERDICT: BALANCED" in proc.stdout
     return out
@@ -43,6 +46,11 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, events: Path) -> Path:
 def test_run_writes_every_output(run_dir: Path) -> None:
     report = json.loads((run_dir / "reconciliation.json").read_text())
     assert report["balanced"] is True
+    # The final folder, not the one the run wrote into before swapping it in.
+    assert report["run"]["rated_windows_store"] == str(run_dir / "clickhouse")
+    assert report["run"]["now"] == "2030-01-01T00:00:00+00:00"
+    assert sorted(p.name for p in run_dir.parent.iterdir()
+                  if p.name.startswith(run_dir.name + ".")) == []
     assert report["events"]["read"] == 29
     candidates = [json.loads(x) for x in (run_dir / "invoice_candidates.jsonl").read_text()
                   .splitlines()]
@@ -74,7 +82,7 @@ def test_rated_windows_are_queryable_with_sql(run_dir: Path) -> None:
 def test_same_input_gives_identical_files_with_two_workers(run_dir: Path, events: Path,
                                                            tmp_path: Path) -> None:
     proc = meterwax("run", "--catalog", CATALOG, "--events", str(events), "--out",
-                    str(tmp_path), "--workers", "2")
+                    str(tmp_path), "--workers", "2", "--now", NOW)
     assert proc.returncode == 0, proc.stderr
     for name in ("invoice_candidates.jsonl", "exceptions.jsonl"):
         assert (tmp_path / name).read_bytes() == (run_dir / name).read_bytes()
@@ -82,7 +90,7 @@ def test_same_input_gives_identical_files_with_two_workers(run_dir: Path, events
 
 def test_events_from_stdin(run_dir: Path, events: Path, tmp_path: Path) -> None:
     proc = meterwax("run", "--catalog", CATALOG, "--events", "-", "--out", str(tmp_path),
-                    stdin=events.read_bytes().replace(b"\xff\xfe", b"??"))
+                    "--now", NOW, stdin=events.read_bytes().replace(b"\xff\xfe", b"??"))
     assert proc.returncode == 0, proc.stderr
     assert ((tmp_path / "invoice_candidates.jsonl").read_bytes()
             == (run_dir / "invoice_candidates.jsonl").read_bytes())
@@ -112,7 +120,8 @@ def test_check_catalog_and_usage_errors(tmp_path: Path) -> None:
     assert ok.returncode == 0 and "6 customers, 7 subscriptions" in ok.stdout
     zero = meterwax("run", "--catalog", CATALOG, "--events", "x", "--out", str(tmp_path),
                     "--workers", "0")
-    assert zero.returncode == 2 and "must be at least 1" in zero.stderr
+    assert zero.returncode == 2 and "--workers: must be at least 1" in zero.stderr
+    assert "--events: no such file: 'x'" in zero.stderr  # reported together
     window = meterwax("run", "--catalog", CATALOG, "--events", "x", "--out", str(tmp_path),
                       "--window", "0s")
     assert window.returncode == 2 and "longer than zero" in window.stderr
