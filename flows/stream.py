@@ -41,6 +41,7 @@ from flows.kafka_io import (
     ensure_topics,
     keyed,
 )
+from flows.metrics import record_exceptions
 from flows.pipeline import Sinks, build_flow
 from flows.runner import candidate_order
 from operators.catalog import Catalog, load_catalog
@@ -275,6 +276,7 @@ def build_stream(settings: StreamSettings, catalog: Catalog,
                           ttl=settings.dedup_ttl)
 
     def exceptions_to_messages(records: list[ExceptionRecord]) -> list[Message]:
+        record_exceptions(records)
         return dead_letters(topics.dead_letter, records)
 
     def candidates_to_messages(cands: list[InvoiceCandidate]) -> list[Message]:
