@@ -28,7 +28,7 @@ MAX_VALUE_INT = 10**18
 STORE_LIMIT = Decimal(10) ** 20
 
 # Catalog money (prices, fees, minimums, rates): below 10^12. Bounded so that the largest amount
-# a charge can rate is known up front (`operators.catalog.Charge.quantity_cap`).
+# a charge can rate is known up front (`operators.pricers.quantity_cap`).
 MAX_PRICE = Decimal(10) ** 12
 # Catalog quantities (tier bounds, package sizes): the same bound as usage values.
 MAX_QUANTITY = MAX_VALUE
