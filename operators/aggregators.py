@@ -27,6 +27,9 @@ class Aggregate(Protocol):
     def add(self, value: Decimal | str, at: datetime, seq: int) -> None: ...
     def merge(self, other: Aggregate) -> None: ...
     def quantity(self) -> Decimal: ...
+    # The quantity `merge(other)` would give, leaving self unchanged: rating prices it first
+    # and merges only once pricing succeeded (operators/rating.py).
+    def merged_quantity(self, other: Aggregate) -> Decimal: ...
     def copy(self) -> Aggregate: ...
 
 
@@ -42,6 +45,10 @@ class Count(msgspec.Struct, gc=False):
 
     def quantity(self) -> Decimal:
         return Decimal(self.n)
+
+    def merged_quantity(self, other: Aggregate) -> Decimal:
+        assert isinstance(other, Count)
+        return Decimal(self.n + other.n)
 
     def copy(self) -> Count:
         return Count(self.n)
@@ -60,6 +67,10 @@ class Sum(msgspec.Struct, gc=False):
 
     def quantity(self) -> Decimal:
         return self.total
+
+    def merged_quantity(self, other: Aggregate) -> Decimal:
+        assert isinstance(other, Sum)
+        return self.total + other.total
 
     def copy(self) -> Sum:
         return Sum(self.total)
@@ -81,6 +92,12 @@ class Max(msgspec.Struct, gc=False):
     def quantity(self) -> Decimal:
         return ZERO if self.best is None else self.best
 
+    def merged_quantity(self, other: Aggregate) -> Decimal:
+        assert isinstance(other, Max)
+        if other.best is not None and (self.best is None or other.best > self.best):
+            return other.best
+        return self.quantity()
+
     def copy(self) -> Max:
         return Max(self.best)
 
@@ -98,6 +115,11 @@ class UniqueCount(msgspec.Struct, gc=False):
 
     def quantity(self) -> Decimal:
         return Decimal(len(self.seen))
+
+    def merged_quantity(self, other: Aggregate) -> Decimal:
+        assert isinstance(other, UniqueCount)
+        seen = self.seen
+        return Decimal(len(seen) + sum(1 for v in other.seen if v not in seen))
 
     def copy(self) -> UniqueCount:
         return UniqueCount(set(self.seen))
@@ -121,6 +143,13 @@ class Latest(msgspec.Struct, gc=False):
             self.add(other.value, other.at, other.seq)
 
     def quantity(self) -> Decimal:
+        return self.value
+
+    def merged_quantity(self, other: Aggregate) -> Decimal:
+        assert isinstance(other, Latest)
+        if other.at is not None and (self.at is None
+                                     or (other.at, other.seq) > (self.at, self.seq)):
+            return other.value
         return self.value
 
     def copy(self) -> Latest:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import msgspec
@@ -51,17 +52,18 @@ def judge(raw: bytes) -> CloudEvent | Rejection:
         return Rejection(INVALID_JSON, f"the line is longer than the limit of {MAX_LINE_BYTES} "
                                        "bytes (1 MiB)")
     try:
-        event = EVENT_DECODER.decode(raw)
+        try:
+            event = EVENT_DECODER.decode(raw)
+        except InvalidOperation:
+            # A number whose exponent Decimal cannot even represent (1e99999999999999999999):
+            # read again with every such number as an infinity, which any meter refuses as
+            # out of range. Only these rare lines pay for the slower hook.
+            event = _SAFE_DECODER.decode(raw)
     except msgspec.ValidationError as exc:
-        # msgspec validates while it parses, so a schema error early in a line can hide
-        # malformed JSON after it: only well-formed JSON is an INVALID_EVENT.
-        malformed = _malformed(raw)
-        if malformed is not None:
-            return malformed
-        if str(exc).startswith("Integer value out of range"):
-            return Rejection(INVALID_EVENT, f"invalid CloudEvent: {exc}: JSON integers must fit "
-                                            "in 64 bits; write larger numbers as decimal strings")
-        return Rejection(INVALID_EVENT, f"invalid CloudEvent: {exc}")
+        decoded = _schema_error(raw, exc)
+        if isinstance(decoded, Rejection):
+            return decoded
+        event = decoded
     except msgspec.DecodeError as exc:
         return Rejection(INVALID_JSON, _not_json(raw, exc))
     except UnicodeDecodeError as exc:
@@ -97,6 +99,48 @@ def judge(raw: bytes) -> CloudEvent | Rejection:
         if duplicate is not None:
             return duplicate
     return event
+
+
+def _schema_error(raw: bytes, exc: msgspec.ValidationError) -> CloudEvent | Rejection:
+    """msgspec refused the line while parsing it. Decide, in bucket order, whether it is not
+    JSON, ambiguous JSON (a duplicate key decides before any schema rule), or JSON that is not a
+    CloudEvent. One case is not a refusal: an integer beyond 64 bits, which msgspec cannot hold
+    but JSON allows. That line is read again by the standard library, with every number an
+    exact Decimal, so a meter reading it judges the value (INVALID_VALUE, naming the limit)."""
+    malformed = _malformed(raw)
+    if malformed is not None:
+        return malformed
+    if not str(exc).startswith("Integer value out of range"):
+        return _duplicate_key(raw) or Rejection(INVALID_EVENT, f"invalid CloudEvent: {exc}")
+    try:
+        doc = json.loads(raw, object_pairs_hook=_check_pairs, parse_int=Decimal,
+                         parse_float=_exact_number, parse_constant=_no_constant)
+    except _Duplicate as dup:
+        return _duplicate(dup.key)
+    except RecursionError:
+        return _too_deep()
+    except ValueError as other:
+        return Rejection(INVALID_JSON, f"not valid JSON: {other}")
+    try:
+        return msgspec.convert(doc, CloudEvent)
+    except msgspec.ValidationError as invalid:
+        return Rejection(INVALID_EVENT, f"invalid CloudEvent: {invalid}")
+
+
+def _exact_number(text: str) -> Decimal:
+    """Decimal(text), or a signed infinity when its exponent is beyond what Decimal holds."""
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        return Decimal("-Infinity") if text.startswith("-") else Decimal("Infinity")
+
+
+_SAFE_DECODER = msgspec.json.Decoder(CloudEvent, float_hook=_exact_number)
+
+
+def _no_constant(name: str) -> Any:
+    msg = f"{name} is not a JSON number"
+    raise ValueError(msg)
 
 
 def _malformed(raw: bytes) -> Rejection | None:
@@ -163,6 +207,13 @@ def _may_repeat_keys(raw: bytes, event: CloudEvent, data_keys: int) -> bool:
     return raw.count(b'":') != kept
 
 
+def _duplicate(key: str) -> Rejection:
+    shown = key if len(key) <= 80 else f"{key[:60]}... ({len(key)} characters)"
+    return Rejection(INVALID_JSON, f"duplicate key {shown!r}: the line is ambiguous (parsers "
+                                   "disagree on which value counts); keys must be unique "
+                                   "(I-JSON, RFC 7493)")
+
+
 def _check_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
@@ -179,9 +230,7 @@ def _duplicate_key(raw: bytes) -> Rejection | None:
         json.loads(raw, object_pairs_hook=_check_pairs, parse_int=str, parse_float=str,
                    parse_constant=str)
     except _Duplicate as dup:
-        return Rejection(INVALID_JSON, f"duplicate key {dup.key!r}: the line is ambiguous "
-                                       "(parsers disagree on which value counts); keys must be "
-                                       "unique (I-JSON, RFC 7493)")
+        return _duplicate(dup.key)
     except RecursionError:
         return _too_deep()
     except ValueError as exc:

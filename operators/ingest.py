@@ -354,10 +354,14 @@ class Ingestor:
                                 f"meter {meter.id!r}: {exc}", event)
                 return
             values.append((meter, value))
-        over = self._over_limit(sub, self._month(at)[0], values)
+        over, bounds = self._over_limit(sub, self._month(at)[0], values)
         if over is not None:
             self._exception(out, position, raw, PERIOD_LIMIT_EXCEEDED, over, event)
             return
+        self._accept(out, sub, at, position, values)
+        totals = self.state.totals
+        for key, bound in bounds:
+            totals[key] = bound
         if self.config.ledger:
             out.accepted.append(AcceptedEvent(
                 event_source=event.source, event_id=event.id, event_type=event_type,
@@ -365,12 +369,13 @@ class Ingestor:
                 subscription_id=sub.id, period=self._month(at)[0],
                 origin_source=self.source_name, origin_partition=self.partition,
                 origin_offset=position, raw=raw.decode("utf-8", errors="replace")))
-        self._accept(out, sub, at, position, values)
 
     def _over_limit(self, sub: Subscription, period: str,
-                    values: list[tuple[Meter, Decimal | str]]) -> str | None:
+                    values: list[tuple[Meter, Decimal | str]]
+                    ) -> tuple[str | None, list[tuple[tuple[str, str, str], Decimal]]]:
         """Why accepting these values would take the period past what its charge can rate and
-        store (operators/pricers.quantity_cap), or None; the period's bound is then updated.
+        store (operators/pricers.quantity_cap), or None with the period's new bounds, which the
+        caller records once the event is accepted.
 
         `sum` periods are bounded by the running sum of accepted values, `count` and
         `unique_count` by the number of accepted events, `max` and `latest` by the value
@@ -393,10 +398,9 @@ class Ingestor:
             if bound >= cap:
                 return (f"meter {meter.id!r}: accepting this event would take period {period}'s "
                         f"quantity to {_clip(str(bound))}, beyond what its charge can rate and "
-                        f"store exactly (quantity below {_clip(str(cap))}, amount below 10^20)")
-        for key, bound in updates:
-            totals[key] = bound
-        return None
+                        f"store exactly (quantity below {_clip(str(cap))}, amount below "
+                        "10^20)"), []
+        return None, updates
 
     def _cap(self, plan_id: str, meter: Meter) -> tuple[Decimal, int]:
         key = (plan_id, meter.id)
@@ -417,24 +421,20 @@ class Ingestor:
 
     def _accept(self, out: IngestOutput, sub: Subscription, at: datetime, seq: int,
                 values: list[tuple[Meter, Decimal | str]]) -> None:
+        # The contributions are added first and the state changed only after them, so an
+        # aggregate that raises (the crash-safe boundary in `process` catches it) leaves the
+        # watermark, the first billed month and the counts as if the event had not been seen.
         state = self.state
         stats = out.stats
-        stats.rated += 1
         ts = int(at.timestamp())
         period, p_start, p_end = self._month(at)
         closed = self._closed_key
         bill_from = self._bill_from_key
         late = closed is not None and period <= closed
-        if late:
-            stats.late_after_close += 1
-        elif closed is None and (bill_from is None or period < bill_from):
-            state.bill_from = Month.parse(period)
-            bill_from = self._bill_from_key = period
-            self._next_close = -1
         wm = state.watermark
         advanced = wm is None or ts > wm
         if advanced:
-            wm = state.watermark = ts
+            wm = ts
         assert wm is not None  # it is ts, or an earlier event's
 
         w = self._window_s
@@ -443,14 +443,16 @@ class Ingestor:
         window_end = min(aligned + w, p_end)
         sub_id = sub.id
         ops = out.ops.get(sub_id)
+        new_ops = ops is None
         if ops is None:
-            ops = out.ops[sub_id] = []
+            ops = []
         open_ops = self._open_ops
         # Pre-aggregate: a contribution joins this chunk's op for the same window while the
         # watermark has not reached the window's end. The rater cannot close that window in
         # between, so the merged op rates exactly as the separate contributions would.
         window_open = window_end > wm
-        for meter, value in values:
+        if len(values) == 1:
+            meter, value = values[0]
             key = (sub_id, period, meter.id, window_start)
             usage = open_ops.get(key) if window_open else None
             if usage is None:
@@ -460,8 +462,37 @@ class Ingestor:
                 ops.append(usage)
                 open_ops[key] = usage
             else:
-                usage[4].add(value, at, seq)
+                usage[4].add(value, at, seq)  # one add: it changes nothing if it raises
                 usage[5] += 1
+        else:
+            # Several meters: every contribution is built before any joins an op, so one that
+            # raises leaves none of the others behind.
+            built = []
+            for meter, value in values:
+                agg = new_aggregate(meter.aggregation)
+                agg.add(value, at, seq)
+                built.append((meter, agg))
+            for meter, agg in built:
+                key = (sub_id, period, meter.id, window_start)
+                usage = open_ops.get(key) if window_open else None
+                if usage is None:
+                    usage = [USAGE, period, meter.id, window_start, agg, 1, wm]
+                    ops.append(usage)
+                    open_ops[key] = usage
+                else:
+                    usage[4].merge(agg)
+                    usage[5] += 1
+        if new_ops:
+            out.ops[sub_id] = ops
+        stats.rated += 1
+        if late:
+            stats.late_after_close += 1
+        elif closed is None and (bill_from is None or period < bill_from):
+            state.bill_from = Month.parse(period)
+            bill_from = self._bill_from_key = period
+            self._next_close = -1
+        if advanced:
+            state.watermark = ts
         if late and bill_from is not None and period < bill_from:
             # A period before the first billed month was never closed for anyone, so no later
             # close reaches it (a subscription that ended before bill_from gets none at all):

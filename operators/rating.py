@@ -134,20 +134,13 @@ class SubscriptionRater:
                     msg = f"unknown op {kind!r}"
                     raise ValueError(msg)
             except Exception as exc:  # the crash-safe boundary (module docstring)
-                out.append(self._failure(op, exc))
+                out.append(self._failure(exc, _describe(op)))
         return out
 
-    def _failure(self, op: Op, exc: Exception) -> ExceptionRecord:
+    def _failure(self, exc: Exception, what: dict[str, object]) -> ExceptionRecord:
         state = self.state
         state.failures += 1
-        where: dict[str, object] = {"step": "rating", "subscription": self.sub.id}
-        if op and op[0] == USAGE and len(op) == 7:
-            _, period, meter, ws, _, events, _ = op
-            where |= {"op": "usage", "period": period, "meter": meter,
-                      "window_start": _utc(ws).isoformat() if isinstance(ws, int) else ws,
-                      "events": events}
-        elif op:
-            where |= {"op": {TICK: "tick", CLOSE: "close"}.get(op[0], repr(op[0]))}
+        where: dict[str, object] = {"step": "rating", "subscription": self.sub.id} | what
         reason = PERIOD_LIMIT_EXCEEDED if isinstance(exc, RatingLimitError) else INTERNAL_ERROR
         text = str(exc)
         if len(text) > 500:
@@ -212,22 +205,38 @@ class SubscriptionRater:
         win = pstate.windows[(meter, ws)]
         if win.open_agg is None:
             return
+        try:
+            self._rate_open(pstate, period, meter, ws, win, out, touched)
+        except Exception as exc:  # the crash-safe boundary (module docstring)
+            out.append(self._failure(exc, {"op": "rate_window", "period": period, "meter": meter,
+                                           "window_start": _utc(ws).isoformat(),
+                                           "events": win.open_events}))
+            # Pricing comes before any change of state, so dropping the window's unrated
+            # contributions leaves the subscription as if they had never arrived.
+            win.open_agg, win.open_events = None, 0
+
+    def _rate_open(self, pstate: PeriodState, period: str, meter: str, ws: int, win: Window,
+                   out: list[Output], touched: set[str]) -> None:
+        state = self.state
+        opened = win.open_agg
+        assert opened is not None
         agg = pstate.aggs.get(meter)
-        if agg is None:
-            agg = pstate.aggs[meter] = new_aggregate(self._aggregation[meter])
-        agg.merge(win.open_agg)
-        if win.total_agg is None:
-            win.total_agg = win.open_agg
-        else:
-            win.total_agg.merge(win.open_agg)
-        win.total_events += win.open_events
-        win.open_agg, win.open_events = None, 0
-        q = agg.quantity()
+        q = opened.quantity() if agg is None else agg.merged_quantity(opened)
         amount = self._pricers[meter](self._charges[meter], q)
         if q >= STORE_LIMIT or amount >= STORE_LIMIT or amount <= -STORE_LIMIT:
             msg = (f"period {period} meter {meter!r}: quantity {q} or amount {amount} is beyond "
                    "what the store holds exactly (below 10^20)")
             raise RatingLimitError(msg)
+        # Priced: from here on nothing can fail, so the state changes only now.
+        if agg is None:
+            agg = pstate.aggs[meter] = new_aggregate(self._aggregation[meter])
+        agg.merge(opened)
+        if win.total_agg is None:
+            win.total_agg = opened
+        else:
+            win.total_agg.merge(opened)
+        win.total_events += win.open_events
+        win.open_agg, win.open_events = None, 0
         delta = amount - pstate.rated.get(meter, ZERO)
         pstate.rated[meter] = amount
         if delta:
@@ -330,3 +339,20 @@ def _daily_change(before: dict[str, dict[int, Decimal]], after: dict[str, dict[i
         if change:
             out[meter] = change
     return out
+
+
+def _describe(op: Op) -> dict[str, object]:
+    """What a failed op was, for its exception record (the op itself may be malformed)."""
+    try:
+        kind = op[0]
+        if kind == USAGE:
+            _, period, meter, ws, _, events, _ = op
+            return {"op": "usage", "period": period, "meter": meter,
+                    "window_start": _utc(ws).isoformat(), "events": events}
+        if kind == TICK:
+            return {"op": "tick"}
+        if kind == CLOSE:
+            return {"op": "close", "through": op[1]}
+    except Exception:  # a malformed op is described by its text alone
+        return {"op": repr(op)[:200]}
+    return {"op": repr(op)[:200]}

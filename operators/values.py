@@ -77,6 +77,10 @@ def quantity(data: dict[str, Any], path: tuple[str, ...]) -> Decimal:
 def _quantity_problem(value: Decimal, raw: Any) -> str | None:
     # Only comparisons and `as_tuple` here: they are exact for any exponent, while arithmetic
     # or `normalize()` on 1e999999999 raises decimal.Overflow.
+    if value.is_infinite():
+        # JSON has no infinity: operators/envelope.py gives one for a number whose exponent
+        # Decimal cannot hold.
+        return "is out of range (the limit is below 10^18): its exponent is beyond any limit"
     if not value.is_finite():
         return f"must be finite, got {_short(raw)}"
     if value < 0:
@@ -124,7 +128,8 @@ def distinct_key(data: dict[str, Any], path: tuple[str, ...]) -> str:
         return str(raw)
     if isinstance(raw, Decimal):
         if not raw.is_finite():
-            msg = f"{_where(path)} must be finite"
+            msg = (f"{_where(path)} is a number too long to count as a distinct value (its "
+                   "exponent is beyond any limit)")
             raise InvalidValue(msg)
         return _canonical(raw, path)
     msg = f"{_where(path)} must be a string or a number, got a {_kind(raw)}"
