@@ -71,6 +71,13 @@ def quantity(data: dict[str, Any], path: tuple[str, ...]) -> Decimal:
     if problem is not None:
         msg = f"{_where(path)} {problem}"
         raise InvalidValue(msg)
+    exponent = value.as_tuple().exponent
+    assert isinstance(exponent, int)
+    if exponent < -MAX_SCALE:
+        # Written with more zeros than digits allowed (0e-999999999, 1.00000000000000000000):
+        # the value is fine, but its exponent would travel into every sum and invoice text.
+        # Dropping only zeros, this is exact.
+        value = value.quantize(Decimal(1).scaleb(-_fractional_digits(value)))
     return value
 
 
