@@ -18,10 +18,11 @@ hook that sees every key.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -30,6 +31,7 @@ from schemas.events import EVENT_DECODER, REQUIRED_ATTRIBUTES, CloudEvent
 from schemas.records import INVALID_EVENT, INVALID_JSON
 
 _GENERIC = msgspec.json.Decoder()
+_T = TypeVar("_T")
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 _UTF8_BOM = b"\xef\xbb\xbf"
 
@@ -52,25 +54,12 @@ def judge(raw: bytes) -> CloudEvent | Rejection:
         return Rejection(INVALID_JSON, f"the line is longer than the limit of {MAX_LINE_BYTES} "
                                        "bytes (1 MiB)")
     try:
-        try:
-            event = EVENT_DECODER.decode(raw)
-        except InvalidOperation:
-            # A number whose exponent Decimal cannot even represent (1e99999999999999999999):
-            # read again with every such number as an infinity, which any meter refuses as
-            # out of range. Only these rare lines pay for the slower hook.
-            event = _SAFE_DECODER.decode(raw)
+        decoded = _decoded(raw, _decode_event)
     except msgspec.ValidationError as exc:
         decoded = _schema_error(raw, exc)
-        if isinstance(decoded, Rejection):
-            return decoded
-        event = decoded
-    except msgspec.DecodeError as exc:
-        return Rejection(INVALID_JSON, _not_json(raw, exc))
-    except UnicodeDecodeError as exc:
-        # msgspec reports invalid UTF-8 inside a string this way rather than as a DecodeError.
-        return Rejection(INVALID_JSON, f"not valid UTF-8 JSON: {exc}")
-    except RecursionError:
-        return _too_deep()
+    if isinstance(decoded, Rejection):
+        return decoded
+    event = decoded
     at = event.time
     tz = at.tzinfo
     if tz is None:
@@ -143,18 +132,38 @@ def _no_constant(name: str) -> Any:
     raise ValueError(msg)
 
 
-def _malformed(raw: bytes) -> Rejection | None:
+def _decode_event(raw: bytes) -> CloudEvent:
     try:
-        _GENERIC.decode(raw)
+        return EVENT_DECODER.decode(raw)
+    except InvalidOperation:
+        # A number whose exponent Decimal cannot even represent (1e99999999999999999999):
+        # read again with every such number as an infinity, which any meter refuses as out of
+        # range. Only these rare lines pay for the slower hook.
+        return _SAFE_DECODER.decode(raw)
+
+
+def _decoded(raw: bytes, decode: Callable[[bytes], _T]) -> _T | Rejection:
+    """`decode(raw)`, or the INVALID_JSON it is. A msgspec.ValidationError (well-formed so far,
+    but not the expected shape) is the caller's to judge."""
+    try:
+        return decode(raw)
     except msgspec.ValidationError:
-        return None  # well-formed, but beyond what msgspec holds (an integer of 20 digits)
+        raise
     except msgspec.DecodeError as exc:
         return Rejection(INVALID_JSON, _not_json(raw, exc))
     except UnicodeDecodeError as exc:
+        # msgspec reports invalid UTF-8 inside a string this way rather than as a DecodeError.
         return Rejection(INVALID_JSON, f"not valid UTF-8 JSON: {exc}")
     except RecursionError:
         return _too_deep()
-    return None
+
+
+def _malformed(raw: bytes) -> Rejection | None:
+    try:
+        result = _decoded(raw, _GENERIC.decode)
+    except msgspec.ValidationError:
+        return None  # well-formed, but beyond what msgspec holds (an integer of 20 digits)
+    return result if isinstance(result, Rejection) else None
 
 
 def _not_json(raw: bytes, exc: Exception) -> str:

@@ -88,8 +88,9 @@ class StreamRun:
         return view
 
 
-def engine_view(catalog, lines: list[bytes]) -> tuple[EngineResult, dict[str, Any]]:
-    result = run_engine(catalog, lines, IngestConfig())
+def engine_view(catalog, lines: list[bytes], config: IngestConfig | None = None
+                ) -> tuple[EngineResult, dict[str, Any]]:
+    result = run_engine(catalog, lines, config or IngestConfig())
     erp = build_erp(catalog, result.candidates)
     view = {
         "invoice-candidates": {c.invoice_candidate_id: json.loads(ENCODER.encode(c))

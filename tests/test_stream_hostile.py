@@ -12,7 +12,6 @@ recovery store: no crash loop, the same outputs.
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from collections.abc import Iterator
@@ -41,16 +40,16 @@ from test_stream import (
     _has_output,
     _norm_rows,
     _running_charges_match,
+    engine_view,
     expected_rows,
     ledger_rows,
     rated_rows,
 )
 
 from operators.catalog import Catalog, load_catalog
-from operators.engine import EngineResult, run_engine
-from operators.erp import build_erp
+from operators.engine import EngineResult
 from operators.limits import MAX_LINE_BYTES
-from schemas.records import ENCODER, FUTURE_EVENT, PERIOD_LIMIT_EXCEEDED
+from schemas.records import FUTURE_EVENT, PERIOD_LIMIT_EXCEEDED
 
 pytestmark = pytest.mark.services
 
@@ -163,18 +162,7 @@ def produce(kafka: Any, topic: str, values: list[bytes | None]) -> None:
 
 def expected(catalog: Catalog, lines: list[bytes]) -> tuple[EngineResult, dict[str, Any]]:
     """The engine over the valid messages alone, as the keyed views of the output topics."""
-    result = run_engine(catalog, lines, config())
-    erp = build_erp(catalog, result.candidates)
-    view = {
-        "invoice-candidates": {c.invoice_candidate_id: json.loads(ENCODER.encode(c))
-                               for c in result.candidates},
-        "ar-invoices": {a.ar_invoice_id: json.loads(ENCODER.encode(a)) for a in erp.ar_invoices},
-        "revenue-schedules": {s.schedule_id: json.loads(ENCODER.encode(s))
-                              for s in erp.schedules},
-        "invoice-exceptions": {e.invoice_candidate_id: json.loads(ENCODER.encode(e))
-                               for e in erp.exceptions},
-        "journals": {j.journal_id: json.loads(ENCODER.encode(j)) for j in erp.journals},
-    }
+    result, view = engine_view(catalog, lines, config())
     assert result.exceptions == [], "the valid messages must all be judged normally"
     return result, view
 
