@@ -64,6 +64,7 @@ _UNBOUNDED, _BY_VALUE, _BY_SUM, _BY_COUNT = 0, 1, 2, 3
 # A period cannot hold this many events (a million a second for thirty years), so a count cap
 # at or above it needs no counting.
 _MAX_EVENTS = Decimal(10) ** 15
+_Limits = tuple[tuple[Decimal, int], ...]  # (cap, how it is bounded) per routed meter
 
 Op = tuple[Any, ...] | list[Any]  # USAGE ops are lists: pre-aggregation updates them in place
 
@@ -153,13 +154,14 @@ class Ingestor:
             self.state.bill_from = config.bill_from
         self._window_s = int(config.window.total_seconds())
         self._month_cache: dict[tuple[int, int], tuple[str, int, int]] = {}
-        self._routes: dict[tuple[str, str], tuple[Meter, ...]] = {}
+        # (plan, event type) -> the meters the plan charges, and how each one's period is
+        # bounded (`_over_limit`; None when no period can reach its cap).
+        self._routes: dict[tuple[str, str], tuple[tuple[Meter, ...], _Limits | None]] = {}
         # customer id -> the subscription its previous event fell in. A customer's events come
         # mostly in time order, so the next one nearly always falls in the same subscription, and
         # since subscriptions never overlap, "still active" settles it without the bisect.
         self._last_sub: dict[str, Subscription] = {}
         self._open_ops: dict[tuple[str, str, str, int], list[Any]] = {}
-        self._caps: dict[tuple[str, str], tuple[Decimal, int]] = {}
         self._next_close = -1  # watermark (s) below which no period can close; -1: unknown
         # Period keys ("YYYY-MM") of closed_through and bill_from, compared with every accepted
         # event's period: kept as text rather than rebuilt from the Months per event, and updated
@@ -288,15 +290,19 @@ class Ingestor:
                     mine.merge(agg)
                 contributions[meter] = contributions.get(meter, 0) + n
 
-    def _route(self, plan_id: str, event_type: str) -> tuple[Meter, ...]:
-        """The meters of `event_type` that `plan_id` charges, cached: asked once per event."""
+    def _route(self, plan_id: str, event_type: str
+               ) -> tuple[tuple[Meter, ...], _Limits | None]:
+        """The meters of `event_type` that `plan_id` charges and their limits, cached: asked
+        once per event."""
         key = (plan_id, event_type)
         hit = self._routes.get(key)
         if hit is None:
             plan = self.catalog.plans[plan_id]
-            hit = tuple(m for m in self.catalog.meters_by_event_type.get(event_type, ())
-                        if plan.charge_for(m.id) is not None)
-            self._routes[key] = hit
+            meters = tuple(m for m in self.catalog.meters_by_event_type.get(event_type, ())
+                           if plan.charge_for(m.id) is not None)
+            limits = tuple(self._limit(plan_id, m) for m in meters)
+            bounded = any(kind != _UNBOUNDED for _, kind in limits)
+            hit = self._routes[key] = (meters, limits if bounded else None)
         return hit
 
     def _subscription_at(self, customer: Customer, at: datetime) -> Subscription | None:
@@ -329,9 +335,10 @@ class Ingestor:
                             f"customer {customer.id!r} has no subscription active at "
                             f"{at.isoformat()}", event)
             return
-        meters = self._routes.get((sub.plan_id, event_type))
-        if meters is None:
-            meters = self._route(sub.plan_id, event_type)
+        route = self._routes.get((sub.plan_id, event_type))
+        if route is None:
+            route = self._route(sub.plan_id, event_type)
+        meters, limits = route
         if not meters:
             stats = out.stats
             # A metered type, but the subscription's plan prices none of its meters.
@@ -354,28 +361,32 @@ class Ingestor:
                                 f"meter {meter.id!r}: {exc}", event)
                 return
             values.append((meter, value))
-        over, bounds = self._over_limit(sub, self._month(at)[0], values)
-        if over is not None:
-            self._exception(out, position, raw, PERIOD_LIMIT_EXCEEDED, over, event)
-            return
-        self._accept(out, sub, at, position, values)
-        totals = self.state.totals
-        for key, bound in bounds:
-            totals[key] = bound
+        month = self._month(at)
+        bounds: list[tuple[tuple[str, str, str], Decimal]] = []
+        if limits is not None:
+            over = self._over_limit(sub, month[0], values, limits, bounds)
+            if over is not None:
+                self._exception(out, position, raw, PERIOD_LIMIT_EXCEEDED, over, event)
+                return
+        self._accept(out, sub, at, position, values, month)
+        if bounds:
+            totals = self.state.totals
+            for key, bound in bounds:
+                totals[key] = bound
         if self.config.ledger:
             out.accepted.append(AcceptedEvent(
                 event_source=event.source, event_id=event.id, event_type=event_type,
                 subject=event.subject, time=at, customer_id=customer.id,
-                subscription_id=sub.id, period=self._month(at)[0],
+                subscription_id=sub.id, period=month[0],
                 origin_source=self.source_name, origin_partition=self.partition,
                 origin_offset=position, raw=raw.decode("utf-8", errors="replace")))
 
     def _over_limit(self, sub: Subscription, period: str,
-                    values: list[tuple[Meter, Decimal | str]]
-                    ) -> tuple[str | None, list[tuple[tuple[str, str, str], Decimal]]]:
+                    values: list[tuple[Meter, Decimal | str]], limits: _Limits,
+                    bounds: list[tuple[tuple[str, str, str], Decimal]]) -> str | None:
         """Why accepting these values would take the period past what its charge can rate and
-        store (operators/pricers.quantity_cap), or None with the period's new bounds, which the
-        caller records once the event is accepted.
+        store (operators/pricers.quantity_cap), or None, with the period's new bounds put in
+        `bounds` for the caller to record once the event is accepted.
 
         `sum` periods are bounded by the running sum of accepted values, `count` and
         `unique_count` by the number of accepted events, `max` and `latest` by the value
@@ -383,9 +394,7 @@ class Ingestor:
         The bounds are per input partition: with several partitions the rater checks again.
         """
         totals = self.state.totals
-        updates: list[tuple[tuple[str, str, str], Decimal]] = []
-        for meter, value in values:
-            cap, kind = self._cap(sub.plan_id, meter)
+        for (meter, value), (cap, kind) in zip(values, limits, strict=True):
             if kind == _UNBOUNDED:
                 continue
             if kind == _BY_VALUE:
@@ -394,40 +403,36 @@ class Ingestor:
             else:
                 key = (sub.id, period, meter.id)
                 bound = totals.get(key, ZERO) + (value if kind == _BY_SUM else _ONE)  # type: ignore[operator]
-                updates.append((key, bound))
+                bounds.append((key, bound))
             if bound >= cap:
                 return (f"meter {meter.id!r}: accepting this event would take period {period}'s "
                         f"quantity to {_clip(str(bound))}, beyond what its charge can rate and "
-                        f"store exactly (quantity below {_clip(str(cap))}, amount below "
-                        "10^20)"), []
-        return None, updates
+                        f"store exactly (quantity below {_clip(str(cap))}, amount below 10^20)")
+        return None
 
-    def _cap(self, plan_id: str, meter: Meter) -> tuple[Decimal, int]:
-        key = (plan_id, meter.id)
-        hit = self._caps.get(key)
-        if hit is None:
-            charge = self.catalog.plans[plan_id].charge_for(meter.id)
-            assert charge is not None  # routed meters are charged
-            cap = quantity_cap(charge)
-            aggregation = meter.aggregation
-            if aggregation in ("max", "latest"):
-                kind = _BY_VALUE
-            elif aggregation == "sum":
-                kind = _BY_SUM
-            else:
-                kind = _BY_COUNT if cap < _MAX_EVENTS else _UNBOUNDED
-            hit = self._caps[key] = (cap, kind)
-        return hit
+    def _limit(self, plan_id: str, meter: Meter) -> tuple[Decimal, int]:
+        charge = self.catalog.plans[plan_id].charge_for(meter.id)
+        assert charge is not None  # routed meters are charged
+        cap = quantity_cap(charge)
+        aggregation = meter.aggregation
+        if aggregation in ("max", "latest"):
+            kind = _BY_VALUE
+        elif aggregation == "sum":
+            kind = _BY_SUM
+        else:
+            kind = _BY_COUNT if cap < _MAX_EVENTS else _UNBOUNDED
+        return cap, kind
 
     def _accept(self, out: IngestOutput, sub: Subscription, at: datetime, seq: int,
-                values: list[tuple[Meter, Decimal | str]]) -> None:
+                values: list[tuple[Meter, Decimal | str]], month: tuple[str, int, int]
+                ) -> None:
         # The contributions are added first and the state changed only after them, so an
         # aggregate that raises (the crash-safe boundary in `process` catches it) leaves the
         # watermark, the first billed month and the counts as if the event had not been seen.
         state = self.state
         stats = out.stats
         ts = int(at.timestamp())
-        period, p_start, p_end = self._month(at)
+        period, p_start, p_end = month
         closed = self._closed_key
         bill_from = self._bill_from_key
         late = closed is not None and period <= closed

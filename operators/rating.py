@@ -203,10 +203,61 @@ class SubscriptionRater:
         state = self.state
         pstate = state.periods[period]
         win = pstate.windows[(meter, ws)]
-        if win.open_agg is None:
+        opened = win.open_agg
+        if opened is None:
             return
         try:
-            self._rate_open(pstate, period, meter, ws, win, out, touched)
+            agg = pstate.aggs.get(meter)
+            q = opened.quantity() if agg is None else agg.merged_quantity(opened)
+            amount = self._pricers[meter](self._charges[meter], q)
+            if q >= STORE_LIMIT or amount >= STORE_LIMIT or amount <= -STORE_LIMIT:
+                msg = (f"period {period} meter {meter!r}: quantity {q} or amount {amount} is "
+                       "beyond what the store holds exactly (below 10^20)")
+                raise RatingLimitError(msg)
+            # Priced: from here on nothing can fail, so the state changes only now.
+            if agg is None:
+                agg = pstate.aggs[meter] = new_aggregate(self._aggregation[meter])
+            agg.merge(opened)
+            if win.total_agg is None:
+                win.total_agg = opened
+            else:
+                win.total_agg.merge(opened)
+            win.total_events += win.open_events
+            win.open_agg, win.open_events = None, 0
+            delta = amount - pstate.rated.get(meter, ZERO)
+            pstate.rated[meter] = amount
+            if delta:
+                days = pstate.daily.get(meter)
+                if days is None:
+                    days = pstate.daily[meter] = {}
+                day = ws // 86400
+                days[day] = days.get(day, ZERO) + delta
+            win.total_delta += delta
+            win.revision += 1
+            state.rating_seq += 1
+            if pstate.closed:
+                touched.add(period)
+            sub = self.sub
+            out.append(RatedWindow(
+                row_id=f"{sub.id}:{meter}:{ws}",
+                subscription_id=sub.id,
+                customer_id=self.customer.id,
+                plan_id=self.plan.id,
+                legal_entity=self.customer.legal_entity,
+                currency=self.plan.currency,
+                meter=meter,
+                period=period,
+                window_start=_utc(ws),
+                window_end=_utc(win.end),
+                revision=win.revision,
+                event_count=win.total_events,
+                window_quantity=win.total_agg.quantity(),
+                cumulative_quantity=q,
+                amount_delta=win.total_delta,
+                cumulative_amount=amount,
+                rating_seq=state.rating_seq,
+                after_close=pstate.closed,
+            ))
         except Exception as exc:  # the crash-safe boundary (module docstring)
             out.append(self._failure(exc, {"op": "rate_window", "period": period, "meter": meter,
                                            "window_start": _utc(ws).isoformat(),
@@ -214,63 +265,6 @@ class SubscriptionRater:
             # Pricing comes before any change of state, so dropping the window's unrated
             # contributions leaves the subscription as if they had never arrived.
             win.open_agg, win.open_events = None, 0
-
-    def _rate_open(self, pstate: PeriodState, period: str, meter: str, ws: int, win: Window,
-                   out: list[Output], touched: set[str]) -> None:
-        state = self.state
-        opened = win.open_agg
-        assert opened is not None
-        agg = pstate.aggs.get(meter)
-        q = opened.quantity() if agg is None else agg.merged_quantity(opened)
-        amount = self._pricers[meter](self._charges[meter], q)
-        if q >= STORE_LIMIT or amount >= STORE_LIMIT or amount <= -STORE_LIMIT:
-            msg = (f"period {period} meter {meter!r}: quantity {q} or amount {amount} is beyond "
-                   "what the store holds exactly (below 10^20)")
-            raise RatingLimitError(msg)
-        # Priced: from here on nothing can fail, so the state changes only now.
-        if agg is None:
-            agg = pstate.aggs[meter] = new_aggregate(self._aggregation[meter])
-        agg.merge(opened)
-        if win.total_agg is None:
-            win.total_agg = opened
-        else:
-            win.total_agg.merge(opened)
-        win.total_events += win.open_events
-        win.open_agg, win.open_events = None, 0
-        delta = amount - pstate.rated.get(meter, ZERO)
-        pstate.rated[meter] = amount
-        if delta:
-            days = pstate.daily.get(meter)
-            if days is None:
-                days = pstate.daily[meter] = {}
-            day = ws // 86400
-            days[day] = days.get(day, ZERO) + delta
-        win.total_delta += delta
-        win.revision += 1
-        state.rating_seq += 1
-        if pstate.closed:
-            touched.add(period)
-        sub = self.sub
-        out.append(RatedWindow(
-            row_id=f"{sub.id}:{meter}:{ws}",
-            subscription_id=sub.id,
-            customer_id=self.customer.id,
-            plan_id=self.plan.id,
-            legal_entity=self.customer.legal_entity,
-            currency=self.plan.currency,
-            meter=meter,
-            period=period,
-            window_start=_utc(ws),
-            window_end=_utc(win.end),
-            revision=win.revision,
-            event_count=win.total_events,
-            window_quantity=win.total_agg.quantity(),
-            cumulative_quantity=q,
-            amount_delta=win.total_delta,
-            cumulative_amount=amount,
-            rating_seq=state.rating_seq,
-            after_close=pstate.closed,
-        ))
 
     def _quantities(self, pstate: PeriodState) -> dict[str, Decimal]:
         return {m: agg.quantity() for m, agg in pstate.aggs.items()}
