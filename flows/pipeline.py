@@ -26,6 +26,7 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
 from flows.sources import Chunk
+from operators import ids
 from operators.catalog import Catalog
 from operators.dedup import DedupStore, MemoryDedup
 from operators.ingest import IngestConfig, Ingestor, IngestOutput, IngestState, Op
@@ -53,11 +54,6 @@ def _outputs(step: str, stream: Any, sinks: Any) -> None:
         op.output(f"{step}_{n}" if n else step, stream, sink)
 
 
-def _position_key(partition: str) -> tuple[str, int]:
-    name, _, number = partition.rpartition(":")
-    return name, int(number)
-
-
 def _frozen(state: Any) -> bytes:
     """An immutable snapshot: the pickled bytes themselves. Bytewax would pickle the snapshot
     anyway, and pickling is several times faster than `copy.deepcopy` on this state."""
@@ -82,7 +78,7 @@ class IngestLogic(StatefulBatchLogic[Chunk, tuple[str, Any], Any]):
     def _build(self, partition: str, state: IngestState | None, dedup_snapshot: Any) -> Ingestor:
         self.partition = partition
         self.dedup = self.dedup_factory(dedup_snapshot)
-        source, number = _position_key(partition)
+        source, number = ids.parse_partition(partition)
         self.ingestor = Ingestor(self.catalog, self.config, self.dedup, source, number,
                                  state=state)
         return self.ingestor

@@ -28,6 +28,7 @@ from bytewax.testing import run_main
 
 from flows.pipeline import Sinks, build_flow
 from flows.sources import JsonLinesSource, Progress
+from operators import ids
 from operators.catalog import Catalog, load_catalog
 from operators.clock import fixed_clock, system_clock
 from operators.erp import ErpOutput, build_erp, erp_chain
@@ -76,12 +77,10 @@ class RunResult:
 
 
 FILE_EPOCH = timedelta(days=3650)
-_ADJ = re.compile(r":adj-(\d+)$")
 
 
 def candidate_order(c: InvoiceCandidate) -> tuple[str, str, int]:
-    match = _ADJ.search(c.invoice_candidate_id)
-    return (c.subscription_id, c.billing_period, int(match.group(1)) if match else 0)
+    return (c.subscription_id, c.billing_period, ids.adjustment_number(c.invoice_candidate_id))
 
 
 RATED_SUMMARY_SQL = """

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
+from operators import ids
 from operators.catalog import Catalog
 from operators.money import ZERO, round_money
 from operators.periods import Month
@@ -146,7 +147,8 @@ def _ar_invoice(catalog: Catalog, cand: InvoiceCandidate) -> ArInvoice:
             service_period_start=cand.period_start,
             service_period_end=cand.period_end,
             quantity=line.quantity,
-            performance_obligation=f"{cand.subscription_id}:{line.meter or line.fee_id}",
+            performance_obligation=ids.performance_obligation(cand.subscription_id,
+                                                          line.meter or line.fee_id or ""),
         )
         for line in cand.lines
     ]
@@ -205,9 +207,9 @@ def _journal(catalog: Catalog, entity_id: str, currency: str, period: str,
             debit, credit = _side(amount, zero, natural_debit=False)
             lines.append(JournalLine(account=entity.gl_accounts[role], role=role,  # type: ignore[arg-type]
                                      debit=debit, credit=credit))
-    ids = sorted(inv.invoice_candidate_id for inv in invoices)
+    sources = sorted(inv.invoice_candidate_id for inv in invoices)
     return Journal(
-        journal_id=f"{entity_id}:{currency}:{period}",
+        journal_id=ids.journal_id(entity_id, currency, period),
         legal_entity=entity_id,
         currency=currency,
         period=period,
@@ -215,8 +217,8 @@ def _journal(catalog: Catalog, entity_id: str, currency: str, period: str,
         lines=lines,
         total_debit=sum((x.debit for x in lines), zero),
         total_credit=sum((x.credit for x in lines), zero),
-        source_candidate_ids=ids,
-        source_ar_invoice_ids=ids,
+        source_candidate_ids=sources,
+        source_ar_invoice_ids=sources,
     )
 
 
@@ -256,7 +258,7 @@ def build_erp(catalog: Catalog, candidates: Iterable[InvoiceCandidate]) -> ErpOu
         groups[(invoice.legal_entity, invoice.currency, invoice.billing_period)].append(invoice)
         for src, line in zip(cand.lines, invoice.lines, strict=True):
             schedule = RevenueSchedule(
-                schedule_id=f"rs:{line.line_id}",
+                schedule_id=ids.schedule_id(line.line_id),
                 line_id=line.line_id,
                 ar_invoice_id=invoice.ar_invoice_id,
                 legal_entity=invoice.legal_entity,

@@ -34,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from operators import ids
 from operators.aggregators import Aggregate, new_aggregate
 from operators.catalog import Catalog, Customer, Meter, Subscription
 from operators.clock import Clock, system_clock
@@ -193,7 +194,7 @@ class Ingestor:
         except UnicodeDecodeError:
             text, b64 = None, base64.b64encode(raw).decode("ascii")
         out.exceptions.append(ExceptionRecord(
-            exception_id=f"{self.source_name}:{self.partition}:{position}",
+            exception_id=ids.exception_id(self.source_name, self.partition, position),
             reason=reason,
             error=error,
             position={"source": self.source_name, "partition": self.partition,

@@ -15,6 +15,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 
+from operators import ids
 from operators.catalog import Catalog, Subscription
 from operators.money import ZERO, round_fraction, round_money
 from operators.periods import Month, service_period
@@ -45,14 +46,15 @@ def period_lines(catalog: Catalog, sub: Subscription, month: Month,
     lines: dict[str, LineValue] = {}
     for fee in plan.fixed_fees:
         amount = round_fraction(Fraction(fee.amount) * share, plan.currency)
-        lines[f"fee:{fee.id}"] = LineValue("fixed_fee", fee.id, None, amount,
+        lines[ids.fee_line_key(fee.id)] = LineValue("fixed_fee", fee.id, None, amount,
                                            fee.revenue_recognition)
     for charge in plan.charges:
         q = quantities.get(charge.meter, ZERO)
         usage = round_money(price(charge, q), plan.currency)
-        lines[f"usage:{charge.meter}"] = LineValue("usage", charge.meter, q, usage, "consumption")
+        lines[ids.usage_line_key(charge.meter)] = LineValue("usage", charge.meter, q, usage,
+                                                            "consumption")
         if charge.minimum is not None and usage < charge.minimum:
-            lines[f"minimum:{charge.meter}"] = LineValue(
+            lines[ids.minimum_line_key(charge.meter)] = LineValue(
                 "minimum_true_up", charge.meter, None, charge.minimum - usage, "consumption")
     return lines
 
@@ -98,7 +100,7 @@ def candidate(catalog: Catalog, sub: Subscription, month: Month, lines: Mapping[
     rendered = []
     for key, line in lines.items():
         rendered.append(InvoiceLine(
-            line_id=f"{candidate_id}:{key}",
+            line_id=ids.line_id(candidate_id, key),
             kind=line.kind,
             amount=line.amount,
             meter=line.ref if line.kind != "fixed_fee" else None,

@@ -34,6 +34,7 @@ from decimal import Decimal
 
 import msgspec
 
+from operators import ids
 from operators.aggregators import Aggregate, new_aggregate
 from operators.catalog import Catalog, Subscription
 from operators.ingest import CLOSE, TICK, USAGE, Op
@@ -146,7 +147,7 @@ class SubscriptionRater:
         if len(text) > 500:
             text = f"{text[:500]}... ({len(text)} characters)"
         return ExceptionRecord(
-            exception_id=f"{self.sub.id}:rating-failure-{state.failures}",
+            exception_id=ids.rating_failure_id(self.sub.id, state.failures),
             reason=reason,
             error=f"rating failed, its events are in no rated window: {type(exc).__name__}: "
                   f"{text}",
@@ -239,7 +240,7 @@ class SubscriptionRater:
                 touched.add(period)
             sub = self.sub
             out.append(RatedWindow(
-                row_id=f"{sub.id}:{meter}:{ws}",
+                row_id=ids.window_row_id(sub.id, meter, ws),
                 subscription_id=sub.id,
                 customer_id=self.customer.id,
                 plan_id=self.plan.id,
@@ -278,9 +279,9 @@ class SubscriptionRater:
             if not delta:
                 continue  # the late usage changed no quantity or amount on the invoice
             pstate.adjustments += 1
-            base = f"{self.sub.id}:{period}"
+            base = ids.candidate_id(self.sub.id, period)
             out.append(candidate(self.catalog, self.sub, month, delta,
-                                 f"{base}:adj-{pstate.adjustments}", adjusts=base,
+                                 ids.adjustment_id(base, pstate.adjustments), adjusts=base,
                                  consumption=_daily_change(pstate.issued_daily, pstate.daily)))
             pstate.issued = now
             pstate.issued_daily = {m: dict(d) for m, d in pstate.daily.items()}
@@ -316,8 +317,8 @@ class SubscriptionRater:
         heapq.heapify(state.heap)
         month = Month.parse(period)
         lines = period_lines(self.catalog, self.sub, month, self._quantities(pstate))
-        out.append(candidate(self.catalog, self.sub, month, lines, f"{self.sub.id}:{period}",
-                             consumption=pstate.daily))
+        out.append(candidate(self.catalog, self.sub, month, lines,
+                             ids.candidate_id(self.sub.id, period), consumption=pstate.daily))
         pstate.issued = lines
         pstate.issued_daily = {m: dict(d) for m, d in pstate.daily.items()}
         pstate.closed = True

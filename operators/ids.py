@@ -1,0 +1,89 @@
+"""Every deterministic id meterwax emits, built (and where needed parsed) in this one module.
+
+Ids are the idempotency keys downstream: Kafka keys of compacted topics, ReplacingMergeTree
+row keys, ERP document numbers. Each is a pure function of what it names, so a replay or a
+second worker produces the same id for the same thing, and nothing else in the code formats one.
+
+    input partition        <source>:<number>                   file:0, usage-events:3
+    exception              <source>:<number>:<offset or line>  file:0:17
+    rating failure         <subscription>:rating-failure-<n>
+    rated window row       <subscription>:<meter>:<window start, epoch seconds>
+    invoice candidate      <subscription>:<YYYY-MM>            sub-acme-1:2026-10
+    adjustment             <candidate>:adj-<n>                 sub-acme-1:2026-10:adj-2
+    line (key)             fee:<fee> | usage:<meter> | minimum:<meter>
+    line id                <candidate>:<line key>              sub-acme-1:2026-10:usage:tokens
+    AR invoice             the candidate id
+    revenue schedule       rs:<line id>
+    journal                <legal entity>:<currency>:<YYYY-MM>
+    performance obligation <subscription>:<meter or fee>
+"""
+
+from __future__ import annotations
+
+import re
+
+_ADJUSTMENT = re.compile(r":adj-(\d+)$")
+
+
+def partition_name(source: str, number: int) -> str:
+    return f"{source}:{number}"
+
+
+def parse_partition(name: str) -> tuple[str, int]:
+    """(source, number) of a partition name; the source may itself contain ':'."""
+    source, _, number = name.rpartition(":")
+    return source, int(number)
+
+
+def exception_id(source: str, partition: int, position: int) -> str:
+    return f"{source}:{partition}:{position}"
+
+
+def rating_failure_id(subscription_id: str, n: int) -> str:
+    return f"{subscription_id}:rating-failure-{n}"
+
+
+def window_row_id(subscription_id: str, meter: str, window_start: int) -> str:
+    return f"{subscription_id}:{meter}:{window_start}"
+
+
+def candidate_id(subscription_id: str, period: str) -> str:
+    return f"{subscription_id}:{period}"
+
+
+def adjustment_id(original: str, n: int) -> str:
+    return f"{original}:adj-{n}"
+
+
+def adjustment_number(invoice_candidate_id: str) -> int:
+    """n of an adjustment id, 0 for an original candidate: the order candidates are listed in."""
+    match = _ADJUSTMENT.search(invoice_candidate_id)
+    return int(match.group(1)) if match else 0
+
+
+def fee_line_key(fee_id: str) -> str:
+    return f"fee:{fee_id}"
+
+
+def usage_line_key(meter: str) -> str:
+    return f"usage:{meter}"
+
+
+def minimum_line_key(meter: str) -> str:
+    return f"minimum:{meter}"
+
+
+def line_id(invoice_candidate_id: str, key: str) -> str:
+    return f"{invoice_candidate_id}:{key}"
+
+
+def schedule_id(line: str) -> str:
+    return f"rs:{line}"
+
+
+def journal_id(legal_entity: str, currency: str, period: str) -> str:
+    return f"{legal_entity}:{currency}:{period}"
+
+
+def performance_obligation(subscription_id: str, ref: str) -> str:
+    return f"{subscription_id}:{ref}"
