@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal, cast
 
 from operators.catalog_file import MAX_PROBLEMS, CatalogError, compose, join_path, read_text, show
 from operators.limits import (
@@ -41,6 +41,7 @@ from operators.money import MAX_SCALE, MINOR_UNITS, MoneyError, parse_decimal
 AGGREGATIONS = ("count", "sum", "max", "unique_count", "latest")
 MODELS = ("per_unit", "graduated", "volume", "package", "percentage")
 RECOGNITION = ("ratable", "point_in_time")
+FeeRecognition = Literal["ratable", "point_in_time"]
 GL_ROLES = ("receivable", "usage_revenue", "subscription_revenue", "deferred_revenue")
 
 # The keys each kind of mapping may hold: anything else is a problem, with the nearest valid key
@@ -124,7 +125,7 @@ class Charge:
 class FixedFee:
     id: str
     amount: Decimal
-    revenue_recognition: str
+    revenue_recognition: FeeRecognition
 
 
 @dataclass(frozen=True, slots=True)
@@ -621,7 +622,8 @@ class _Parser:
                     amount = None
                 if (self.unique(fee_ids, fid, fwhere, "fixed fee") and fid and amount is not None
                         and rec):
-                    fees.append(FixedFee(fid, amount, rec))
+                    # `choice` admitted only a name in RECOGNITION.
+                    fees.append(FixedFee(fid, amount, cast(FeeRecognition, rec)))
             charges = []
             charged: dict[str, str] = {}
             for cwhere, raw in self.items(item, "charges", where, limit=MAX_METERS):

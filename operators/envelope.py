@@ -29,7 +29,7 @@ import msgspec
 
 from operators.limits import MAX_DEPTH, MAX_LINE_BYTES, MAX_TIME, MIN_TIME
 from schemas.events import EVENT_DECODER, REQUIRED_ATTRIBUTES, CloudEvent
-from schemas.records import INVALID_EVENT, INVALID_JSON
+from schemas.records import INVALID_EVENT, INVALID_JSON, Reason
 
 _GENERIC = msgspec.json.Decoder()
 _T = TypeVar("_T")
@@ -40,7 +40,7 @@ _WHITESPACE = b" \t\r\n"  # JSON's whitespace
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
-    reason: str
+    reason: Reason
     error: str
     event: CloudEvent | None = None  # when it decoded, so the record can name it
 

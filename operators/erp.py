@@ -139,7 +139,7 @@ def _ar_invoice(catalog: Catalog, cand: InvoiceCandidate) -> ArInvoice:
     lines = [
         ArInvoiceLine(
             line_id=line.line_id,
-            kind=line.kind,  # type: ignore[arg-type]
+            kind=line.kind,
             item=(line.meter or line.fee_id or ""),
             amount=line.amount,
             gl_account=entity.gl_accounts[_REVENUE_ROLE[line.kind]],

@@ -56,6 +56,7 @@ from schemas.records import (
     UNKNOWN_SUBJECT,
     AcceptedEvent,
     ExceptionRecord,
+    Reason,
 )
 
 USAGE, TICK, CLOSE = 0, 1, 2
@@ -182,7 +183,7 @@ class Ingestor:
             self._month_cache[ym] = hit
         return hit
 
-    def _exception(self, out: IngestOutput, position: int, raw: bytes, reason: str, error: str,
+    def _exception(self, out: IngestOutput, position: int, raw: bytes, reason: Reason, error: str,
                    event: CloudEvent | None = None) -> None:
         out.stats.exceptions[reason] += 1
         if len(raw) > MAX_LINE_BYTES:

@@ -20,16 +20,16 @@ from operators.catalog import Catalog, Subscription
 from operators.money import ZERO, round_fraction, round_money
 from operators.periods import Month, service_period
 from operators.pricers import price
-from schemas.records import InvoiceCandidate, InvoiceLine
+from schemas.records import InvoiceCandidate, InvoiceLine, LineKind, Recognition
 
 
 @dataclass(frozen=True, slots=True)
 class LineValue:
-    kind: str
+    kind: LineKind
     ref: str  # fee id or meter id
     quantity: Decimal | None
     amount: Decimal
-    recognition: str | None
+    recognition: Recognition | None
 
 
 def _micros(delta: timedelta) -> int:

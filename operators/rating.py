@@ -49,6 +49,7 @@ from schemas.records import (
     ExceptionRecord,
     InvoiceCandidate,
     RatedWindow,
+    Reason,
 )
 
 Output = RatedWindow | InvoiceCandidate | ExceptionRecord
@@ -142,7 +143,8 @@ class SubscriptionRater:
         state = self.state
         state.failures += 1
         where: dict[str, object] = {"step": "rating", "subscription": self.sub.id} | what
-        reason = PERIOD_LIMIT_EXCEEDED if isinstance(exc, RatingLimitError) else INTERNAL_ERROR
+        reason: Reason = (PERIOD_LIMIT_EXCEEDED if isinstance(exc, RatingLimitError)
+                          else INTERNAL_ERROR)
         text = str(exc)
         if len(text) > 500:
             text = f"{text[:500]}... ({len(text)} characters)"

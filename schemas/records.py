@@ -9,28 +9,36 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final, Literal
 
 import msgspec
 
 # Exception reasons, in the order an event is tested against them.
-INVALID_JSON = "INVALID_JSON"
-INVALID_EVENT = "INVALID_EVENT"
-UNKNOWN_SUBJECT = "UNKNOWN_SUBJECT"
-NO_ACTIVE_SUBSCRIPTION = "NO_ACTIVE_SUBSCRIPTION"
-FUTURE_EVENT = "FUTURE_EVENT"  # dated too far ahead of the processing clock; retry it later
-INVALID_VALUE = "INVALID_VALUE"
+INVALID_JSON: Final = "INVALID_JSON"
+INVALID_EVENT: Final = "INVALID_EVENT"
+UNKNOWN_SUBJECT: Final = "UNKNOWN_SUBJECT"
+NO_ACTIVE_SUBSCRIPTION: Final = "NO_ACTIVE_SUBSCRIPTION"
+FUTURE_EVENT: Final = "FUTURE_EVENT"  # dated too far ahead of the processing clock; retry it later
+INVALID_VALUE: Final = "INVALID_VALUE"
 # Accepting the event would take its period's quantity or amount beyond what can be stored.
-PERIOD_LIMIT_EXCEEDED = "PERIOD_LIMIT_EXCEEDED"
+PERIOD_LIMIT_EXCEEDED: Final = "PERIOD_LIMIT_EXCEEDED"
 # Anything unforeseen while judging or rating one event: the flow goes on without it.
-INTERNAL_ERROR = "INTERNAL_ERROR"
+INTERNAL_ERROR: Final = "INTERNAL_ERROR"
 REASONS = (INVALID_JSON, INVALID_EVENT, FUTURE_EVENT, UNKNOWN_SUBJECT, NO_ACTIVE_SUBSCRIPTION,
            INVALID_VALUE, PERIOD_LIMIT_EXCEEDED, INTERNAL_ERROR)
+Reason = Literal["INVALID_JSON", "INVALID_EVENT", "FUTURE_EVENT", "UNKNOWN_SUBJECT",
+                 "NO_ACTIVE_SUBSCRIPTION", "INVALID_VALUE", "PERIOD_LIMIT_EXCEEDED",
+                 "INTERNAL_ERROR"]
+
+LineKind = Literal["fixed_fee", "usage", "minimum_true_up"]
+CandidateType = Literal["invoice", "adjustment"]
+CandidateStatus = Literal["ready", "held"]
+Recognition = Literal["consumption", "ratable", "point_in_time"]
 
 
 class ExceptionRecord(msgspec.Struct, kw_only=True):
     exception_id: str  # "<source-name>:<partition>:<offset>": one per input position
-    reason: str
+    reason: Reason
     error: str
     position: dict[str, Any]  # file mode: {"file", "line"}; Kafka: {"topic", "partition", "offset"}
     raw: str | None  # the original line verbatim, when it is UTF-8
@@ -67,12 +75,12 @@ class RatedWindow(msgspec.Struct, kw_only=True):
 
 class InvoiceLine(msgspec.Struct, kw_only=True, omit_defaults=True):
     line_id: str
-    kind: str  # fixed_fee | usage | minimum_true_up
+    kind: LineKind
     amount: Decimal
     meter: str | None = None
     fee_id: str | None = None
     quantity: Decimal | None = None
-    revenue_recognition: str | None = None
+    revenue_recognition: Recognition | None = None
     description: str | None = None
     # Usage lines: the exact, unrounded amount rated on each UTC day of the service period
     # (for an adjustment, the change per day). Drives consumption revenue schedules.
@@ -81,7 +89,7 @@ class InvoiceLine(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 class InvoiceCandidate(msgspec.Struct, kw_only=True):
     invoice_candidate_id: str
-    candidate_type: str  # "invoice" | "adjustment"
+    candidate_type: CandidateType
     adjusts: str | None  # the original candidate id, for adjustments
     customer_id: str
     subscription_id: str
@@ -93,7 +101,7 @@ class InvoiceCandidate(msgspec.Struct, kw_only=True):
     period_end: datetime
     lines: list[InvoiceLine]
     subtotal: Decimal
-    status: str  # ready | held
+    status: CandidateStatus
     hold_reasons: list[str]
 
 
