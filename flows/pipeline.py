@@ -109,8 +109,7 @@ class IngestLogic(StatefulBatchLogic[Chunk, tuple[str, Any], Any]):
     def snapshot(self) -> Any:
         if self.ingestor is None or not self.recoverable:
             return None
-        dedup_state = self.dedup.first if isinstance(self.dedup, MemoryDedup) else None
-        return _frozen((self.partition, self.ingestor.state, dedup_state))
+        return _frozen((self.partition, self.ingestor.state, self.dedup.snapshot()))
 
 
 def memory_dedup(snapshot: Any) -> DedupStore:

@@ -13,13 +13,17 @@ Implementations: `MemoryDedup` here (file mode, tests); a Redis one beside the K
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 Origin = tuple[str, int, int]  # (source name, partition, offset)
 
 
 class DedupStore(Protocol):
     def claim(self, items: Sequence[tuple[str, Origin]]) -> list[bool]: ...
+
+    # What a recovery snapshot must hold to rebuild this store (None: it keeps its own state,
+    # as Redis does). The flow stores it without knowing which implementation it holds.
+    def snapshot(self) -> Any: ...
 
 
 class MemoryDedup:
@@ -37,3 +41,6 @@ class MemoryDedup:
             else:
                 out.append(seen == origin)
         return out
+
+    def snapshot(self) -> dict[str, Origin]:
+        return dict(self.first)

@@ -235,6 +235,10 @@ class RedisDedup:
             return self._hashed_prefix + hashlib.sha256(raw).hexdigest().encode()
         return self._prefix + raw
 
+    def snapshot(self) -> None:
+        """Nothing: the first occurrences live in Redis, which persists them itself."""
+        return None
+
     def claim(self, items: Sequence[tuple[str, Origin]]) -> list[bool]:
         if not items:
             return []
