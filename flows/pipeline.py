@@ -29,7 +29,8 @@ from flows.sources import Chunk
 from operators import ids
 from operators.catalog import Catalog
 from operators.dedup import DedupStore, MemoryDedup
-from operators.ingest import IngestConfig, Ingestor, IngestOutput, IngestState, Op
+from operators.ingest import IngestConfig, Ingestor, IngestOutput, IngestState
+from operators.protocol import Op
 from operators.rating import SubscriptionRater
 from schemas.records import AcceptedEvent, ExceptionRecord, InvoiceCandidate, RatedWindow
 

@@ -16,12 +16,9 @@ every open period. The watermark is computed here, in input order, and stamped o
 what the raters downstream decide (window closes, period closes, adjustments) depends only on the
 input sequence, never on how the runtime batched it or how many workers it used.
 
-Ops sent to a subscription's rater, in order (watermark and window bounds in epoch seconds):
-    [USAGE, period, meter, window_start, partial_aggregate, events, watermark]
-    (TICK, watermark)                       close the windows that end at or before watermark
-    (CLOSE, through_period, from_period, watermark)
-A USAGE op pre-aggregates the chunk's contributions to one window (see `_accept`), which keeps
-the number of ops, and so the runtime's per-item cost, well below the number of events.
+The ops sent to a subscription's rater are defined in operators/protocol.py. A Usage op
+pre-aggregates the chunk's contributions to one window (see `_accept`), which keeps the number of
+ops, and so the runtime's per-item cost, well below the number of events.
 """
 
 from __future__ import annotations
@@ -32,7 +29,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
 from operators import ids
 from operators.aggregators import Aggregate, new_aggregate
@@ -44,6 +40,7 @@ from operators.limits import DEFAULT_MAX_FUTURE, MAX_DURATION, MAX_LINE_BYTES, R
 from operators.money import ZERO
 from operators.periods import Month
 from operators.pricers import quantity_cap
+from operators.protocol import Close, Op, Tick, Usage
 from operators.values import InvalidValue, distinct_key, quantity
 from schemas.events import CloudEvent
 from schemas.records import (
@@ -59,7 +56,6 @@ from schemas.records import (
     Reason,
 )
 
-USAGE, TICK, CLOSE = 0, 1, 2
 _ONE = Decimal(1)
 # How a meter's period quantity is bounded (Ingestor._over_limit).
 _UNBOUNDED, _BY_VALUE, _BY_SUM, _BY_COUNT = 0, 1, 2, 3
@@ -68,7 +64,6 @@ _UNBOUNDED, _BY_VALUE, _BY_SUM, _BY_COUNT = 0, 1, 2, 3
 _MAX_EVENTS = Decimal(10) ** 15
 _Limits = tuple[tuple[Decimal, int], ...]  # (cap, how it is bounded) per routed meter
 
-Op = tuple[Any, ...] | list[Any]  # USAGE ops are lists: pre-aggregation updates them in place
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +158,7 @@ class Ingestor:
         # mostly in time order, so the next one nearly always falls in the same subscription, and
         # since subscriptions never overlap, "still active" settles it without the bisect.
         self._last_sub: dict[str, Subscription] = {}
-        self._open_ops: dict[tuple[str, str, str, int], list[Any]] = {}
+        self._open_ops: dict[tuple[str, str, str, int], Usage] = {}
         self._next_close = -1  # watermark (s) below which no period can close; -1: unknown
         # Period keys ("YYYY-MM") of closed_through and bill_from, compared with every accepted
         # event's period: kept as text rather than rebuilt from the Months per event, and updated
@@ -281,16 +276,16 @@ class Ingestor:
         contributions = out.stats.contributions
         for sub_id, ops in out.ops.items():
             for op in ops:
-                if op[0] != USAGE:
+                if type(op) is not Usage:
                     continue
-                _, period, meter, _, agg, n, _ = op
-                key = (sub_id, period, meter)
+                meter = op.meter
+                key = (sub_id, op.period, meter)
                 mine = ingested.get(key)
                 if mine is None:
-                    ingested[key] = agg.copy()
+                    ingested[key] = op.partial.copy()
                 else:
-                    mine.merge(agg)
-                contributions[meter] = contributions.get(meter, 0) + n
+                    mine.merge(op.partial)
+                contributions[meter] = contributions.get(meter, 0) + op.events
 
     def _route(self, plan_id: str, event_type: str
                ) -> tuple[tuple[Meter, ...], _Limits | None]:
@@ -465,12 +460,12 @@ class Ingestor:
             if usage is None:
                 agg = new_aggregate(meter.aggregation)
                 agg.add(value, at, seq)
-                usage = [USAGE, period, meter.id, window_start, agg, 1, wm]
+                usage = Usage(period, meter.id, window_start, agg, 1, wm)
                 ops.append(usage)
                 open_ops[key] = usage
             else:
-                usage[4].add(value, at, seq)  # one add: it changes nothing if it raises
-                usage[5] += 1
+                usage.partial.add(value, at, seq)  # one add: it changes nothing if it raises
+                usage.events += 1
         else:
             # Several meters: every contribution is built before any joins an op, so one that
             # raises leaves none of the others behind.
@@ -483,12 +478,12 @@ class Ingestor:
                 key = (sub_id, period, meter.id, window_start)
                 usage = open_ops.get(key) if window_open else None
                 if usage is None:
-                    usage = [USAGE, period, meter.id, window_start, agg, 1, wm]
+                    usage = Usage(period, meter.id, window_start, agg, 1, wm)
                     ops.append(usage)
                     open_ops[key] = usage
                 else:
-                    usage[4].merge(agg)
-                    usage[5] += 1
+                    usage.partial.merge(agg)
+                    usage.events += 1
         if new_ops:
             out.ops[sub_id] = ops
         stats.rated += 1
@@ -504,7 +499,8 @@ class Ingestor:
             # A period before the first billed month was never closed for anyone, so no later
             # close reaches it (a subscription that ended before bill_from gets none at all):
             # close it for this subscription now, or its usage would never be invoiced.
-            ops.append((CLOSE, closed, bill_from, wm))
+            assert closed is not None  # `late` says so
+            ops.append(Close(closed, bill_from, wm))
         if window_open:
             pending = state.pending
             if pending.get(sub_id, 0) < window_end:
@@ -527,7 +523,7 @@ class Ingestor:
                 ops = out.ops.get(sub_id)
                 if ops is None:
                     ops = out.ops[sub_id] = []
-                ops.append((TICK, wm))
+                ops.append(Tick(wm))
         if wm <= self._next_close:
             return
         first = state.closed_through.next() if state.closed_through else state.bill_from
@@ -556,7 +552,7 @@ class Ingestor:
                 continue
             if previous is not None and sub.end is not None and sub.end <= previous.end:
                 continue  # everything it had was closed by an earlier close
-            out.ops.setdefault(sub.id, []).append((CLOSE, through.key, start.key, wm))
+            out.ops.setdefault(sub.id, []).append(Close(through.key, start.key, wm))
 
     def finish(self) -> IngestOutput:
         """End of a finite input: close every period up to the watermark's own."""

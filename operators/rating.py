@@ -37,12 +37,12 @@ import msgspec
 from operators import ids
 from operators.aggregators import Aggregate, new_aggregate
 from operators.catalog import Catalog, Subscription
-from operators.ingest import CLOSE, TICK, USAGE, Op
 from operators.invoicing import LineValue, candidate, diff_lines, period_lines
 from operators.limits import STORE_LIMIT
 from operators.money import ZERO
 from operators.periods import Month, months_between
 from operators.pricers import PRICERS
+from operators.protocol import Close, Op, Tick, Usage
 from schemas.records import (
     INTERNAL_ERROR,
     PERIOD_LIMIT_EXCEEDED,
@@ -125,15 +125,15 @@ class SubscriptionRater:
         out: list[Output] = []
         for op in ops:
             try:
-                kind = op[0]
-                if kind == USAGE:
+                if isinstance(op, Usage):
                     self._usage(op, out)
-                elif kind == TICK:
-                    self._close_windows(op[1], out, set())
-                elif kind == CLOSE:
-                    self._close_periods(Month.parse(op[1]), Month.parse(op[2]), op[3], out)
+                elif isinstance(op, Tick):
+                    self._close_windows(op.watermark, out, set())
+                elif isinstance(op, Close):
+                    self._close_periods(Month.parse(op.through), Month.parse(op.start),
+                                        op.watermark, out)
                 else:
-                    msg = f"unknown op {kind!r}"
+                    msg = f"unknown op {op!r}"
                     raise ValueError(msg)
             except Exception as exc:  # the crash-safe boundary (module docstring)
                 out.append(self._failure(exc, _describe(op)))
@@ -163,8 +163,9 @@ class SubscriptionRater:
             end = self._period_ends[period] = int(Month.parse(period).end.timestamp())
         return end
 
-    def _usage(self, op: Op, out: list[Output]) -> None:
-        _, period, meter, window_start, partial, events, wm = op
+    def _usage(self, op: Usage, out: list[Output]) -> None:
+        period, meter, window_start = op.period, op.meter, op.window_start
+        partial, events, wm = op.partial, op.events, op.watermark
         state = self.state
         pstate = state.periods.get(period)
         if pstate is None:
@@ -341,15 +342,13 @@ def _daily_change(before: dict[str, dict[int, Decimal]], after: dict[str, dict[i
 def _describe(op: Op) -> dict[str, object]:
     """What a failed op was, for its exception record (the op itself may be malformed)."""
     try:
-        kind = op[0]
-        if kind == USAGE:
-            _, period, meter, ws, _, events, _ = op
-            return {"op": "usage", "period": period, "meter": meter,
-                    "window_start": _utc(ws).isoformat(), "events": events}
-        if kind == TICK:
+        if isinstance(op, Usage):
+            return {"op": "usage", "period": op.period, "meter": op.meter,
+                    "window_start": _utc(op.window_start).isoformat(), "events": op.events}
+        if isinstance(op, Tick):
             return {"op": "tick"}
-        if kind == CLOSE:
-            return {"op": "close", "through": op[1]}
+        if isinstance(op, Close):
+            return {"op": "close", "through": op.through}
     except Exception:  # a malformed op is described by its text alone
         return {"op": repr(op)[:200]}
     return {"op": repr(op)[:200]}

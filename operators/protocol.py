@@ -1,0 +1,50 @@
+"""The messages between ingest and rating: what one input partition tells one subscription.
+
+Ingest (operators/ingest.py) emits, per subscription and in input order, a list of ops; the
+subscription's rater (operators/rating.py) applies them in that order. Every op carries the
+watermark ingest computed in input order, so whatever the rater decides depends only on this
+sequence, never on batching or worker count.
+
+    Usage   contributions of one chunk to one window (pre-aggregated, see Ingestor._accept)
+    Tick    the watermark reached the end of some open windows: rate them
+    Close   close every period through `through`, billing from `start`
+
+They are msgspec structs without cyclic-GC tracking (they hold numbers, strings and aggregates,
+which hold no references back), laid out as arrays: as cheap to build and to pickle between
+workers as the tuples they replace.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from operators.aggregators import Aggregate
+
+
+class Usage(msgspec.Struct, array_like=True, gc=False):
+    period: str  # YYYY-MM
+    meter: str
+    window_start: int  # epoch seconds
+    partial: Aggregate  # this chunk's contributions to the window (updated while it is built)
+    events: int
+    watermark: int  # epoch seconds, after the last contribution was accepted
+
+
+class Tick(msgspec.Struct, array_like=True, gc=False):
+    watermark: int
+
+
+class Close(msgspec.Struct, array_like=True, gc=False):
+    through: str  # YYYY-MM: the last period to close
+    start: str  # YYYY-MM: the first billed month
+    watermark: int
+
+
+Op = Usage | Tick | Close
+
+
+class SubscriptionOps(msgspec.Struct, array_like=True, gc=False):
+    """One subscription's ops from one ingest batch: the item keyed by subscription."""
+
+    subscription_id: str
+    ops: list[Op]
