@@ -7,8 +7,10 @@ its buckets and reconciliation to the generator's own `Composition`.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections import Counter
+from dataclasses import fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,10 +19,13 @@ import orjson
 import pytest
 
 from flows.workload import RATES, Composition, Workload, compose, generate, write_workload
+from flows.workload_faults import BUCKETS, FAULTS, SECONDARY
 from operators import reconcile as reconcile_module
 from operators.catalog import Catalog, load_catalog
+from operators.clock import fixed_clock
 from operators.engine import EngineResult, run_engine
 from operators.ingest import IngestConfig
+from schemas.records import REASONS
 
 CATALOG_PATH = Path(__file__).resolve().parent.parent / "catalog" / "example.yaml"
 NOV = datetime(2026, 11, 1, tzinfo=UTC)
@@ -262,3 +267,45 @@ def test_composition_is_a_plain_summary(catalog: Catalog) -> None:
     assert d["duplicates"] == comp.duplicate_exact + comp.duplicate_conflict
     assert d["total"] == 4000
     orjson.dumps(d)  # serializable for the demo's report
+
+
+# -- pinned bytes and the fault registry ---------------------------------------------------------
+
+# sha256 of write_workload(example catalog, 2000, seed=7), taken before the fault registry was
+# split out of the generator. A change here changes every demo and benchmark workload: only ever
+# update it on purpose.
+PINNED_2000_SEED_7 = "0caec63d963f5ae82c565bc06778834a497d85c7fa7d3e9b6e31ccf44041480e"
+
+
+def test_generated_bytes_are_pinned(catalog: Catalog) -> None:
+    data = b"".join(line + b"\n" for line in generate(catalog, 2000, seed=7))
+    assert hashlib.sha256(data).hexdigest() == PINNED_2000_SEED_7
+
+
+def test_registry_matches_the_composition() -> None:
+    assert tuple(FAULTS) == tuple(RATES) == Composition.KINDS
+    counted = {f.name for f in fields(Composition) if f.type == "int"} - {"size", "total",
+                                                                         "normal"}
+    assert counted == set(FAULTS)
+    for kind, fault in FAULTS.items():
+        assert fault.kind == kind
+        assert fault.bucket in BUCKETS or fault.bucket in REASONS, fault
+        assert set(fault.also) <= set(SECONDARY), fault
+        assert (fault.make is None) != (fault.resend is None), fault
+        fn = fault.make or fault.resend
+        assert fn is not None and fn.__doc__, f"{kind}: say what it injects and where it lands"
+
+
+def test_every_fault_lands_in_its_bucket(catalog: Catalog) -> None:
+    size, seed = 20_000, 7
+    comp = compose(catalog, size, seed)
+    assert all(n >= 1 for n in comp.kinds().values()), comp.kinds()
+    config = IngestConfig(clock=fixed_clock(datetime(2030, 1, 1, tzinfo=UTC)))
+    stats = run_engine(catalog, list(generate(catalog, size, seed)), config).stats
+    expected = comp.expected_buckets()
+    got = {key: getattr(stats, key) for key in expected}
+    assert got == expected
+    for kind, fault in FAULTS.items():  # every documented bucket is really reached
+        bucket = stats.exceptions if fault.bucket in REASONS else got
+        assert bucket[fault.bucket] >= getattr(comp, kind) > 0, kind
+        assert all(got[counter] >= getattr(comp, kind) for counter in fault.also), kind
