@@ -1,15 +1,18 @@
 """The meterwax dataflow: the same wiring for every source and sink.
 
-    input chunks ─key: partition─▶ ingest ─┬─ exceptions ──────────────────────▶ sink
-    (file / Kafka)                 (decode, ├─ stats ───────────────────────────▶ sink
-                                   validate,└─ ops ─key: subscription─▶ rate ─┬─ windows ──▶ sink
-                                   dedup,                              (delta └─ candidates ▶ sink
-                                   watermark)                          rating)
+    input chunks ─key: partition─▶ ingest ─┬─ exceptions ─────────────────────────┬─▶ sink
+    (file / Kafka)                 (decode, ├─ stats ─────────────────────────────│─▶ sink
+                                   validate,├─ ledger (stream mode) ──────────────│─▶ sink
+                                   dedup,   └─ ops ─key: subscription─▶ rate ─┬─ failures
+                                   watermark)                         (delta  ├─ windows ──▶ sink
+                                                                       rating)└─ candidates ▶ sink
 
 Ingest is keyed by input partition, so one partition's events are judged in input order (dedup's
 "first occurrence wins", the watermark); rating is keyed by subscription, so it spreads over
-workers. Every item between steps is a list (a chunk), which keeps the runtime's per-item cost off
-the per-event path. Only sources and sinks differ between file mode and production.
+workers. `ingest` and `rate` are composite steps that return their outputs as a dataclass of
+typed streams, split by item type. Every item between steps is a list (a chunk), which keeps the
+runtime's per-item cost off the per-event path. Only sources and sinks differ between file mode
+and production.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import bytewax.operators as op
-from bytewax.dataflow import Dataflow
+import msgspec
+from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
@@ -29,12 +33,10 @@ from flows.sources import Chunk
 from operators import ids
 from operators.catalog import Catalog
 from operators.dedup import DedupStore, MemoryDedup
-from operators.ingest import IngestConfig, Ingestor, IngestOutput, IngestState
-from operators.protocol import Op
+from operators.ingest import IngestConfig, Ingestor, IngestOutput, IngestState, IngestStats
+from operators.protocol import SubscriptionOps
 from operators.rating import SubscriptionRater
 from schemas.records import AcceptedEvent, ExceptionRecord, InvoiceCandidate, RatedWindow
-
-EXC, STATS, OPS, LEDGER = "exc", "stats", "ops", "ledger"
 
 
 @dataclass(frozen=True)
@@ -61,11 +63,52 @@ def _frozen(state: Any) -> bytes:
     return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
 
 
+# What the two stateful steps emit, one type per kind of item, so each stream is split off by
+# type (never by a string tag). Lists move whole: one item per batch, not per record.
+
+
+class Rejected(msgspec.Struct, array_like=True, gc=False):
+    records: list[ExceptionRecord]
+
+
+class Accepted(msgspec.Struct, array_like=True, gc=False):
+    events: list[AcceptedEvent]
+
+
+class RatedRows(msgspec.Struct, array_like=True, gc=False):
+    rows: list[RatedWindow]
+
+
+class Candidates(msgspec.Struct, array_like=True, gc=False):
+    items: list[InvoiceCandidate]
+
+
+IngestItem = Rejected | Accepted | IngestStats | SubscriptionOps
+RatingItem = RatedRows | Candidates | Rejected
+
+
+@dataclass(frozen=True)
+class IngestStreams:
+    """The ingest step's outputs, split by type (like Bytewax's `KafkaSourceOut(oks, errs)`)."""
+
+    exceptions: Stream[list[ExceptionRecord]]
+    stats: Stream[IngestStats]
+    ops: Stream[SubscriptionOps]
+    ledger: Stream[list[AcceptedEvent]]
+
+
+@dataclass(frozen=True)
+class RatingStreams:
+    windows: Stream[list[RatedWindow]]
+    candidates: Stream[list[InvoiceCandidate]]
+    failures: Stream[list[ExceptionRecord]]  # rating steps that failed (operators/rating.py)
+
+
 # Bytewax builds stateful logic without telling it its key, so both logics below learn it from
 # their first item (each item carries it) and keep it in their snapshot.
 
 
-class IngestLogic(StatefulBatchLogic[Chunk, tuple[str, Any], Any]):
+class IngestLogic(StatefulBatchLogic[Chunk, IngestItem, Any]):
     def __init__(self, catalog: Catalog, config: IngestConfig,
                  dedup_factory: Callable[[Any], DedupStore], resume: Any,
                  recoverable: bool = True) -> None:
@@ -85,24 +128,24 @@ class IngestLogic(StatefulBatchLogic[Chunk, tuple[str, Any], Any]):
         return self.ingestor
 
     @staticmethod
-    def _emit(out: IngestOutput, into: list[tuple[str, Any]]) -> None:
+    def _emit(out: IngestOutput, into: list[IngestItem]) -> None:
         if out.exceptions:
-            into.append((EXC, out.exceptions))
+            into.append(Rejected(out.exceptions))
         if out.accepted:
-            into.append((LEDGER, out.accepted))
-        into.append((STATS, out.stats))
+            into.append(Accepted(out.accepted))
+        into.append(out.stats)
         for sub_id, ops in out.ops.items():
-            into.append((OPS, (sub_id, ops)))
+            into.append(SubscriptionOps(sub_id, ops))
 
-    def on_batch(self, values: list[Chunk]) -> tuple[Iterable[tuple[str, Any]], bool]:
+    def on_batch(self, values: list[Chunk]) -> tuple[Iterable[IngestItem], bool]:
         ingestor = self.ingestor or self._build(values[0][0], None, None)
-        emitted: list[tuple[str, Any]] = []
+        emitted: list[IngestItem] = []
         for _, lines in values:
             self._emit(ingestor.process(lines), emitted)
         return emitted, StatefulBatchLogic.RETAIN
 
-    def on_eof(self) -> tuple[Iterable[tuple[str, Any]], bool]:
-        emitted: list[tuple[str, Any]] = []
+    def on_eof(self) -> tuple[Iterable[IngestItem], bool]:
+        emitted: list[IngestItem] = []
         if self.ingestor is not None:
             self._emit(self.ingestor.finish(), emitted)
         return emitted, StatefulBatchLogic.RETAIN
@@ -120,10 +163,7 @@ def memory_dedup(snapshot: Any) -> DedupStore:
     return store
 
 
-SubOps = tuple[str, list[Op]]
-
-
-class RateLogic(StatefulBatchLogic[SubOps, tuple[str, list[Any]], Any]):
+class RateLogic(StatefulBatchLogic[SubscriptionOps, RatingItem, Any]):
     def __init__(self, catalog: Catalog, config: IngestConfig, resume: Any,
                  recoverable: bool = True) -> None:
         self.catalog, self.config = catalog, config
@@ -133,34 +173,69 @@ class RateLogic(StatefulBatchLogic[SubOps, tuple[str, list[Any]], Any]):
             sub_id, state = pickle.loads(resume)
             self.rater = SubscriptionRater(catalog, sub_id, config.window, state=state)
 
-    def on_batch(self, values: list[SubOps]) -> tuple[Iterable[tuple[str, list[Any]]], bool]:
+    def on_batch(self, values: list[SubscriptionOps]) -> tuple[Iterable[RatingItem], bool]:
         rater = self.rater
         if rater is None:
-            rater = self.rater = SubscriptionRater(self.catalog, values[0][0], self.config.window)
+            rater = self.rater = SubscriptionRater(self.catalog, values[0].subscription_id,
+                                                   self.config.window)
         windows: list[RatedWindow] = []
         candidates: list[InvoiceCandidate] = []
         failures: list[ExceptionRecord] = []
-        for _, ops in values:
-            for item in rater.apply(ops):
-                if isinstance(item, RatedWindow):
-                    windows.append(item)
-                elif isinstance(item, ExceptionRecord):
-                    failures.append(item)
+        for item in values:
+            for output in rater.apply(item.ops):
+                if isinstance(output, RatedWindow):
+                    windows.append(output)
+                elif isinstance(output, ExceptionRecord):
+                    failures.append(output)
                 else:
-                    candidates.append(item)
-        out: list[tuple[str, list[Any]]] = []
+                    candidates.append(output)
+        out: list[RatingItem] = []
         if windows:
-            out.append(("win", windows))
+            out.append(RatedRows(windows))
         if candidates:
-            out.append(("cand", candidates))
+            out.append(Candidates(candidates))
         if failures:
-            out.append((EXC, failures))
+            out.append(Rejected(failures))
         return out, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> Any:
         if self.rater is None or not self.recoverable:
             return None
         return _frozen((self.rater.sub.id, self.rater.state))
+
+
+def _of_type(step: str, stream: Stream[Any], kind: type, unwrap: Callable[[Any], Any]
+             ) -> Stream[Any]:
+    return op.filter_map(step, stream, lambda item: unwrap(item) if type(item) is kind else None)
+
+
+def ingest(catalog: Catalog, config: IngestConfig, chunks: Stream[Chunk],
+           dedup_factory: Callable[[Any], DedupStore], recoverable: bool) -> IngestStreams:
+    """Judge every event, keyed by input partition so one partition is judged in input order
+    (dedup's "first occurrence wins", the watermark)."""
+    by_partition = op.key_on("key_partition", chunks, lambda chunk: chunk[0])
+    judged = op.key_rm("ingest_unkey", op.stateful_batch(
+        "ingest", by_partition,
+        lambda resume: IngestLogic(catalog, config, dedup_factory, resume, recoverable)))
+    return IngestStreams(
+        exceptions=_of_type("exceptions", judged, Rejected, lambda r: r.records),
+        stats=_of_type("stats", judged, IngestStats, lambda s: s),
+        ops=_of_type("ops", judged, SubscriptionOps, lambda o: o),
+        ledger=_of_type("ledger", judged, Accepted, lambda a: a.events),
+    )
+
+
+def rate(catalog: Catalog, config: IngestConfig, ops: Stream[SubscriptionOps],
+         recoverable: bool) -> RatingStreams:
+    """Rate every subscription's ops, keyed by subscription so the work spreads over workers."""
+    by_sub = op.key_on("key_subscription", ops, lambda item: item.subscription_id)
+    rated = op.key_rm("rate_unkey", op.stateful_batch(
+        "rate", by_sub, lambda resume: RateLogic(catalog, config, resume, recoverable)))
+    return RatingStreams(
+        windows=_of_type("windows", rated, RatedRows, lambda r: r.rows),
+        candidates=_of_type("candidates", rated, Candidates, lambda c: c.items),
+        failures=_of_type("rating_failures", rated, Rejected, lambda r: r.records),
+    )
 
 
 def build_flow(catalog: Catalog, config: IngestConfig, source: Source[Chunk], sinks: Sinks,
@@ -172,40 +247,16 @@ def build_flow(catalog: Catalog, config: IngestConfig, source: Source[Chunk], si
     state was 13% of a file run. `with_candidates` receives the candidate stream to attach more
     steps to it (stream mode's journal step)."""
     flow = Dataflow(flow_id)
-    chunks = op.input("input", flow, source)
-    by_partition = op.key_on("key_partition", chunks, lambda chunk: chunk[0])
-    ingested = op.stateful_batch(
-        "ingest", by_partition,
-        lambda resume: IngestLogic(catalog, config, dedup_factory, resume, recoverable),
-    )
-    tagged = op.key_rm("ingest_unkey", ingested)
-    split = op.branch("split_ingest", tagged, lambda item: item[0] == OPS)
-    others = split.falses
-    exceptions = op.filter_map("exceptions", others,
-                               lambda item: item[1] if item[0] == EXC else None)
-    stats = op.filter_map("stats", others, lambda item: item[1] if item[0] == STATS else None)
-    _outputs("stats_out", stats, sinks.stats)
+    judged = ingest(catalog, config, op.input("input", flow, source), dedup_factory,
+                    recoverable)
+    _outputs("stats_out", judged.stats, sinks.stats)
     if sinks.ledger:
-        ledger = op.filter_map("ledger", others,
-                               lambda item: item[1] if item[0] == LEDGER else None)
-        _outputs("ledger_out", ledger, sinks.ledger)
-
-    ops = op.map("ops_payload", split.trues, lambda item: item[1])
-    by_sub = op.key_on("key_subscription", ops, lambda item: item[0])
-    rated = op.stateful_batch(
-        "rate", by_sub, lambda resume: RateLogic(catalog, config, resume, recoverable))
-    rated_items = op.key_rm("rate_unkey", rated)
-    windows = op.filter_map("windows", rated_items,
-                            lambda item: item[1] if item[0] == "win" else None)
-    candidates = op.filter_map("candidates", rated_items,
-                               lambda item: item[1] if item[0] == "cand" else None)
-    # Ops whose rating failed (operators/rating.py) join the rejected events.
-    rating_failures = op.filter_map("rating_failures", rated_items,
-                                    lambda item: item[1] if item[0] == EXC else None)
-    _outputs("exceptions_out", op.merge("all_exceptions", exceptions, rating_failures),
+        _outputs("ledger_out", judged.ledger, sinks.ledger)
+    rated = rate(catalog, config, judged.ops, recoverable)
+    _outputs("exceptions_out", op.merge("all_exceptions", judged.exceptions, rated.failures),
              sinks.exceptions)
-    _outputs("windows_out", windows, sinks.windows)
-    _outputs("candidates_out", candidates, sinks.candidates)
+    _outputs("windows_out", rated.windows, sinks.windows)
+    _outputs("candidates_out", rated.candidates, sinks.candidates)
     if with_candidates is not None:
-        with_candidates(candidates)
+        with_candidates(rated.candidates)
     return flow
