@@ -16,7 +16,7 @@ from decimal import Decimal
 from fractions import Fraction
 
 from operators import ids
-from operators.catalog import Catalog, Subscription
+from operators.catalog import Catalog, Plan, Subscription
 from operators.money import ZERO, round_fraction, round_money
 from operators.periods import Month, service_period
 from operators.pricers import price
@@ -36,18 +36,39 @@ def _micros(delta: timedelta) -> int:
     return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
+def prorated_fees(plan: Plan, month: Month, start: datetime, end: datetime
+                  ) -> dict[str, Decimal]:
+    """Fee id -> the fee for the active time [start, end) within `month`: the fee times the
+    active microseconds over the month's, rounded half up once to minor units. The invoice's
+    fee lines and the running charges' accrual (sinks/running_charges.py) are both this."""
+    share = Fraction(_micros(end - start), _micros(month.end - month.start))
+    return {fee.id: round_fraction(Fraction(fee.amount) * share, plan.currency)
+            for fee in plan.fixed_fees}
+
+
+def accrued_fixed_fees(plan: Plan, sub: Subscription, month: Month, as_of: datetime
+                       ) -> dict[str, Decimal]:
+    """Fee id -> fee accrued by `as_of`: the subscription's active time in the month up to
+    `as_of`. Once `as_of` reaches the end of the service period this is exactly the invoice's
+    fee line."""
+    cut = service_period(month, sub.start, sub.end)
+    if cut is None:
+        return {}
+    lo, hi = cut
+    return prorated_fees(plan, month, lo, min(max(as_of, lo), hi))
+
+
 def period_lines(catalog: Catalog, sub: Subscription, month: Month,
                  quantities: Mapping[str, Decimal]) -> dict[str, LineValue]:
     """Line key -> value, in presentation order (dicts keep insertion order)."""
     plan = catalog.plans[sub.plan_id]
     cut = service_period(month, sub.start, sub.end)
     assert cut is not None, "a period outside the subscription is never billed"
-    share = Fraction(_micros(cut[1] - cut[0]), _micros(month.end - month.start))
+    fees = prorated_fees(plan, month, cut[0], cut[1])
     lines: dict[str, LineValue] = {}
     for fee in plan.fixed_fees:
-        amount = round_fraction(Fraction(fee.amount) * share, plan.currency)
-        lines[ids.fee_line_key(fee.id)] = LineValue("fixed_fee", fee.id, None, amount,
-                                           fee.revenue_recognition)
+        lines[ids.fee_line_key(fee.id)] = LineValue("fixed_fee", fee.id, None, fees[fee.id],
+                                                    fee.revenue_recognition)
     for charge in plan.charges:
         q = quantities.get(charge.meter, ZERO)
         usage = round_money(price(charge, q), plan.currency)

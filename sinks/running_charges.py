@@ -44,14 +44,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from fractions import Fraction
 from typing import Any, TypedDict
 
 import redis
 
-from operators.catalog import Catalog, Plan, Subscription
-from operators.money import ZERO, fmt, round_fraction
-from operators.periods import Month, service_period
+from operators.catalog import Catalog
+from operators.invoicing import accrued_fixed_fees
+from operators.money import ZERO, fmt
+from operators.periods import Month
 from schemas.records import RatedWindow
 from sinks.redis_dedup import (
     LuaScript,
@@ -64,27 +64,6 @@ from sinks.redis_dedup import (
 
 class ChargesUnavailable(RedisUnavailable):
     """The running-charges store could not be written within the retry deadline."""
-
-
-def _micros(delta: timedelta) -> int:
-    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def accrued_fixed_fees(plan: Plan, sub: Subscription, month: Month, as_of: datetime
-                       ) -> dict[str, Decimal]:
-    """Fee id -> fee accrued by `as_of`: the fee times the subscription's active time in the
-    month up to `as_of`, over the month's length, rounded half up once to minor units. Pure.
-
-    The share is taken in microseconds, like `operators.invoicing.period_lines`, so once `as_of`
-    reaches the end of the service period this is exactly the invoice's fee line."""
-    cut = service_period(month, sub.start, sub.end)
-    if cut is None:
-        return {}
-    lo, hi = cut
-    upto = min(max(as_of, lo), hi)
-    share = Fraction(_micros(upto - lo), _micros(month.end - month.start))
-    return {fee.id: round_fraction(Fraction(fee.amount) * share, plan.currency)
-            for fee in plan.fixed_fees}
 
 
 def usage_field(subscription_id: str, meter: str) -> str:
