@@ -79,96 +79,32 @@ def summarize(rows: Iterable[RatedWindow]) -> dict[RatedKey, RatedSummary]:
     return out
 
 
+@dataclass
+class _Invoiced:
+    """The invoiced side: candidates plus their adjustments, per (subscription, period, meter)."""
+
+    quantity: dict[RatedKey, Decimal]
+    amount: dict[RatedKey, Decimal]
+    totals: dict[str, dict[str, Decimal]]  # currency -> status -> subtotal
+    billed: set[tuple[str, str]]  # (subscription, period) with an original candidate
+    counts: dict[str, int]
+
+
 def reconcile(catalog: Catalog, stats: StatsTotal, rated: dict[RatedKey, RatedSummary],
               candidates: Iterable[InvoiceCandidate],
               exceptions: Iterable[ExceptionRecord]) -> dict[str, Any]:
     problems: list[str] = []
-
-    # 1. Every event read lands in exactly one bucket.
-    exc_total = sum(stats.exceptions.values())
-    bucketed = stats.duplicates + stats.unmetered + exc_total + stats.rated
-    if bucketed != stats.read:
-        problems.append(f"events: read {stats.read} but buckets hold {bucketed}")
-    written: dict[str, int] = dict.fromkeys(REASONS, 0)
-    rating_failures = 0
-    for exc in exceptions:
-        if exc.position.get("step") == "rating":
-            # Its events were counted as rated at ingest; the gap shows per meter below.
-            rating_failures += 1
-            problems.append(f"{exc.exception_id}: {exc.reason}: {exc.error}")
-            continue
-        written[exc.reason] += 1
-    for reason in REASONS:
-        if written[reason] != stats.exceptions[reason]:
-            problems.append(f"exceptions {reason}: counted {stats.exceptions[reason]}, "
-                            f"written {written[reason]}")
-
-    # 2. Rated side, per (subscription, period, meter).
-    rated_side = dict(rated)
+    exc_total, bucketed, rating_failures = _buckets(stats, exceptions, problems)
     window_events: dict[str, int] = {}
-    for (_, _, meter), r in rated_side.items():
+    for (_, _, meter), r in rated.items():
         window_events[meter] = window_events.get(meter, 0) + r.events
-
-    # 3. Invoiced side: candidates plus their adjustments.
-    inv_qty: dict[tuple[str, str, str], Decimal] = {}
-    inv_amt: dict[tuple[str, str, str], Decimal] = {}
-    totals: dict[str, dict[str, Decimal]] = {}
-    seen_ids: set[str] = set()
-    billed: set[tuple[str, str]] = set()
-    counts = {"invoice": 0, "adjustment": 0, "ready": 0, "held": 0}
-    for cand in candidates:
-        if cand.invoice_candidate_id in seen_ids:
-            problems.append(f"candidate {cand.invoice_candidate_id} emitted twice")
-        seen_ids.add(cand.invoice_candidate_id)
-        counts[cand.candidate_type] += 1
-        counts[cand.status] += 1
-        if cand.candidate_type == "invoice":
-            billed.add((cand.subscription_id, cand.billing_period))
-        line_sum = sum((line.amount for line in cand.lines), ZERO)
-        if line_sum != cand.subtotal:
-            problems.append(f"candidate {cand.invoice_candidate_id}: lines sum to {line_sum}, "
-                            f"subtotal says {cand.subtotal}")
-        zero = round_money(ZERO, cand.currency)
-        cur = totals.setdefault(cand.currency, {"ready": zero, "held": zero})
-        cur[cand.status] += cand.subtotal
-        for line in cand.lines:
-            if line.kind == "usage" and line.meter is not None:
-                key = (cand.subscription_id, cand.billing_period, line.meter)
-                inv_qty[key] = inv_qty.get(key, ZERO) + (line.quantity or ZERO)
-                inv_amt[key] = inv_amt.get(key, ZERO) + line.amount
-
-    # 4. Per (subscription, period, meter): ingested == rated == invoiced.
-    per_meter: dict[str, dict[str, Decimal]] = {}
-    keys = set(stats.ingested) | set(rated_side) | {k for k, v in inv_qty.items() if v}
-    for key in sorted(keys):
-        sub_id, period, meter = key
-        ingested = stats.ingested[key].quantity() if key in stats.ingested else ZERO
-        summary = rated_side.get(key)
-        rated_q = summary.cumulative_quantity if summary else ZERO
-        invoiced = inv_qty.get(key, ZERO)
-        m = per_meter.setdefault(meter, {"ingested": ZERO, "rated": ZERO, "invoiced": ZERO})
-        m["ingested"] += ingested
-        m["rated"] += rated_q
-        m["invoiced"] += invoiced
-        label = f"{sub_id} {period} {meter}"
-        if not ingested == rated_q == invoiced:
-            problems.append(f"{label}: ingested {ingested}, rated {rated_q}, "
-                            f"invoiced {invoiced}")
-        if summary is not None:
-            if summary.delta_sum != summary.cumulative_amount:
-                problems.append(f"{label}: window deltas sum to {summary.delta_sum}, "
-                                f"cumulative is {summary.cumulative_amount}")
-            rounded = round_money(summary.cumulative_amount, summary.currency)
-            if rounded != inv_amt.get(key, ZERO):
-                problems.append(f"{label}: rated {summary.cumulative_amount} rounds to "
-                                f"{rounded}, invoiced {inv_amt.get(key, ZERO)}")
-        if (sub_id, period) not in billed and (ingested or rated_q):
-            problems.append(f"{label}: usage with no invoice candidate for the period")
+    invoiced = _invoiced(candidates, problems)
+    per_meter = _per_meter(stats, rated, invoiced, problems)
     for meter in sorted(set(stats.contributions) | set(window_events)):
         if stats.contributions.get(meter, 0) != window_events.get(meter, 0):
             problems.append(f"meter {meter}: {stats.contributions.get(meter, 0)} accepted values, "
                             f"{window_events.get(meter, 0)} counted in rated windows")
-
+    counts = invoiced.counts
     return {
         "balanced": not problems,
         "problems": problems,
@@ -197,7 +133,91 @@ def reconcile(catalog: Catalog, stats: StatsTotal, rated: dict[RatedKey, RatedSu
             "ready": counts["ready"],
             "held": counts["held"],
             "totals_by_currency": {cur: {k: fmt(v) for k, v in t.items()}
-                                   for cur, t in sorted(totals.items())},
+                                   for cur, t in sorted(invoiced.totals.items())},
         },
-        "rated_windows": sum(r.windows for r in rated_side.values()),
+        "rated_windows": sum(r.windows for r in rated.values()),
     }
+
+
+def _buckets(stats: StatsTotal, exceptions: Iterable[ExceptionRecord], problems: list[str]
+             ) -> tuple[int, int, int]:
+    """Every event read lands in exactly one bucket, and every counted exception was written.
+    Returns (exceptions counted, events in buckets, rating failures)."""
+    exc_total = sum(stats.exceptions.values())
+    bucketed = stats.duplicates + stats.unmetered + exc_total + stats.rated
+    if bucketed != stats.read:
+        problems.append(f"events: read {stats.read} but buckets hold {bucketed}")
+    written: dict[str, int] = dict.fromkeys(REASONS, 0)
+    rating_failures = 0
+    for exc in exceptions:
+        if exc.position.get("step") == "rating":
+            # Its events were counted as rated at ingest; the gap shows per meter.
+            rating_failures += 1
+            problems.append(f"{exc.exception_id}: {exc.reason}: {exc.error}")
+            continue
+        written[exc.reason] += 1
+    for reason in REASONS:
+        if written[reason] != stats.exceptions[reason]:
+            problems.append(f"exceptions {reason}: counted {stats.exceptions[reason]}, "
+                            f"written {written[reason]}")
+    return exc_total, bucketed, rating_failures
+
+
+def _invoiced(candidates: Iterable[InvoiceCandidate], problems: list[str]) -> _Invoiced:
+    side = _Invoiced({}, {}, {}, set(), {"invoice": 0, "adjustment": 0, "ready": 0, "held": 0})
+    seen_ids: set[str] = set()
+    for cand in candidates:
+        if cand.invoice_candidate_id in seen_ids:
+            problems.append(f"candidate {cand.invoice_candidate_id} emitted twice")
+        seen_ids.add(cand.invoice_candidate_id)
+        side.counts[cand.candidate_type] += 1
+        side.counts[cand.status] += 1
+        if cand.candidate_type == "invoice":
+            side.billed.add((cand.subscription_id, cand.billing_period))
+        line_sum = sum((line.amount for line in cand.lines), ZERO)
+        if line_sum != cand.subtotal:
+            problems.append(f"candidate {cand.invoice_candidate_id}: lines sum to {line_sum}, "
+                            f"subtotal says {cand.subtotal}")
+        zero = round_money(ZERO, cand.currency)
+        cur = side.totals.setdefault(cand.currency, {"ready": zero, "held": zero})
+        cur[cand.status] += cand.subtotal
+        for line in cand.lines:
+            if line.kind == "usage" and line.meter is not None:
+                key = (cand.subscription_id, cand.billing_period, line.meter)
+                side.quantity[key] = side.quantity.get(key, ZERO) + (line.quantity or ZERO)
+                side.amount[key] = side.amount.get(key, ZERO) + line.amount
+    return side
+
+
+def _per_meter(stats: StatsTotal, rated: dict[RatedKey, RatedSummary], invoiced: _Invoiced,
+               problems: list[str]) -> dict[str, dict[str, Decimal]]:
+    """Per (subscription, period, meter): ingested == rated == invoiced, window deltas sum to the
+    cumulative amount, and the rounded rated amount is what was invoiced. Returns per-meter
+    totals."""
+    per_meter: dict[str, dict[str, Decimal]] = {}
+    keys = set(stats.ingested) | set(rated) | {k for k, v in invoiced.quantity.items() if v}
+    for key in sorted(keys):
+        sub_id, period, meter = key
+        ingested = stats.ingested[key].quantity() if key in stats.ingested else ZERO
+        summary = rated.get(key)
+        rated_q = summary.cumulative_quantity if summary else ZERO
+        billed_q = invoiced.quantity.get(key, ZERO)
+        m = per_meter.setdefault(meter, {"ingested": ZERO, "rated": ZERO, "invoiced": ZERO})
+        m["ingested"] += ingested
+        m["rated"] += rated_q
+        m["invoiced"] += billed_q
+        label = f"{sub_id} {period} {meter}"
+        if not ingested == rated_q == billed_q:
+            problems.append(f"{label}: ingested {ingested}, rated {rated_q}, "
+                            f"invoiced {billed_q}")
+        if summary is not None:
+            if summary.delta_sum != summary.cumulative_amount:
+                problems.append(f"{label}: window deltas sum to {summary.delta_sum}, "
+                                f"cumulative is {summary.cumulative_amount}")
+            rounded = round_money(summary.cumulative_amount, summary.currency)
+            if rounded != invoiced.amount.get(key, ZERO):
+                problems.append(f"{label}: rated {summary.cumulative_amount} rounds to "
+                                f"{rounded}, invoiced {invoiced.amount.get(key, ZERO)}")
+        if (sub_id, period) not in invoiced.billed and (ingested or rated_q):
+            problems.append(f"{label}: usage with no invoice candidate for the period")
+    return per_meter
