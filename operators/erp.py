@@ -291,89 +291,131 @@ def erp_chain(catalog: Catalog, rated_amounts: Mapping[tuple[str, str, str], Dec
     `rated_amounts`: (subscription, period, meter) -> exact rated cumulative amount.
     `usage`: (subscription, period, meter) -> (ingested quantity, rated quantity), shown per
     meter in each row beside the invoiced quantity, so the chain starts at the raw usage."""
-    Key = tuple[str, str, str]
-    zero_of = {c.currency: round_money(ZERO, c.currency) for c in candidates}
-    rows: dict[Key, dict[str, Decimal]] = {}
-    kept_out: dict[Key, dict[str, Decimal]] = defaultdict(dict)
+    chain = _Chain(catalog, candidates)
+    if usage is not None:
+        chain.add_usage(usage)
+    chain.add_rated(rated_amounts)
+    chain.add_candidates(candidates, with_quantities=usage is not None)
+    chain.add_erp(erp)
+    rows, problems = chain.report()
+    return rows, problems + _document_problems(erp)
 
-    def row(key: Key) -> dict[str, Decimal]:
-        if key not in rows:
-            zero = round_money(ZERO, key[1])
-            rows[key] = dict.fromkeys(("rated_usage", "invoiced_usage", "invoiced_total",
-                                       "not_posted", "ar_total",
-                                       "journal_receivable", "journal_debit",
-                                       "journal_credit"), zero)
-        return rows[key]
 
-    def key_of(sub_id: str, period: str) -> Key:
+_ChainKey = tuple[str, str, str]  # (legal entity, currency, period)
+_CHAIN_FIELDS = ("rated_usage", "invoiced_usage", "invoiced_total", "not_posted", "ar_total",
+                 "journal_receivable", "journal_debit", "journal_credit")
+
+
+class _Chain:
+    """The chain's rows as they are summed up, one stage at a time."""
+
+    def __init__(self, catalog: Catalog, candidates: Sequence[InvoiceCandidate]) -> None:
+        self.catalog = catalog
+        self.zero_of = {c.currency: round_money(ZERO, c.currency) for c in candidates}
+        self.rows: dict[_ChainKey, dict[str, Decimal]] = {}
+        self.kept_out: dict[_ChainKey, dict[str, Decimal]] = defaultdict(dict)
+        # key -> meter -> [ingested, rated, invoiced] quantity
+        self.quantities: dict[_ChainKey, dict[str, list[Decimal]]] = defaultdict(dict)
+
+    def row(self, key: _ChainKey) -> dict[str, Decimal]:
+        if key not in self.rows:
+            self.rows[key] = dict.fromkeys(_CHAIN_FIELDS, round_money(ZERO, key[1]))
+        return self.rows[key]
+
+    def key_of(self, sub_id: str, period: str) -> _ChainKey:
+        catalog = self.catalog
         sub = catalog.subscriptions[sub_id]
         entity = catalog.customers[sub.customer_id].legal_entity
         return entity, catalog.plans[sub.plan_id].currency, period
 
-    quantities: dict[Key, dict[str, list[Decimal]]] = defaultdict(dict)
-    for (sub_id, period, meter), (ingested, rated_q) in (usage or {}).items():
-        q = quantities[key_of(sub_id, period)].setdefault(meter, [ZERO, ZERO, ZERO])
-        q[0] += ingested
-        q[1] += rated_q
-    for (sub_id, period, _meter), amount in rated_amounts.items():
-        key = key_of(sub_id, period)
-        row(key)["rated_usage"] += round_money(amount, key[1])
-    for cand in candidates:
-        key = (cand.legal_entity, cand.currency, cand.billing_period)
-        if usage is not None:
-            for x in cand.lines:
-                if x.kind == "usage" and x.meter is not None:
-                    q = quantities[key].setdefault(x.meter, [ZERO, ZERO, ZERO])
-                    q[2] += x.quantity or ZERO
-        r = row(key)
-        r["invoiced_total"] += cand.subtotal
-        r["invoiced_usage"] += sum((x.amount for x in cand.lines if x.kind == "usage"),
-                                   zero_of[cand.currency])
-    for exc in erp.exceptions:
-        key = (exc.legal_entity, exc.currency, exc.billing_period)
-        row(key)["not_posted"] += exc.subtotal
-        for reason in exc.reasons:
-            kept_out[key][reason] = kept_out[key].get(reason, ZERO) + exc.subtotal
-    for inv in erp.ar_invoices:
-        row((inv.legal_entity, inv.currency, inv.billing_period))["ar_total"] += inv.total
-    for j in erp.journals:
-        r = row((j.legal_entity, j.currency, j.period))
-        receivable = next(x for x in j.lines if x.role == "receivable")
-        r["journal_receivable"] += receivable.debit - receivable.credit
-        r["journal_debit"] += j.total_debit
-        r["journal_credit"] += j.total_credit
+    def add_usage(self, usage: Mapping[tuple[str, str, str], tuple[Decimal, Decimal]]) -> None:
+        for (sub_id, period, meter), (ingested, rated_q) in usage.items():
+            q = self.quantities[self.key_of(sub_id, period)].setdefault(meter, [ZERO] * 3)
+            q[0] += ingested
+            q[1] += rated_q
 
-    problems: list[str] = []
-    out: list[dict[str, object]] = []
-    for key in sorted(rows):
-        r = rows[key]
-        label = " ".join(key)
-        expected_posted = r["invoiced_total"] - r["not_posted"]
-        if r["rated_usage"] != r["invoiced_usage"]:
-            problems.append(f"{label}: rated usage {r['rated_usage']} but invoiced usage "
-                            f"{r['invoiced_usage']}")
-        if expected_posted != r["ar_total"]:
-            problems.append(f"{label}: invoiced {r['invoiced_total']} less not posted "
-                            f"{r['not_posted']} is {expected_posted}, AR invoices total "
-                            f"{r['ar_total']}")
-        if r["ar_total"] != r["journal_receivable"]:
-            problems.append(f"{label}: AR invoices total {r['ar_total']}, journal receivable "
-                            f"{r['journal_receivable']}")
-        if r["journal_debit"] != r["journal_credit"]:
-            problems.append(f"{label}: journal debits {r['journal_debit']} != credits "
-                            f"{r['journal_credit']}")
-        meters = {m: {"ingested": str(q[0]), "rated": str(q[1]), "invoiced": str(q[2])}
-                   for m, q in sorted(quantities[key].items())}
-        for meter, q in sorted(quantities[key].items()):
-            if not q[0] == q[1] == q[2]:
-                problems.append(f"{label} {meter}: ingested {q[0]}, rated {q[1]}, "
-                                f"invoiced {q[2]}")
-        out.append({
-            "legal_entity": key[0], "currency": key[1], "period": key[2],
-            "usage_quantities": meters,
-            **{k: str(v) for k, v in r.items()},
-            "not_posted_by_reason": {k: str(v) for k, v in sorted(kept_out[key].items())},
-        })
+    def add_rated(self, rated_amounts: Mapping[tuple[str, str, str], Decimal]) -> None:
+        for (sub_id, period, _meter), amount in rated_amounts.items():
+            key = self.key_of(sub_id, period)
+            self.row(key)["rated_usage"] += round_money(amount, key[1])
+
+    def add_candidates(self, candidates: Sequence[InvoiceCandidate], with_quantities: bool
+                       ) -> None:
+        for cand in candidates:
+            key = (cand.legal_entity, cand.currency, cand.billing_period)
+            if with_quantities:
+                for x in cand.lines:
+                    if x.kind == "usage" and x.meter is not None:
+                        q = self.quantities[key].setdefault(x.meter, [ZERO] * 3)
+                        q[2] += x.quantity or ZERO
+            r = self.row(key)
+            r["invoiced_total"] += cand.subtotal
+            r["invoiced_usage"] += sum((x.amount for x in cand.lines if x.kind == "usage"),
+                                       self.zero_of[cand.currency])
+
+    def add_erp(self, erp: ErpOutput) -> None:
+        for exc in erp.exceptions:
+            key = (exc.legal_entity, exc.currency, exc.billing_period)
+            self.row(key)["not_posted"] += exc.subtotal
+            for reason in exc.reasons:
+                self.kept_out[key][reason] = self.kept_out[key].get(reason, ZERO) + exc.subtotal
+        for inv in erp.ar_invoices:
+            self.row((inv.legal_entity, inv.currency, inv.billing_period))["ar_total"] += \
+                inv.total
+        for j in erp.journals:
+            r = self.row((j.legal_entity, j.currency, j.period))
+            receivable = next(x for x in j.lines if x.role == "receivable")
+            r["journal_receivable"] += receivable.debit - receivable.credit
+            r["journal_debit"] += j.total_debit
+            r["journal_credit"] += j.total_credit
+
+    def report(self) -> tuple[list[dict[str, object]], list[str]]:
+        problems: list[str] = []
+        out: list[dict[str, object]] = []
+        for key in sorted(self.rows):
+            r = self.rows[key]
+            label = " ".join(key)
+            problems.extend(_row_problems(label, r))
+            quantities = sorted(self.quantities[key].items())
+            for meter, q in quantities:
+                if not q[0] == q[1] == q[2]:
+                    problems.append(f"{label} {meter}: ingested {q[0]}, rated {q[1]}, "
+                                    f"invoiced {q[2]}")
+            out.append({
+                "legal_entity": key[0], "currency": key[1], "period": key[2],
+                "usage_quantities": {m: {"ingested": str(q[0]), "rated": str(q[1]),
+                                         "invoiced": str(q[2])} for m, q in quantities},
+                **{k: str(v) for k, v in r.items()},
+                "not_posted_by_reason": {k: str(v)
+                                         for k, v in sorted(self.kept_out[key].items())},
+            })
+        return out, problems
+
+
+def _row_problems(label: str, r: Mapping[str, Decimal]) -> list[str]:
+    """Where one row's stages disagree: rated vs invoiced usage, invoiced less not posted vs AR,
+    AR vs journal receivable, journal debits vs credits."""
+    problems = []
+    expected_posted = r["invoiced_total"] - r["not_posted"]
+    if r["rated_usage"] != r["invoiced_usage"]:
+        problems.append(f"{label}: rated usage {r['rated_usage']} but invoiced usage "
+                        f"{r['invoiced_usage']}")
+    if expected_posted != r["ar_total"]:
+        problems.append(f"{label}: invoiced {r['invoiced_total']} less not posted "
+                        f"{r['not_posted']} is {expected_posted}, AR invoices total "
+                        f"{r['ar_total']}")
+    if r["ar_total"] != r["journal_receivable"]:
+        problems.append(f"{label}: AR invoices total {r['ar_total']}, journal receivable "
+                        f"{r['journal_receivable']}")
+    if r["journal_debit"] != r["journal_credit"]:
+        problems.append(f"{label}: journal debits {r['journal_debit']} != credits "
+                        f"{r['journal_credit']}")
+    return problems
+
+
+def _document_problems(erp: ErpOutput) -> list[str]:
+    """Every AR invoice sums to its total, and every revenue schedule to its line."""
+    problems = []
     by_line = {s.line_id: s for s in erp.schedules}
     for inv in erp.ar_invoices:
         if sum((x.amount for x in inv.lines), round_money(ZERO, inv.currency)) != inv.total:
@@ -383,4 +425,4 @@ def erp_chain(catalog: Catalog, rated_amounts: Mapping[tuple[str, str, str], Dec
             if sum((e.amount for e in schedule.entries), ZERO) != line.amount:
                 problems.append(f"revenue schedule of {line.line_id} does not sum to "
                                 f"{line.amount}")
-    return out, problems
+    return problems
