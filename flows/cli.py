@@ -17,18 +17,32 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import stat
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
 
-import msgspec
-
+# bench/bench_stream.py imports parse_duration from here: it stays importable from this module.
+from flows.settings import (
+    DEFAULT_LATENESS,
+    DEFAULT_WINDOW,
+    MAX_WORKERS,
+    SASL_MECHANISMS,
+    SECURITY_PROTOCOLS,
+    Options,
+    SettingsError,
+    StreamSettings,
+    file_problem,
+    inside,
+    int_between,
+    parse_duration,
+    parse_instant,
+    parse_month,
+    parse_window,
+)
 from operators.catalog import Catalog, CatalogError, load_catalog
-from operators.limits import DEFAULT_MAX_FUTURE, MAX_DURATION, MAX_TIME, MIN_TIME
+from operators.limits import DEFAULT_MAX_FUTURE
 from operators.periods import Month
 
 T = TypeVar("T")
@@ -36,141 +50,18 @@ T = TypeVar("T")
 EXIT_USAGE = 2
 EXIT_FAILED = 3
 
-DEFAULT_WINDOW = timedelta(minutes=1)
-DEFAULT_LATENESS = timedelta(hours=1)
-MAX_WORKERS = 64
 MAX_DEMO_SIZE = 10**8
-_LIMIT = f"the 10-year limit ({MAX_DURATION.days} days)"
-_MAX_SECONDS = int(MAX_DURATION.total_seconds())
-
-# ASCII digits only: str.isdigit() and \d also take other scripts' digits and superscripts.
-_DURATION = re.compile(r"(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?|([0-9]+)")
-_UNITS = (86400, 3600, 60, 1, 1)
-# Ten years is a 9-digit number of seconds: a part with more significant digits than this is
-# over the limit whatever its unit, and is never handed to int() (4300-digit limit) or
-# timedelta (OverflowError).
-_MAX_DIGITS = 12
-_INTEGER = re.compile(r"[+-]?[0-9]+")
-_MONTH = re.compile(r"([0-9]{4})-(0[1-9]|1[0-2])")
 
 
-def _shown(text: str) -> str:
-    """The argument as quoted in a message: hostile input may be a megabyte long."""
-    return repr(text if len(text) <= 40 else text[:40] + "...")
+class Checks(Options):
+    """The options of one command line (flags only), with every problem collected instead of
+    stopping at the first."""
 
-
-def parse_duration(text: str) -> timedelta:
-    """'90s', '1m', '1h30m', '2d'. A bare number is seconds. At most the 10-year limit."""
-    match = _DURATION.fullmatch(text) if text else None
-    if match is None:
-        msg = f"not a duration: {_shown(text)} (use e.g. 30s, 1m, 1h30m, 2d)"
-        raise argparse.ArgumentTypeError(msg)
-    seconds = 0
-    for part, unit in zip(match.groups(), _UNITS, strict=True):
-        digits = (part or "").lstrip("0")
-        if len(digits) > _MAX_DIGITS:
-            seconds = _MAX_SECONDS + 1
-            break
-        seconds += int(digits or "0") * unit
-    if seconds > _MAX_SECONDS:
-        msg = f"{_shown(text)} is longer than {_LIMIT}"
-        raise argparse.ArgumentTypeError(msg)
-    return timedelta(seconds=seconds)
-
-
-def parse_window(text: str) -> timedelta:
-    value = parse_duration(text)
-    if value <= timedelta(0):
-        msg = "must be longer than zero"
-        raise argparse.ArgumentTypeError(msg)
-    return value
-
-
-def parse_positive_duration(text: str) -> timedelta:
-    value = parse_duration(text)
-    if value <= timedelta(0):
-        msg = "must be longer than zero"
-        raise argparse.ArgumentTypeError(msg)
-    return value
-
-
-def int_between(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        if not _INTEGER.fullmatch(text):
-            msg = f"not a whole number: {_shown(text)}"
-            raise argparse.ArgumentTypeError(msg)
-        # Longer than any bound we use: judged by its sign, never converted.
-        value = int(text) if len(text) <= 30 else (low - 1 if text[0] == "-" else high + 1)
-        if value < low:
-            msg = f"must be at least {low}, got {_shown(text) if len(text) > 30 else value}"
-            raise argparse.ArgumentTypeError(msg)
-        if value > high:
-            msg = f"must be at most {high}, got {_shown(text) if len(text) > 30 else value}"
-            raise argparse.ArgumentTypeError(msg)
-        return value
-
-    return parse
-
-
-def parse_month(text: str) -> Month:
-    match = _MONTH.fullmatch(text)
-    if not match:
-        msg = f"not a month: {_shown(text)} (use YYYY-MM)"
-        raise argparse.ArgumentTypeError(msg)
-    if not MIN_TIME.year <= int(match.group(1)) < MAX_TIME.year:
-        msg = (f"{text} is outside {MIN_TIME.year}-01 .. {MAX_TIME.year - 1}-12, the months "
-               "meterwax can bill")
-        raise argparse.ArgumentTypeError(msg)
-    return Month.parse(text)
-
-
-def parse_instant(text: str) -> datetime:
-    """An RFC 3339 timestamp with its UTC offset, within the times meterwax accepts."""
-    try:
-        value = msgspec.convert(text, datetime)
-    except msgspec.ValidationError:
-        msg = f"not an RFC 3339 timestamp: {_shown(text)} (use e.g. 2026-12-01T00:00:00Z)"
-        raise argparse.ArgumentTypeError(msg) from None
-    if value.tzinfo is None:
-        msg = f"{_shown(text)} has no UTC offset (add Z or +HH:MM)"
-        raise argparse.ArgumentTypeError(msg)
-    if not MIN_TIME <= value < MAX_TIME:
-        msg = f"{_shown(text)} is outside {MIN_TIME:%Y-%m-%d} .. {MAX_TIME:%Y-%m-%d} (exclusive)"
-        raise argparse.ArgumentTypeError(msg)
-    return value
-
-
-_workers = int_between(1, MAX_WORKERS)
-
-
-class Checks:
-    """Every problem with the arguments, collected instead of stopping at the first."""
-
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-
-    def add(self, flag: str, message: str) -> None:
-        # One line per problem, even when a path given to us holds a newline.
-        line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
-        self.problems.append(f"{flag}: {line}")
-
-    def value(self, flag: str, text: str | None, convert: Callable[[str], T], default: T) -> T:
-        if text is None:
-            return default
-        try:
-            return convert(text)
-        except argparse.ArgumentTypeError as exc:
-            self.add(flag, str(exc))
-            return default
-
-    def readable_file(self, flag: str, path: str) -> bool:
-        problem = _file_problem(path)
-        if problem:
-            self.add(flag, problem)
-        return problem is None
+    def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__(vars(args))
 
     def catalog(self, path: str) -> Catalog | None:
-        if not self.readable_file("--catalog", path):
+        if not self.readable_file("catalog", path):
             return None
         try:
             return load_catalog(path)
@@ -182,41 +73,16 @@ class Checks:
         from flows.runner import out_dir_problems
 
         for problem in out_dir_problems(out):
-            self.add("--out", problem)
+            self.add("out", problem)
         for flag, path in inputs.items():
-            if path and path != "-" and _inside(path, out):
-                self.add(flag, f"{path} is inside --out {out}, which a run replaces whole; "
-                               "move it or choose another --out")
+            if path and path != "-" and inside(path, out):
+                self.note(flag, f"{path} is inside --out {out}, which a run replaces whole; "
+                                "move it or choose another --out")
 
     def report(self) -> int:
         for problem in self.problems:
             print(f"meterwax: {problem}", file=sys.stderr)
         return EXIT_USAGE
-
-
-def _file_problem(path: str) -> str | None:
-    if not path:
-        return "must not be empty"
-    try:
-        st = os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return f"no such file: {_shown(path)}"
-    except (OSError, ValueError) as exc:
-        return f"cannot be read: {_shown(path)}: {getattr(exc, 'strerror', None) or exc}"
-    if stat.S_ISDIR(st.st_mode):
-        return f"{_shown(path)} is a folder, not a file"
-    # A pipe or a device is fine (`--events <(zcat events.gz)`); only its readability counts.
-    if not os.access(path, os.R_OK):
-        return f"{_shown(path)} is not readable"
-    return None
-
-
-def _inside(path: str, folder: str) -> bool:
-    try:
-        inner, outer = os.path.realpath(path), os.path.realpath(folder)
-    except (OSError, ValueError):
-        return False
-    return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
 
 
 @dataclass(frozen=True)
@@ -233,17 +99,17 @@ class Common:
 
 def _common_values(c: Checks, args: argparse.Namespace) -> Common:
     return Common(
-        window=c.value("--window", args.window, parse_window, DEFAULT_WINDOW),
-        allowed_lateness=c.value("--allowed-lateness", args.allowed_lateness, parse_duration,
-                                 DEFAULT_LATENESS),
-        max_future=c.value("--max-future", args.max_future, parse_duration, DEFAULT_MAX_FUTURE),
-        bill_from=c.value("--bill-from", args.bill_from, parse_month, None),
-        workers=c.value("--workers", args.workers, _workers, 1),
-        now=c.value("--now", args.now, parse_instant, None),
+        window=c.value("window", parse_window, DEFAULT_WINDOW),
+        allowed_lateness=c.value("allowed_lateness", parse_duration, DEFAULT_LATENESS),
+        max_future=c.value("max_future", parse_duration, DEFAULT_MAX_FUTURE),
+        bill_from=c.value("bill_from", parse_month, None),
+        workers=c.value("workers", int_between(1, MAX_WORKERS), 1),
+        now=c.value("now", parse_instant, None),
     )
 
 
 def _parser() -> argparse.ArgumentParser:
+    from sinks.chdb_http import add_serve_arguments
     # Values are taken as text and judged afterwards (`Checks`), so that every bad value is
     # reported at once; argparse itself only stops on a malformed command line.
     parser = argparse.ArgumentParser(prog="meterwax", description=__doc__.split("\n\n")[0])
@@ -271,11 +137,9 @@ def _parser() -> argparse.ArgumentParser:
 
     stream = sub.add_parser(
         "stream", help="run continuously: Kafka in; ClickHouse, Redis and Kafka out",
-        description="Every flag can also come from the environment: METERWAX_CATALOG, "
-                    "METERWAX_KAFKA_BOOTSTRAP, METERWAX_INPUT_TOPIC, METERWAX_REDIS_URL, "
-                    "METERWAX_CLICKHOUSE, METERWAX_RECOVERY_DIR, METERWAX_TOPIC_PREFIX, "
-                    "METERWAX_REDIS_NAMESPACE, METERWAX_DEDUP_TTL, METERWAX_WINDOW, "
-                    "METERWAX_ALLOWED_LATENESS, METERWAX_MAX_FUTURE, METERWAX_WORKERS. "
+        description="Every flag can also come from the environment, as METERWAX_ and its name "
+                    "in capitals (--kafka-sasl-password: METERWAX_KAFKA_SASL_PASSWORD; "
+                    "-a: METERWAX_ADDRESSES, comma-separated); a flag wins over its variable. "
                     "See k8s/meterwax.env.example.")
     stream.add_argument("--catalog")
     stream.add_argument("--kafka-bootstrap", dest="kafka_bootstrap")
@@ -301,16 +165,34 @@ def _parser() -> argparse.ArgumentParser:
                         help="serve Prometheus metrics on this port")
     stream.add_argument("--stop-at-end", action="store_true",
                         help="read every partition to its current end, then stop (backfills)")
+    _kafka_security(stream)
 
-    serve = sub.add_parser("serve-clickhouse", add_help=False,
-                           help="serve an embedded store over ClickHouse's HTTP interface")
-    serve.add_argument("rest", nargs=argparse.REMAINDER)
+    serve = sub.add_parser(
+        "serve-clickhouse", help="serve an embedded store over ClickHouse's HTTP interface",
+        description="Serve a run's embedded store over ClickHouse's HTTP interface "
+                    "(clickhouse-connect, Grafana's ClickHouse plugin in HTTP mode, curl).")
+    add_serve_arguments(serve)
 
     sql = sub.add_parser("sql", help="run ClickHouse SQL on a run's embedded store")
     sql.add_argument("--out", required=True, help="the output folder of a run or demo")
     sql.add_argument("query", help="SQL; the table is meterwax.rated_windows "
                                    "(meterwax.rated_windows_final: one row per window)")
     return parser
+
+
+def _kafka_security(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("Kafka security (librdkafka security.protocol, sasl.*, ssl.*)")
+    group.add_argument("--kafka-security-protocol", metavar="PROTOCOL",
+                       help=f"{', '.join(SECURITY_PROTOCOLS)} (default PLAINTEXT)")
+    group.add_argument("--kafka-sasl-mechanism", metavar="MECHANISM",
+                       help=f"{', '.join(SASL_MECHANISMS)}; required with SASL_*")
+    group.add_argument("--kafka-sasl-username", metavar="USER", help="required with SASL_*")
+    # A flag shows in `ps` and shell history; the variable (a Kubernetes Secret) does not.
+    group.add_argument("--kafka-sasl-password", metavar="PASSWORD",
+                       help="required with SASL_*; prefer METERWAX_KAFKA_SASL_PASSWORD")
+    group.add_argument("--kafka-ssl-ca-location", metavar="PATH",
+                       help="CA certificate file or folder for SSL and SASL_SSL (default: the "
+                            "system's)")
 
 
 def _common(p: argparse.ArgumentParser,
@@ -334,8 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "check-catalog":
-            checks = Checks()
-            if not checks.readable_file("catalog", args.catalog):
+            checks = Checks(args)
+            problem = file_problem(args.catalog)
+            if problem:
+                checks.note("catalog", problem)
                 return checks.report()
             catalog = load_catalog(args.catalog)
             print(f"catalog OK: {len(catalog.legal_entities)} legal entities, "
@@ -348,9 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "stream":
             return _stream(args)
         if args.command == "serve-clickhouse":
-            from sinks.chdb_http import serve_main
+            from sinks.chdb_http import serve
 
-            return int(serve_main(args.rest) or 0)
+            return serve(args.path, args.host, args.port, verbose=args.verbose)
         if args.command == "run":
             return _run(args)
         return _demo(args)
@@ -360,10 +244,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    checks = Checks()
+    checks = Checks(args)
     common = _common_values(checks, args)
     if args.events != "-":
-        checks.readable_file("--events", args.events)
+        checks.readable_file("events", args.events)
     catalog = checks.catalog(args.catalog)
     checks.out_dir(args.out, {"--events": args.events, "--catalog": args.catalog})
     if checks.problems or catalog is None:
@@ -386,10 +270,10 @@ def _run(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from flows.demo import DemoOptions, example_catalog_path, run_demo
 
-    checks = Checks()
+    checks = Checks(args)
     common = _common_values(checks, args)
-    size = checks.value("--size", args.size, int_between(1, MAX_DEMO_SIZE), 200_000)
-    seed = checks.value("--seed", args.seed, int_between(-(2**63), 2**63 - 1), 7)
+    size = checks.value("size", int_between(1, MAX_DEMO_SIZE), 200_000)
+    seed = checks.value("seed", int_between(-(2**63), 2**63 - 1), 7)
     catalog_path = args.catalog or example_catalog_path()
     catalog = checks.catalog(catalog_path)
     checks.out_dir(args.out, {"--catalog": args.catalog})
@@ -436,27 +320,18 @@ def _caused_by_interrupt(exc: BaseException) -> bool:
 
 
 def _stream(args: argparse.Namespace) -> int:
-    from flows.stream import SettingsError, StreamSettings, run_stream
-
-    problems = []
-    port = None
-    if args.metrics_port is not None:
-        try:
-            port = int_between(1, 65535)(args.metrics_port)
-        except argparse.ArgumentTypeError as exc:
-            problems.append(f"metrics_port: {exc}")
     try:
         settings = StreamSettings.from_mapping(vars(args))
     except SettingsError as exc:
-        problems.extend(exc.problems)
-    if problems:
-        for problem in problems:
+        for problem in exc.problems:
             print(f"meterwax: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    # Imported only now: Bytewax and Kafka are not needed to judge the settings.
     from flows import metrics
+    from flows.stream import run_stream
 
-    if port:
-        metrics.serve(port)
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_port)
     run_stream(settings, on_stats=metrics.record)
     return 0
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import (
@@ -43,6 +44,11 @@ class KafkaSettings:
 
     def config(self, **more: Any) -> dict[str, Any]:
         return {"bootstrap.servers": self.bootstrap, **dict(self.extra), **more}
+
+    def __repr__(self) -> str:  # `extra` may hold sasl.password: never print it
+        from flows.settings import hide_secrets
+
+        return f"KafkaSettings(bootstrap={self.bootstrap!r}, extra={hide_secrets(self.extra)!r})"
 
 
 class _PartitionReader(StatefulSourcePartition[Chunk, int]):
@@ -117,8 +123,17 @@ class KafkaChunkSource(FixedPartitionedSource[Chunk, int]):
                                 self.stop_at_end)
 
 
-# (topic, key, value, headers)
-Message = tuple[str, str, bytes, list[tuple[str, str | bytes | None]]]
+Header = tuple[str, str | bytes | None]
+
+
+class Message(msgspec.Struct, array_like=True, gc=False):
+    """One record for an output topic: keyed by its deterministic id, so a compacted topic
+    keeps the latest version of each document and a replay overwrites instead of adding."""
+
+    topic: str
+    key: str
+    value: bytes
+    headers: list[Header] = []
 
 
 class _ProducerPartition(StatelessSinkPartition[list[Message]]):
@@ -138,11 +153,11 @@ class _ProducerPartition(StatelessSinkPartition[list[Message]]):
     def write_batch(self, items: list[list[Message]]) -> None:
         produce = self.producer.produce
         for chunk in items:
-            for topic, key, value, headers in chunk:
+            for m in chunk:
                 while True:
                     try:
-                        produce(topic, value=value, key=key.encode(), headers=headers or None,
-                                on_delivery=self._delivered)
+                        produce(m.topic, value=m.value, key=m.key.encode(),
+                                headers=m.headers or None, on_delivery=self._delivered)
                         break
                     except BufferError:
                         self.producer.poll(0.1)  # local queue full: wait, never drop
@@ -168,7 +183,7 @@ class KafkaTopicsSink(DynamicSink[list[Message]]):
 
 
 def keyed(topic: str, records: Sequence[Any], key_field: str) -> list[Message]:
-    return [(topic, getattr(r, key_field), ENCODER.encode(r), []) for r in records]
+    return [Message(topic, getattr(r, key_field), ENCODER.encode(r)) for r in records]
 
 
 def dead_letters(topic: str, records: Sequence[ExceptionRecord]) -> list[Message]:
@@ -177,7 +192,7 @@ def dead_letters(topic: str, records: Sequence[ExceptionRecord]) -> list[Message
     for r in records:
         raw = r.raw.encode() if r.raw is not None else base64.b64decode(r.raw_base64 or "")
         pos = r.position
-        headers: list[tuple[str, str | bytes | None]] = [
+        headers: list[Header] = [
             ("meterwax.reason", r.reason.encode()),
             ("meterwax.error", r.error.encode()),
             ("meterwax.source.topic", str(pos.get("source", "")).encode()),
@@ -188,7 +203,7 @@ def dead_letters(topic: str, records: Sequence[ExceptionRecord]) -> list[Message
             # meter and window instead of an input offset.
             ("meterwax.position", ENCODER.encode(pos)),
         ]
-        out.append((topic, r.exception_id, raw, headers))
+        out.append(Message(topic, r.exception_id, raw, headers))
     return out
 
 

@@ -18,10 +18,7 @@ messages, sequence-guarded Redis hashes).
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import timedelta
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +31,6 @@ from bytewax.run import cli_main
 
 from flows.kafka_io import (
     KafkaChunkSource,
-    KafkaSettings,
     KafkaTopicsSink,
     Message,
     dead_letters,
@@ -44,10 +40,13 @@ from flows.kafka_io import (
 from flows.metrics import record_exceptions
 from flows.pipeline import Sinks, build_flow
 from flows.runner import candidate_order
+
+# The settings live in flows.settings; SettingsError is re-exported for code that knew it here.
+from flows.settings import SettingsError as SettingsError
+from flows.settings import StreamSettings, Topics
 from operators.catalog import Catalog, load_catalog
 from operators.erp import build_erp
 from operators.ingest import IngestConfig, IngestStats
-from operators.limits import DEFAULT_MAX_FUTURE
 from schemas.erp import Journal
 from schemas.records import (
     ENCODER,
@@ -57,145 +56,6 @@ from schemas.records import (
     RatedWindow,
 )
 from sinks.files import CallbackSink
-
-ENV_PREFIX = "METERWAX_"
-
-
-class SettingsError(ValueError):
-    """Stream settings are unusable; `problems` lists every one."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("stream settings have problems:\n" + "\n".join(
-            f"  - {p}" for p in problems))
-
-
-@dataclass(frozen=True)
-class Topics:
-    candidates: str
-    ar_invoices: str
-    journals: str
-    schedules: str
-    invoice_exceptions: str
-    dead_letter: str
-
-    @classmethod
-    def with_prefix(cls, prefix: str) -> Topics:
-        return cls(candidates=f"{prefix}invoice-candidates", ar_invoices=f"{prefix}ar-invoices",
-                   journals=f"{prefix}journals", schedules=f"{prefix}revenue-schedules",
-                   invoice_exceptions=f"{prefix}invoice-exceptions",
-                   dead_letter=f"{prefix}dead-letter")
-
-
-@dataclass(frozen=True)
-class StreamSettings:
-    catalog: str
-    kafka_bootstrap: str
-    input_topic: str
-    redis_url: str
-    clickhouse: str  # http(s)://... for a server, otherwise a chDB data path
-    recovery_dir: str
-    topics: Topics
-    redis_namespace: str = "meterwax"  # one per deployment: dedup keys and running charges
-    window: timedelta = timedelta(minutes=1)
-    allowed_lateness: timedelta = timedelta(hours=1)
-    dedup_ttl: timedelta = timedelta(days=35)
-    # Events dated further ahead of the system clock than this are quarantined (FUTURE_EVENT).
-    max_future: timedelta = DEFAULT_MAX_FUTURE
-    workers: int = 1
-    process_id: int | None = None
-    addresses: tuple[str, ...] = ()
-    epoch_interval: timedelta = timedelta(seconds=2)
-    stop_at_end: bool = False  # bounded run: read every partition to its end, then stop
-    chunk: int = 2000
-    kafka_extra: tuple[tuple[str, str], ...] = field(default=())
-
-    def __repr__(self) -> str:  # never print credentials that may sit in URLs
-        return (f"StreamSettings(input_topic={self.input_topic!r}, "
-                f"kafka_bootstrap={self.kafka_bootstrap!r}, workers={self.workers})")
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> StreamSettings:
-        """Flags first, then METERWAX_* environment variables; every problem reported at once."""
-        import argparse
-
-        from flows.cli import (
-            MAX_WORKERS,
-            int_between,
-            parse_duration,
-            parse_positive_duration,
-            parse_window,
-        )
-
-        def get(name: str, default: Any = None) -> Any:
-            value = values.get(name)
-            if value is None:
-                value = os.environ.get(ENV_PREFIX + name.upper(), default)
-            return value
-
-        problems: list[str] = []
-
-        def check(name: str, convert: Callable[[str], Any], default: Any) -> Any:
-            value = get(name)
-            if value is None or value == "":
-                return default
-            if isinstance(value, timedelta):  # already typed (a caller that is not the CLI)
-                if value.total_seconds() % 1:
-                    problems.append(f"{name}: must be a whole number of seconds")
-                    return default
-                value = f"{int(value.total_seconds())}s" if value >= timedelta(0) else str(value)
-            try:
-                return convert(str(value))
-            except argparse.ArgumentTypeError as exc:
-                problems.append(f"{name}: {exc}")
-                return default
-
-        required = {}
-        for name in ("catalog", "kafka_bootstrap", "input_topic", "redis_url", "clickhouse",
-                     "recovery_dir"):
-            value = get(name)
-            if not value:
-                problems.append(f"{name}: required (flag --{name.replace('_', '-')} or "
-                                f"{ENV_PREFIX}{name.upper()})")
-            required[name] = value
-        dedup_ttl = check("dedup_ttl", parse_positive_duration, timedelta(days=35))
-        window = check("window", parse_window, timedelta(minutes=1))
-        allowed_lateness = check("allowed_lateness", parse_duration, timedelta(hours=1))
-        max_future = check("max_future", parse_duration, DEFAULT_MAX_FUTURE)
-        workers = check("workers", int_between(1, MAX_WORKERS), 1)
-        addresses = tuple(values.get("addresses") or ())
-        process_id = None
-        # A cluster needs both: where every process is, and which one this is.
-        if values.get("process_id") is not None and addresses:
-            process_id = check("process_id", int_between(0, len(addresses) - 1), None)
-        elif values.get("process_id") is not None:
-            problems.append("addresses: required with --process-id")
-        elif addresses:
-            problems.append("process_id: required with --addresses")
-        for address in addresses:
-            host, _, port = str(address).rpartition(":")
-            if not host or not port.isascii() or not port.isdigit() or len(port) > 5 \
-                    or not 1 <= int(port) <= 65535:
-                problems.append(f"addresses: not host:port: {address!r}")
-        if required["catalog"] and not Path(required["catalog"]).is_file():
-            problems.append(f"catalog: no such file {required['catalog']!r}")
-        if problems:
-            raise SettingsError(problems)
-        return cls(
-            catalog=required["catalog"], kafka_bootstrap=required["kafka_bootstrap"],
-            input_topic=required["input_topic"], redis_url=required["redis_url"],
-            clickhouse=required["clickhouse"], recovery_dir=required["recovery_dir"],
-            topics=Topics.with_prefix(get("topic_prefix", "meterwax.")),
-            redis_namespace=get("redis_namespace", "meterwax"),
-            dedup_ttl=dedup_ttl,
-            window=window,
-            allowed_lateness=allowed_lateness,
-            max_future=max_future,
-            workers=workers,
-            process_id=process_id,
-            addresses=addresses,
-            stop_at_end=bool(values.get("stop_at_end")),
-        )
 
 
 class _MappedPartition(StatelessSinkPartition[Any]):
@@ -264,7 +124,7 @@ def build_stream(settings: StreamSettings, catalog: Catalog,
     from sinks.running_charges import RunningCharges
     from sinks.store_sink import RatedWindowSink
 
-    kafka = KafkaSettings(settings.kafka_bootstrap, settings.kafka_extra)
+    kafka = settings.kafka()
     topics = settings.topics
     store = open_store(settings.clickhouse)
     charges = RunningCharges(settings.redis_url, namespace=settings.redis_namespace)
@@ -322,7 +182,7 @@ def run_stream(settings: StreamSettings,
         # One recovery partition per worker keeps snapshot writes from contending.
         init_db_dir(recovery, max(1, settings.workers * max(1, len(settings.addresses))))
     topics = settings.topics
-    ensure_topics(KafkaSettings(settings.kafka_bootstrap, settings.kafka_extra),
+    ensure_topics(settings.kafka(),
                   compacted=[topics.candidates, topics.ar_invoices, topics.journals,
                              topics.schedules, topics.invoice_exceptions],
                   plain=[topics.dead_letter])

@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -140,3 +142,42 @@ def test_stream_settings_report_every_problem_at_once(tmp_path: Path) -> None:
                     "clickhouse: required", "recovery_dir: required",
                     "workers: must be at least 1", "catalog: no such file"):
         assert problem in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("command", ["run", "demo", "sql", "check-catalog", "stream",
+                                     "serve-clickhouse"])
+def test_every_subcommand_has_help(command: str) -> None:
+    proc = meterwax(command, "-h")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"usage: meterwax {command}")
+
+
+def test_serve_clickhouse_as_documented(run_dir: Path) -> None:
+    # `meterwax serve-clickhouse --path out/ [--port 8123]`, on a free port.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "serve-clickhouse", "--path", str(run_dir),
+         "--port", "0"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith(f"serving {run_dir / 'clickhouse'} over ClickHouse HTTP at "), (
+            line, proc.stderr.read() if proc.stderr else "")
+        url = line.rsplit(" at ", 1)[1].split()[0]
+        query = urllib.parse.urlencode({"query": "SELECT count() > 0 FROM "
+                                                 "meterwax.rated_windows_final"})
+        assert urllib.request.urlopen(f"{url}/?{query}", timeout=30).read() == b"1\n"
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_serve_clickhouse_without_a_store_says_to_run_first(tmp_path: Path) -> None:
+    proc = meterwax("serve-clickhouse", "--path", str(tmp_path / "out"))
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        f"meterwax: no embedded store at {tmp_path / 'out'} yet: run `meterwax run` first and "
+        "serve its --out folder (a store served before the run would not show its rows)"]
+    bad_port = meterwax("serve-clickhouse", "--path", str(tmp_path), "--port", "http")
+    assert bad_port.returncode == 2 and "--port: not a TCP port" in bad_port.stderr

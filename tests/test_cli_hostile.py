@@ -16,7 +16,8 @@ import pytest
 from test_flow import dirty_lines
 
 from flows import cli, runner
-from flows.cli import main, parse_duration
+from flows.cli import main
+from flows.settings import SettingsError, StreamSettings, parse_duration
 from operators.catalog import load_catalog
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -448,8 +449,6 @@ def test_stream_reports_every_bad_new_value(capsys: pytest.CaptureFixture[str],
 
 
 def test_stream_max_future_from_flag_or_environment(no_env: pytest.MonkeyPatch) -> None:
-    from flows.stream import SettingsError, StreamSettings
-
     args = vars(cli._parser().parse_args(STREAM_OK))
     assert StreamSettings.from_mapping(args).max_future.total_seconds() == 86400
     no_env.setenv("METERWAX_MAX_FUTURE", "2h")

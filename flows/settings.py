@@ -1,0 +1,529 @@
+"""Every option meterwax reads, parsed and judged in one place.
+
+Both front ends use it: `flows.cli` for the command line of `run`, `demo` and the rest, and
+`StreamSettings.from_mapping` for `meterwax stream`, whose options may also come from the
+environment. An option is read one way (`Options`): the flag, else `METERWAX_<NAME>` (for the
+commands that read the environment), else the default. A bad value never stops the reading: it
+becomes a problem line, and all of them are reported together, before anything is touched.
+
+Secrets (the SASL password, credentials inside URLs) are kept out of every `repr` and every
+problem line, so a settings object can be logged and a bad config reported safely.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import stat
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import msgspec
+
+from operators.limits import DEFAULT_MAX_FUTURE, MAX_DURATION, MAX_TIME, MIN_TIME
+from operators.periods import Month
+
+if TYPE_CHECKING:
+    from flows.kafka_io import KafkaSettings
+
+T = TypeVar("T")
+
+ENV_PREFIX = "METERWAX_"
+
+DEFAULT_WINDOW = timedelta(minutes=1)
+DEFAULT_LATENESS = timedelta(hours=1)
+DEFAULT_DEDUP_TTL = timedelta(days=35)
+MAX_WORKERS = 64
+_LIMIT = f"the 10-year limit ({MAX_DURATION.days} days)"
+_MAX_SECONDS = int(MAX_DURATION.total_seconds())
+
+# ASCII digits only: str.isdigit() and \d also take other scripts' digits and superscripts.
+_DURATION = re.compile(r"(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?|([0-9]+)")
+_UNITS = (86400, 3600, 60, 1, 1)
+# Ten years is a 9-digit number of seconds: a part with more significant digits than this is
+# over the limit whatever its unit, and is never handed to int() (4300-digit limit) or
+# timedelta (OverflowError).
+_MAX_DIGITS = 12
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_MONTH = re.compile(r"([0-9]{4})-(0[1-9]|1[0-2])")
+
+
+# -- values ----------------------------------------------------------------------------------
+
+def shown(text: str) -> str:
+    """The argument as quoted in a message: hostile input may be a megabyte long."""
+    return repr(text if len(text) <= 40 else text[:40] + "...")
+
+
+def parse_duration(text: str) -> timedelta:
+    """'90s', '1m', '1h30m', '2d'. A bare number is seconds. At most the 10-year limit."""
+    match = _DURATION.fullmatch(text) if text else None
+    if match is None:
+        msg = f"not a duration: {shown(text)} (use e.g. 30s, 1m, 1h30m, 2d)"
+        raise argparse.ArgumentTypeError(msg)
+    seconds = 0
+    for part, unit in zip(match.groups(), _UNITS, strict=True):
+        digits = (part or "").lstrip("0")
+        if len(digits) > _MAX_DIGITS:
+            seconds = _MAX_SECONDS + 1
+            break
+        seconds += int(digits or "0") * unit
+    if seconds > _MAX_SECONDS:
+        msg = f"{shown(text)} is longer than {_LIMIT}"
+        raise argparse.ArgumentTypeError(msg)
+    return timedelta(seconds=seconds)
+
+
+def parse_positive_duration(text: str) -> timedelta:
+    value = parse_duration(text)
+    if value <= timedelta(0):
+        msg = "must be longer than zero"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+# A zero-length window would put every event in a window of its own that never closes.
+parse_window = parse_positive_duration
+
+
+def int_between(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        if not _INTEGER.fullmatch(text):
+            msg = f"not a whole number: {shown(text)}"
+            raise argparse.ArgumentTypeError(msg)
+        # Longer than any bound we use: judged by its sign, never converted.
+        value = int(text) if len(text) <= 30 else (low - 1 if text[0] == "-" else high + 1)
+        if value < low:
+            msg = f"must be at least {low}, got {shown(text) if len(text) > 30 else value}"
+            raise argparse.ArgumentTypeError(msg)
+        if value > high:
+            msg = f"must be at most {high}, got {shown(text) if len(text) > 30 else value}"
+            raise argparse.ArgumentTypeError(msg)
+        return value
+
+    return parse
+
+
+parse_workers = int_between(1, MAX_WORKERS)
+parse_port = int_between(1, 65535)
+
+
+def parse_month(text: str) -> Month:
+    match = _MONTH.fullmatch(text)
+    if not match:
+        msg = f"not a month: {shown(text)} (use YYYY-MM)"
+        raise argparse.ArgumentTypeError(msg)
+    if not MIN_TIME.year <= int(match.group(1)) < MAX_TIME.year:
+        msg = (f"{text} is outside {MIN_TIME.year}-01 .. {MAX_TIME.year - 1}-12, the months "
+               "meterwax can bill")
+        raise argparse.ArgumentTypeError(msg)
+    return Month.parse(text)
+
+
+def parse_instant(text: str) -> datetime:
+    """An RFC 3339 timestamp with its UTC offset, within the times meterwax accepts."""
+    try:
+        value = msgspec.convert(text, datetime)
+    except msgspec.ValidationError:
+        msg = f"not an RFC 3339 timestamp: {shown(text)} (use e.g. 2026-12-01T00:00:00Z)"
+        raise argparse.ArgumentTypeError(msg) from None
+    if value.tzinfo is None:
+        msg = f"{shown(text)} has no UTC offset (add Z or +HH:MM)"
+        raise argparse.ArgumentTypeError(msg)
+    if not MIN_TIME <= value < MAX_TIME:
+        msg = f"{shown(text)} is outside {MIN_TIME:%Y-%m-%d} .. {MAX_TIME:%Y-%m-%d} (exclusive)"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def one_of(choices: Sequence[str]) -> Callable[[str], str]:
+    """One of `choices`, in any letter case (librdkafka's own enums ignore case too)."""
+    def parse(text: str) -> str:
+        if text.upper() not in choices:
+            msg = f"not one of {', '.join(choices)}: {shown(text)}"
+            raise argparse.ArgumentTypeError(msg)
+        return text.upper()
+
+    return parse
+
+
+def parse_switch(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    msg = f"not true or false: {shown(text)}"
+    raise argparse.ArgumentTypeError(msg)
+
+
+# -- paths -----------------------------------------------------------------------------------
+
+def file_problem(path: str) -> str | None:
+    """Why `path` cannot be read as a file (None: it can)."""
+    st, problem = _stat_readable(path)
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        return f"{shown(path)} is a folder, not a file"
+    # A pipe or a device is fine (`--events <(zcat events.gz)`); only its readability counts.
+    return problem
+
+
+def path_problem(path: str) -> str | None:
+    """Why `path` is neither a readable file nor a readable folder (None: it is one)."""
+    return _stat_readable(path)[1]
+
+
+def _stat_readable(path: str) -> tuple[os.stat_result | None, str | None]:
+    if not path:
+        return None, "must not be empty"
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None, f"no such file: {shown(path)}"
+    except (OSError, ValueError) as exc:
+        return None, f"cannot be read: {shown(path)}: {getattr(exc, 'strerror', None) or exc}"
+    if not os.access(path, os.R_OK):
+        return st, f"{shown(path)} is not readable"
+    return st, None
+
+
+def existing_path(text: str) -> str:
+    problem = path_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def inside(path: str, folder: str) -> bool:
+    try:
+        inner, outer = os.path.realpath(path), os.path.realpath(folder)
+    except (OSError, ValueError):
+        return False
+    return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
+
+
+# -- secrets ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Secret:
+    """A value that must never be printed: its repr and str are `***`."""
+
+    value: str
+
+    def __repr__(self) -> str:
+        return "***"
+
+    __str__ = __repr__
+
+    def reveal(self) -> str:
+        return self.value
+
+
+# The userinfo of a URL: up to the LAST "@", since a password may hold "@" and "/" unescaped.
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)(.*)@")
+
+
+def redact_url(url: str) -> str:
+    """`url` with any password in it replaced by ***: redis://user:***@host:6379/0."""
+    match = _USERINFO.match(url)
+    if match is None:
+        return url
+    user, colon, _password = match.group(2).partition(":")
+    # No colon: some clients read a lone userinfo as the password (rediss://token@host).
+    hidden = f"{user}:***" if colon else "***"
+    return f"{match.group(1)}{hidden}@{url[match.end():]}"
+
+
+def hide_secrets(properties: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """librdkafka properties as they may be shown: every *.password value replaced by ***."""
+    return tuple((key, "***" if key.endswith("password") else value)
+                 for key, value in properties)
+
+
+# -- reading options -------------------------------------------------------------------------
+
+def flag_label(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+class Options:
+    """Reads options one way: the flag, else METERWAX_<NAME> (when `environ` is given), else
+    the default. A bad value is a problem line in `problems` and the default is used instead,
+    so that every problem can be reported at once."""
+
+    def __init__(self, flags: Mapping[str, Any], environ: Mapping[str, str] | None = None, *,
+                 label: Callable[[str], str] = flag_label,
+                 blank_is_default: bool = False) -> None:
+        self.flags = flags
+        self.environ: Mapping[str, str] = environ if environ is not None else {}
+        self.label = label
+        # Stream mode: a config map often sets a variable to "" to mean "leave it unset".
+        self.blank_is_default = blank_is_default
+        self.problems: list[str] = []
+
+    def note(self, label: str, message: str) -> None:
+        # One line per problem, even when a path given to us holds a newline.
+        line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+        self.problems.append(f"{label}: {line}")
+
+    def add(self, name: str, message: str) -> None:
+        self.note(self.label(name), message)
+
+    def raw(self, name: str) -> Any:
+        value = self.flags.get(name)
+        return value if value is not None else self.environ.get(env_name(name))
+
+    def given(self, name: str) -> bool:
+        value = self.raw(name)
+        return value is not None and not (self.blank_is_default and value == "")
+
+    def text(self, name: str, default: str | None = None) -> str | None:
+        value = self.raw(name)
+        return default if value is None else str(value)
+
+    def value(self, name: str, convert: Callable[[str], T], default: T) -> T:
+        if not self.given(name):
+            return default
+        value = self.raw(name)
+        if isinstance(value, timedelta):  # already typed (a caller that is not the CLI)
+            if value.total_seconds() % 1:
+                self.add(name, "must be a whole number of seconds")
+                return default
+            value = f"{int(value.total_seconds())}s" if value >= timedelta(0) else str(value)
+        try:
+            return convert(str(value))
+        except argparse.ArgumentTypeError as exc:
+            self.add(name, str(exc))
+            return default
+
+    def required(self, name: str) -> str:
+        value = self.raw(name)
+        if not value:
+            self.add(name, f"required (flag {flag_label(name)} or {env_name(name)})")
+            return ""
+        return str(value)
+
+    def listed(self, name: str) -> tuple[str, ...]:
+        """A repeated flag, or a comma-separated environment variable."""
+        value = self.flags.get(name)
+        if value:
+            return tuple(str(v) for v in value)
+        text = self.environ.get(env_name(name), "")
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+
+    def switch(self, name: str) -> bool:
+        """An on/off flag: given, it is on; else METERWAX_<NAME> (true/false), else off."""
+        # argparse stores False for an absent store_true flag: only True says it was given.
+        if self.flags.get(name):
+            return True
+        text = self.environ.get(env_name(name))
+        if not text:
+            return False
+        try:
+            return parse_switch(text)
+        except argparse.ArgumentTypeError as exc:
+            self.add(name, str(exc))
+            return False
+
+    def secret(self, name: str) -> Secret | None:
+        return Secret(str(self.raw(name))) if self.given(name) else None
+
+    def readable_file(self, name: str, path: str) -> bool:
+        problem = file_problem(path)
+        if problem:
+            self.add(name, problem)
+        return problem is None
+
+
+# -- stream settings -------------------------------------------------------------------------
+
+class SettingsError(ValueError):
+    """Stream settings are unusable; `problems` lists every one."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("stream settings have problems:\n" + "\n".join(
+            f"  - {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class Topics:
+    candidates: str
+    ar_invoices: str
+    journals: str
+    schedules: str
+    invoice_exceptions: str
+    dead_letter: str
+
+    @classmethod
+    def with_prefix(cls, prefix: str) -> Topics:
+        return cls(candidates=f"{prefix}invoice-candidates", ar_invoices=f"{prefix}ar-invoices",
+                   journals=f"{prefix}journals", schedules=f"{prefix}revenue-schedules",
+                   invoice_exceptions=f"{prefix}invoice-exceptions",
+                   dead_letter=f"{prefix}dead-letter")
+
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+_SASL = ("SASL_PLAINTEXT", "SASL_SSL")
+_TLS = ("SSL", "SASL_SSL")
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """How meterwax authenticates to Kafka and checks the broker; none: PLAINTEXT."""
+
+    protocol: str | None = None
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: Secret | None = None
+    ssl_ca_location: str | None = None
+
+    def properties(self) -> tuple[tuple[str, str], ...]:
+        """As librdkafka properties (the password revealed: only for the client's config)."""
+        password = self.sasl_password.reveal() if self.sasl_password else None
+        pairs = (("security.protocol", self.protocol), ("sasl.mechanism", self.sasl_mechanism),
+                 ("sasl.username", self.sasl_username), ("sasl.password", password),
+                 ("ssl.ca.location", self.ssl_ca_location))
+        return tuple((key, value) for key, value in pairs if value is not None)
+
+
+def read_kafka_security(options: Options) -> KafkaSecurity:
+    before = len(options.problems)
+    protocol = options.value("kafka_security_protocol", one_of(SECURITY_PROTOCOLS), None)
+    # An unreadable protocol says nothing about which other settings it needs.
+    judge_combination = len(options.problems) == before
+    security = KafkaSecurity(
+        protocol=protocol,
+        sasl_mechanism=options.value("kafka_sasl_mechanism", one_of(SASL_MECHANISMS), None),
+        sasl_username=options.text("kafka_sasl_username") or None,
+        sasl_password=options.secret("kafka_sasl_password"),
+        ssl_ca_location=options.value("kafka_ssl_ca_location", existing_path, None),
+    )
+    if judge_combination:
+        _check_security(options, security)
+    return security
+
+
+def _check_security(options: Options, security: KafkaSecurity) -> None:
+    protocol = security.protocol or "PLAINTEXT"
+    sasl = {"kafka_sasl_mechanism": security.sasl_mechanism,
+            "kafka_sasl_username": security.sasl_username,
+            "kafka_sasl_password": security.sasl_password}
+    for name, value in sasl.items():
+        # A given but unreadable value is already a problem: not "required" on top of it.
+        if protocol in _SASL and value is None and not options.given(name):
+            options.add(name, f"required with --kafka-security-protocol {protocol} "
+                              f"(flag {flag_label(name)} or {env_name(name)})")
+        elif protocol not in _SASL and options.given(name):
+            options.add(name, "only used with --kafka-security-protocol SASL_PLAINTEXT or "
+                              f"SASL_SSL, not {protocol}")
+    if options.given("kafka_ssl_ca_location") and protocol not in _TLS:
+        options.add("kafka_ssl_ca_location", "only used with --kafka-security-protocol SSL or "
+                                             f"SASL_SSL, not {protocol}")
+
+
+def _is_address(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    return bool(host) and port.isascii() and port.isdigit() and len(port) <= 5 \
+        and 1 <= int(port) <= 65535
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    catalog: str
+    kafka_bootstrap: str
+    input_topic: str
+    redis_url: str
+    clickhouse: str  # http(s)://... for a server, otherwise a chDB data path
+    recovery_dir: str
+    topics: Topics
+    redis_namespace: str = "meterwax"  # one per deployment: dedup keys and running charges
+    window: timedelta = DEFAULT_WINDOW
+    allowed_lateness: timedelta = DEFAULT_LATENESS
+    dedup_ttl: timedelta = DEFAULT_DEDUP_TTL
+    # Events dated further ahead of the system clock than this are quarantined (FUTURE_EVENT).
+    max_future: timedelta = DEFAULT_MAX_FUTURE
+    workers: int = 1
+    process_id: int | None = None
+    addresses: tuple[str, ...] = ()
+    epoch_interval: timedelta = timedelta(seconds=2)
+    stop_at_end: bool = False  # bounded run: read every partition to its end, then stop
+    chunk: int = 2000
+    kafka_extra: tuple[tuple[str, str], ...] = field(default=())
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    metrics_port: int | None = None
+
+    def __repr__(self) -> str:
+        # Logged and printed freely, so credentials in URLs and properties are hidden.
+        hidden: dict[str, Any] = {
+            "redis_url": redact_url(self.redis_url), "clickhouse": redact_url(self.clickhouse),
+            "kafka_extra": hide_secrets(self.kafka_extra)}
+        parts = (f"{f.name}={hidden.get(f.name, getattr(self, f.name))!r}" for f in fields(self))
+        return f"StreamSettings({', '.join(parts)})"
+
+    def kafka(self) -> KafkaSettings:
+        from flows.kafka_io import KafkaSettings
+
+        return KafkaSettings(self.kafka_bootstrap,
+                             self.kafka_security.properties() + self.kafka_extra)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any],
+                     environ: Mapping[str, str] | None = None) -> StreamSettings:
+        """Flags first, then METERWAX_* environment variables (`environ`, default the process
+        environment); every problem reported at once (`SettingsError`)."""
+        opts = Options(values, os.environ if environ is None else environ,
+                       label=lambda name: name, blank_is_default=True)
+        metrics_port = opts.value("metrics_port", parse_port, None)
+        required = {name: opts.required(name) for name in (
+            "catalog", "kafka_bootstrap", "input_topic", "redis_url", "clickhouse",
+            "recovery_dir")}
+        dedup_ttl = opts.value("dedup_ttl", parse_positive_duration, DEFAULT_DEDUP_TTL)
+        window = opts.value("window", parse_window, DEFAULT_WINDOW)
+        allowed_lateness = opts.value("allowed_lateness", parse_duration, DEFAULT_LATENESS)
+        max_future = opts.value("max_future", parse_duration, DEFAULT_MAX_FUTURE)
+        workers = opts.value("workers", parse_workers, 1)
+        addresses, process_id = _cluster(opts)
+        if required["catalog"]:
+            problem = file_problem(required["catalog"])
+            if problem:
+                opts.add("catalog", problem)
+        security = read_kafka_security(opts)
+        stop_at_end = opts.switch("stop_at_end")
+        if opts.problems:
+            raise SettingsError(opts.problems)
+        return cls(
+            catalog=required["catalog"], kafka_bootstrap=required["kafka_bootstrap"],
+            input_topic=required["input_topic"], redis_url=required["redis_url"],
+            clickhouse=required["clickhouse"], recovery_dir=required["recovery_dir"],
+            topics=Topics.with_prefix(opts.text("topic_prefix", "meterwax.") or ""),
+            redis_namespace=opts.text("redis_namespace", "meterwax") or "",
+            dedup_ttl=dedup_ttl, window=window, allowed_lateness=allowed_lateness,
+            max_future=max_future, workers=workers, process_id=process_id,
+            addresses=addresses, stop_at_end=stop_at_end, kafka_security=security,
+            metrics_port=metrics_port,
+        )
+
+
+def _cluster(opts: Options) -> tuple[tuple[str, ...], int | None]:
+    """Where every process is, and which one this is: a cluster needs both."""
+    addresses = opts.listed("addresses")
+    process_id = None
+    if opts.given("process_id") and addresses:
+        process_id = opts.value("process_id", int_between(0, len(addresses) - 1), None)
+    elif opts.given("process_id"):
+        opts.add("addresses", "required with --process-id")
+    elif addresses:
+        opts.add("process_id", "required with --addresses")
+    for address in addresses:
+        if not _is_address(address):
+            opts.add("addresses", f"not host:port: {address!r}")
+    return addresses, process_id
