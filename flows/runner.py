@@ -346,25 +346,7 @@ def _run(opts: RunOptions, catalog: Catalog, config: IngestConfig, work: Path, o
                       recoverable=False)
     if on_start:
         on_start()
-    started = time.perf_counter()
-    # The flow allocates millions of short-lived, acyclic objects; the default collector
-    # thresholds re-scan the long-lived catalog and state over and over. Freeze what exists
-    # and collect less often for the run (measured: about 8% of the run time).
-    gc.collect()
-    gc.freeze()
-    thresholds = gc.get_threshold()
-    gc.set_threshold(50_000, 20, 20)
-    try:
-        # File mode keeps no recovery store, so one epoch for the whole file: Bytewax
-        # snapshots every stateful key at each epoch end even without recovery.
-        if opts.workers <= 1:
-            run_main(flow, epoch_interval=FILE_EPOCH)
-        else:
-            cli_main(flow, workers_per_process=opts.workers, epoch_interval=FILE_EPOCH)
-    finally:
-        gc.set_threshold(*thresholds)
-        gc.unfreeze()
-    elapsed = time.perf_counter() - started
+    elapsed = _execute(flow, opts.workers)
     progress.done = True
 
     exceptions = exc_sink.finalize(
@@ -377,26 +359,70 @@ def _run(opts: RunOptions, catalog: Catalog, config: IngestConfig, work: Path, o
     rated = rated_summary(store, database)
     report = reconcile(catalog, stats, rated, candidates, exceptions)
     erp = build_erp(catalog, candidates)
+    _write_erp(work, erp)
+    report["erp"], chain_problems = _erp_report(catalog, stats, rated, candidates, erp)
+    report["problems"].extend(chain_problems)
+    report["balanced"] = not report["problems"]
+    report["run"] = _run_facts(opts, elapsed, stats, out)
+    with open(work / "reconciliation.json", "w", encoding="utf-8") as fh:
+        json.dump(report, fh, indent=2, sort_keys=False)
+        fh.write("\n")
+    return RunResult(catalog, report, candidates, exceptions, elapsed, progress, erp)
+
+
+def _execute(flow: Any, workers: int) -> float:
+    """Run the flow to the end of its input; the seconds it took."""
+    started = time.perf_counter()
+    # The flow allocates millions of short-lived, acyclic objects; the default collector
+    # thresholds re-scan the long-lived catalog and state over and over. Freeze what exists
+    # and collect less often for the run (measured: about 8% of the run time).
+    gc.collect()
+    gc.freeze()
+    thresholds = gc.get_threshold()
+    gc.set_threshold(50_000, 20, 20)
+    try:
+        # File mode keeps no recovery store, so one epoch for the whole file: Bytewax
+        # snapshots every stateful key at each epoch end even without recovery.
+        if workers <= 1:
+            run_main(flow, epoch_interval=FILE_EPOCH)
+        else:
+            cli_main(flow, workers_per_process=workers, epoch_interval=FILE_EPOCH)
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
+    return time.perf_counter() - started
+
+
+def _write_erp(work: Path, erp: ErpOutput) -> None:
     write_jsonl(work / "erp_ar_invoices.jsonl", erp.ar_invoices)
     write_jsonl(work / "erp_journals.jsonl", erp.journals)
     write_jsonl(work / "revenue_schedules.jsonl", erp.schedules)
     write_jsonl(work / "invoice_exceptions.jsonl", erp.exceptions)
+
+
+def _erp_report(catalog: Catalog, stats: StatsTotal, rated: dict[RatedKey, RatedSummary],
+                candidates: list[InvoiceCandidate], erp: ErpOutput
+                ) -> tuple[dict[str, Any], list[str]]:
+    """The ERP section of reconciliation.json (counts and the usage -> rated -> invoiced ->
+    receivable chain) and the chain's problems."""
     usage = {key: (stats.ingested[key].quantity() if key in stats.ingested else Decimal(0),
                    rated[key].cumulative_quantity if key in rated else Decimal(0))
              for key in set(stats.ingested) | set(rated)}
-    chain, chain_problems = erp_chain(
+    chain, problems = erp_chain(
         catalog, {k: v.cumulative_amount for k, v in rated.items()}, candidates, erp, usage)
-    report["erp"] = {
+    return {
         "ar_invoices": len(erp.ar_invoices),
         "journals": len(erp.journals),
         "revenue_schedules": len(erp.schedules),
         "invoice_exceptions": len(erp.exceptions),
         "quantity_only_adjustments_not_posted": len(erp.quantity_only),
         "chain": chain,
-    }
-    report["problems"].extend(chain_problems)
-    report["balanced"] = not report["problems"]
-    report["run"] = {
+    }, problems
+
+
+def _run_facts(opts: RunOptions, elapsed: float, stats: StatsTotal, out: Path
+               ) -> dict[str, Any]:
+    return {
         "catalog": opts.catalog,
         "events": opts.events,
         "window_seconds": int(opts.window.total_seconds()),
@@ -409,8 +435,3 @@ def _run(opts: RunOptions, catalog: Catalog, config: IngestConfig, work: Path, o
         "events_per_second": round(stats.read / elapsed) if elapsed > 0 else None,
         "rated_windows_store": str(out / "clickhouse"),
     }
-    with open(work / "reconciliation.json", "w", encoding="utf-8") as fh:
-        json.dump(report, fh, indent=2, sort_keys=False)
-        fh.write("\n")
-    return RunResult(catalog, report, candidates, exceptions, elapsed, progress, erp)
-
