@@ -37,7 +37,8 @@ from operators.limits import DEFAULT_MAX_FUTURE
 from operators.periods import Month
 from operators.reconcile import RatedKey, RatedSummary, StatsTotal, reconcile
 from schemas.records import ExceptionRecord, InvoiceCandidate
-from sinks.files import CallbackSink, JsonLinesPartsSink, write_jsonl
+from sinks.adapters import CallbackSink
+from sinks.files import JsonLinesPartsSink, write_jsonl
 from sinks.store_sink import RatedWindowSink
 
 

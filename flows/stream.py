@@ -25,18 +25,10 @@ from typing import Any
 import bytewax.operators as op
 import msgspec
 from bytewax.operators import StatefulBatchLogic
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
-from flows.kafka_io import (
-    KafkaChunkSource,
-    KafkaTopicsSink,
-    Message,
-    dead_letters,
-    ensure_topics,
-    keyed,
-)
+from flows.kafka_io import KafkaChunkSource
 from flows.metrics import record_exceptions
 from flows.pipeline import Sinks, build_flow
 from flows.runner import candidate_order
@@ -55,28 +47,8 @@ from schemas.records import (
     InvoiceCandidate,
     RatedWindow,
 )
-from sinks.files import CallbackSink
-
-
-class _MappedPartition(StatelessSinkPartition[Any]):
-    def __init__(self, inner: StatelessSinkPartition[Any], fn: Callable[[Any], Any]) -> None:
-        self.inner, self.fn = inner, fn
-
-    def write_batch(self, items: list[Any]) -> None:
-        self.inner.write_batch([self.fn(item) for item in items])
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-class MappedSink(DynamicSink[Any]):
-    """Converts each item before handing it to another sink's partition."""
-
-    def __init__(self, inner: DynamicSink[Any], fn: Callable[[Any], Any]) -> None:
-        self.inner, self.fn = inner, fn
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _MappedPartition:
-        return _MappedPartition(self.inner.build(step_id, worker_index, worker_count), self.fn)
+from sinks.adapters import CallbackSink, MappedSink
+from sinks.kafka import KafkaTopicsSink, Message, dead_letters, ensure_topics, keyed
 
 
 def erp_messages(catalog: Catalog, topics: Topics, candidates: Sequence[InvoiceCandidate]

@@ -9,10 +9,9 @@ input always gives byte-identical files whatever the worker count.
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -75,27 +74,3 @@ def write_jsonl(path: str | Path, records: Sequence[Any]) -> None:
             fh.write(ENCODER.encode(record))
             fh.write(b"\n")
     os.replace(tmp, path)
-
-
-class _CallbackPartition(StatelessSinkPartition[Any]):
-    def __init__(self, callback: Callable[[Sequence[Any]], None]) -> None:
-        self.callback = callback
-
-    def write_batch(self, items: list[Any]) -> None:
-        self.callback(items)
-
-
-class CallbackSink(DynamicSink[Any], Generic[T]):
-    """Hands each batch to a function, serialized by a lock: for in-process collectors (counts,
-    progress, a store client shared by the worker threads of one process)."""
-
-    def __init__(self, callback: Callable[[Sequence[Any]], None]) -> None:
-        self._lock = threading.Lock()
-        self._callback = callback
-
-    def _locked(self, items: Sequence[Any]) -> None:
-        with self._lock:
-            self._callback(items)
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _CallbackPartition:
-        return _CallbackPartition(self._locked)
