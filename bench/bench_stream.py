@@ -330,8 +330,8 @@ class LocalClickHouse:
     exists before the stream starts (the stream's migrations then find it applied)."""
 
     def __init__(self, path: Path) -> None:
-        from sinks.chdb_http import ChdbHttpServer
         from sinks.clickhouse import ChdbStore
+        from sinks.clickhouse.http import ChdbHttpServer
 
         self.store = ChdbStore(str(path))
         try:

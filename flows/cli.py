@@ -109,7 +109,7 @@ def _common_values(c: Checks, args: argparse.Namespace) -> Common:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from sinks.chdb_http import add_serve_arguments
+    from sinks.clickhouse.serve import add_serve_arguments
     # Values are taken as text and judged afterwards (`Checks`), so that every bad value is
     # reported at once; argparse itself only stops on a malformed command line.
     parser = argparse.ArgumentParser(prog="meterwax", description=__doc__.split("\n\n")[0])
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "stream":
             return _stream(args)
         if args.command == "serve-clickhouse":
-            from sinks.chdb_http import serve
+            from sinks.clickhouse.serve import serve
 
             return serve(args.path, args.host, args.port, verbose=args.verbose)
         if args.command == "run":

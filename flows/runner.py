@@ -38,8 +38,8 @@ from operators.periods import Month
 from operators.reconcile import RatedKey, RatedSummary, StatsTotal, reconcile
 from schemas.records import ExceptionRecord, InvoiceCandidate
 from sinks.adapters import CallbackSink
+from sinks.clickhouse.sink import RatedWindowSink
 from sinks.files import JsonLinesPartsSink, write_jsonl
-from sinks.store_sink import RatedWindowSink
 
 
 @dataclass(frozen=True)

@@ -92,9 +92,9 @@ _CANDIDATES = msgspec.json.Decoder(list[InvoiceCandidate])
 def build_stream(settings: StreamSettings, catalog: Catalog,
                  on_stats: Callable[[Sequence[IngestStats]], None] | None = None) -> Any:
     from sinks.clickhouse import open_store
+    from sinks.clickhouse.sink import RatedWindowSink
     from sinks.redis_dedup import RedisDedup
     from sinks.running_charges import RunningCharges
-    from sinks.store_sink import RatedWindowSink
 
     kafka = settings.kafka()
     topics = settings.topics

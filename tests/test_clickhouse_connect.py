@@ -25,7 +25,6 @@ pytest.importorskip("clickhouse_connect")
 from flows.runner import rated_summary
 from schemas.records import RatedWindow
 from sinks import clickhouse as ch
-from sinks.chdb_http import ChdbHttpServer, serve_main, split_insert
 from sinks.clickhouse import (
     COLUMNS,
     ChdbStore,
@@ -38,6 +37,8 @@ from sinks.clickhouse import (
     load_migrations,
     open_store,
 )
+from sinks.clickhouse.http import ChdbHttpServer, split_insert
+from sinks.clickhouse.serve import serve_main
 
 JAN = datetime(2024, 1, 1, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parent.parent
@@ -369,7 +370,7 @@ def test_serve_main(tmp_path: Path) -> None:
     assert serve_main(["--path", str(tmp_path / "missing")]) == 2
     ChdbStore(tmp_path / "out" / "clickhouse").close()
     proc = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from sinks.chdb_http import serve_main; "
+        [sys.executable, "-c", "import sys; from sinks.clickhouse.serve import serve_main; "
                                "sys.exit(serve_main(sys.argv[1:]))",
          "--path", str(tmp_path / "out"), "--port", "0"],
         cwd=ROOT, stdout=subprocess.PIPE, text=True,

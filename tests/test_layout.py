@@ -21,7 +21,12 @@ ALLOWED = {
 def _graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for pkg in PACKAGES:
-        for path in sorted((ROOT / pkg).glob("*.py")):
+        # Top-level modules, and the modules of subpackages (e.g. sinks/clickhouse/), named by
+        # their dotted path; a subpackage's __init__ is the subpackage itself.
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            rel = path.relative_to(ROOT).with_suffix("").parts
+            if rel[-1] == "__init__" and len(rel) > 2:
+                rel = rel[:-1]
             deps: set[str] = set()
             for node in ast.parse(path.read_text(encoding="utf-8")).body:
                 if isinstance(node, ast.ImportFrom) and node.module:
@@ -31,7 +36,7 @@ def _graph() -> dict[str, set[str]]:
                         deps.add(node.module)
                 elif isinstance(node, ast.Import):
                     deps |= {a.name for a in node.names}
-            graph[f"{pkg}.{path.stem}"] = {d for d in deps if d.split(".")[0] in PACKAGES}
+            graph[".".join(rel)] = {d for d in deps if d.split(".")[0] in PACKAGES}
     return graph
 
 

@@ -43,7 +43,7 @@ def catalog():
 
 @pytest.fixture
 def clickhouse(tmp_path: Path) -> Iterator[Any]:
-    from sinks.chdb_http import ChdbHttpServer
+    from sinks.clickhouse.http import ChdbHttpServer
 
     with ChdbHttpServer(str(tmp_path / "ch")) as server:
         yield server

@@ -75,7 +75,7 @@ def catalog_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def clickhouse(tmp_path: Path) -> Iterator[Any]:
-    from sinks.chdb_http import ChdbHttpServer
+    from sinks.clickhouse.http import ChdbHttpServer
 
     with ChdbHttpServer(str(tmp_path / "ch")) as server:
         yield server
