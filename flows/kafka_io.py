@@ -7,6 +7,7 @@ the offset in the recovery snapshot, so input and state are restored together. T
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +51,7 @@ class _PartitionReader(StatefulSourcePartition[Chunk, int]):
             "fetch.queue.backoff.ms": 10,
         }))
         tp = TopicPartition(topic, partition)
-        low, high = self.consumer.get_watermark_offsets(tp, timeout=30)
+        low, high = watermarks(self.consumer, tp)
         self.next_offset = resume if resume is not None else low
         # A bounded run stops at the end offset as of its start. Not at an end-of-partition
         # event: librdkafka can report one early around a broker restart, which would end the
@@ -109,3 +110,20 @@ class KafkaChunkSource(FixedPartitionedSource[Chunk, int]):
                                 self.stop_at_end)
 
 
+# Answers a broker gives while a new topic's partition leaders are still being elected.
+_NOT_YET = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+            KafkaError._UNKNOWN_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART)
+
+
+def watermarks(consumer: Any, tp: Any, within: float = 30.0) -> tuple[int, int]:
+    """(low, high) offsets of a partition. A just-created topic answers "not leader" for a
+    moment: that is waited out (up to `within` seconds), any other error is raised."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=within, cached=False)
+            return int(low), int(high)
+        except KafkaException as exc:
+            if exc.args[0].code() not in _NOT_YET or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)

@@ -57,6 +57,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from flows.kafka_io import watermarks
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "services.sh"
 STATE = Path(os.environ.get("METERWAX_SERVICES_DIR", ROOT / ".cache" / "services"))
@@ -248,7 +250,8 @@ class KafkaService:
     def _behind(consumer: Any, tps: list[Any]) -> list[int]:
         behind = []
         for tp, pos in zip(tps, consumer.position(tps), strict=True):
-            _low, high = consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+            # A topic the flow has just created may not have its leaders yet.
+            _low, high = watermarks(consumer, tp, within=10)
             reached = pos.offset if pos.offset >= 0 else 0
             if high > reached:
                 behind.append(tp.partition)
