@@ -107,15 +107,10 @@ def _schema_error(raw: bytes, exc: msgspec.ValidationError) -> CloudEvent | Reje
         return malformed
     if not str(exc).startswith("Integer value out of range"):
         return _duplicate_key(raw) or Rejection(INVALID_EVENT, f"invalid CloudEvent: {exc}")
-    try:
-        doc = json.loads(raw, object_pairs_hook=_check_pairs, parse_int=Decimal,
-                         parse_float=_exact_number, parse_constant=_no_constant)
-    except _Duplicate as dup:
-        return _duplicate(dup.key)
-    except RecursionError:
-        return _too_deep()
-    except ValueError as other:
-        return Rejection(INVALID_JSON, f"not valid JSON: {other}")
+    doc = _strict_parse(raw, parse_int=Decimal, parse_float=_exact_number,
+                        parse_constant=_no_constant)
+    if isinstance(doc, Rejection):
+        return doc
     try:
         return msgspec.convert(doc, CloudEvent)
     except msgspec.ValidationError as invalid:
@@ -235,17 +230,25 @@ def _check_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _duplicate_key(raw: bytes) -> Rejection | None:
+    # Numbers stay text: the standard library would otherwise convert them (and refuse
+    # integers of more than 4300 digits), and only the keys matter here.
+    doc = _strict_parse(raw, parse_int=str, parse_float=str, parse_constant=str)
+    return doc if isinstance(doc, Rejection) else None
+
+
+def _strict_parse(raw: bytes, *, parse_int: Callable[[str], Any],
+                  parse_float: Callable[[str], Any], parse_constant: Callable[[str], Any]
+                  ) -> Any:
+    """The standard library's reading of `raw`, seeing every key (a repeated one is refused),
+    or the Rejection it is. msgspec accepted the line before either caller gets here; the
+    standard library disagreeing is itself a reason to refuse it rather than guess which
+    reading is right."""
     try:
-        # Numbers stay text: the standard library would otherwise convert them (and refuse
-        # integers of more than 4300 digits), and only the keys matter here.
-        json.loads(raw, object_pairs_hook=_check_pairs, parse_int=str, parse_float=str,
-                   parse_constant=str)
+        return json.loads(raw, object_pairs_hook=_check_pairs, parse_int=parse_int,
+                          parse_float=parse_float, parse_constant=parse_constant)
     except _Duplicate as dup:
         return _duplicate(dup.key)
     except RecursionError:
         return _too_deep()
     except ValueError as exc:
-        # msgspec accepted the line; the standard library disagreeing is itself a reason to
-        # refuse it rather than guess which reading is right.
         return Rejection(INVALID_JSON, f"not valid JSON: {exc}")
-    return None

@@ -22,6 +22,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from conftest import DEFAULT_METERS
+
 from operators.clock import fixed_clock
 from operators.ingest import IngestConfig
 from operators.limits import MAX_ATTRIBUTE_CHARS, MAX_DEPTH, MAX_LINE_BYTES, RAW_KEEP_BYTES
@@ -44,15 +46,9 @@ SOURCE = "svc"  # the base stream's CloudEvents source
 
 # -- the catalog ------------------------------------------------------------------------------
 
-METERS: tuple[dict[str, str], ...] = (
-    {"id": "calls", "event_type": "api.request", "aggregation": "count"},
-    {"id": "tokens", "event_type": "llm.completion", "aggregation": "sum",
-     "value": "usage.tokens"},
-    {"id": "peak", "event_type": "storage.snapshot", "aggregation": "max", "value": "gb"},
-    {"id": "users", "event_type": "user.active", "aggregation": "unique_count",
-     "value": "user_id"},
-    {"id": "seats", "event_type": "seats.set", "aggregation": "latest", "value": "count"},
-    # one event type feeding two meters
+# The suite's usual meters, plus one event type feeding two meters.
+METERS: tuple[dict[str, Any], ...] = (
+    *DEFAULT_METERS,
     {"id": "requests", "event_type": "api.multi", "aggregation": "count"},
     {"id": "bytes", "event_type": "api.multi", "aggregation": "sum", "value": "bytes"},
 )
