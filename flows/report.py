@@ -24,7 +24,7 @@ def _table(rows: list[list[str]], out: TextIO, right: set[int] | None = None) ->
 
 def print_run_summary(result: RunResult, out: TextIO, detailed: bool = True) -> None:
     report = result.report
-    events = report["events"]
+    events = report.events
     if detailed:
         out.write("\nCharges per customer (invoice candidates + adjustments)\n")
         per: dict[tuple[str, str, str], Decimal] = defaultdict(lambda: ZERO)
@@ -60,14 +60,14 @@ def print_run_summary(result: RunResult, out: TextIO, detailed: bool = True) -> 
         _print_erp(result, out)
 
     out.write("\nEvents by bucket\n")
-    rows = [["bucket", "events"], ["rated", str(events["rated"])],
-            ["duplicate", str(events["duplicates"])], ["unmetered", str(events["unmetered"])]]
-    rows += [[f"exception {reason}", str(n)] for reason, n in events["exceptions"].items()]
-    rows += [["total", str(events["buckets_total"])], ["read", str(events["read"])]]
+    rows = [["bucket", "events"], ["rated", str(events.rated)],
+            ["duplicate", str(events.duplicates)], ["unmetered", str(events.unmetered)]]
+    rows += [[f"exception {reason}", str(n)] for reason, n in events.exceptions.items()]
+    rows += [["total", str(events.buckets_total)], ["read", str(events.read)]]
     _table(rows, out, right={1})
-    if events["late_after_close"]:
-        out.write(f"  {events['late_after_close']} rated event(s) arrived after their period "
-                  f"closed: {report['invoiced']['adjustments']} adjustment candidate(s)\n")
+    if events.late_after_close:
+        out.write(f"  {events.late_after_close} rated event(s) arrived after their period "
+                  f"closed: {report.invoiced.adjustments} adjustment candidate(s)\n")
     if detailed and result.exceptions:
         out.write("\nFirst exceptions\n")
         seen: set[str] = set()
@@ -80,27 +80,28 @@ def print_run_summary(result: RunResult, out: TextIO, detailed: bool = True) -> 
 
     out.write("\nReconciliation (ingested = rated = invoiced, per subscription, period, meter)\n")
     rows = [["meter", "ingested", "rated", "invoiced", "values", "in windows"]]
-    for meter, m in report["meters"].items():
-        rows.append([meter, m["ingested"], m["rated"], m["invoiced"],
-                     str(m["accepted_values"]), str(m["rated_window_events"])])
+    for meter, m in report.meters.items():
+        rows.append([meter, m.ingested, m.rated, m.invoiced,
+                     str(m.accepted_values), str(m.rated_window_events)])
     if len(rows) > 1:
         _table(rows, out, right={1, 2, 3, 4, 5})
-    inv = report["invoiced"]
-    for cur, totals in inv["totals_by_currency"].items():
-        out.write(f"  invoiced {cur}: ready {totals['ready']}, held {totals['held']}\n")
-    out.write(f"  {inv['candidates']} invoice candidates + {inv['adjustments']} adjustments "
-              f"({inv['ready']} ready, {inv['held']} held), "
-              f"{report['rated_windows']} rated windows\n")
-    if report["balanced"]:
+    inv = report.invoiced
+    for cur, totals in inv.totals_by_currency.items():
+        out.write(f"  invoiced {cur}: ready {totals.ready}, held {totals.held}\n")
+    out.write(f"  {inv.candidates} invoice candidates + {inv.adjustments} adjustments "
+              f"({inv.ready} ready, {inv.held} held), "
+              f"{report.rated_windows} rated windows\n")
+    if report.balanced:
         out.write("  VERDICT: BALANCED — every event is in exactly one bucket and every total "
                   "agrees\n")
     else:
-        out.write(f"  VERDICT: NOT BALANCED — {len(report['problems'])} problem(s):\n")
-        for p in report["problems"][:20]:
+        out.write(f"  VERDICT: NOT BALANCED — {len(report.problems)} problem(s):\n")
+        for p in report.problems[:20]:
             out.write(f"    - {p}\n")
-    run = report.get("run", {})
-    out.write(f"\nThroughput: {events['read']} events in {run.get('elapsed_seconds')} s = "
-              f"{run.get('events_per_second')} events/s with {run.get('workers')} worker(s)\n")
+    run = report.run
+    if run is not None:
+        out.write(f"\nThroughput: {events.read} events in {run.elapsed_seconds} s = "
+                  f"{run.events_per_second} events/s with {run.workers} worker(s)\n")
 
 
 def _print_erp(result: RunResult, out: TextIO) -> None:

@@ -23,6 +23,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from bytewax.run import cli_main
 from bytewax.testing import run_main
 
@@ -31,11 +32,12 @@ from flows.sources import JsonLinesSource, Progress
 from operators import ids
 from operators.catalog import Catalog, load_catalog
 from operators.clock import fixed_clock, system_clock
-from operators.erp import ErpOutput, build_erp, erp_chain
+from operators.erp import ErpOutput, build_erp
 from operators.ingest import IngestConfig, IngestStats
 from operators.limits import DEFAULT_MAX_FUTURE
 from operators.periods import Month
 from operators.reconcile import RatedKey, RatedSummary, StatsTotal, reconcile
+from schemas.reconciliation import Reconciliation, RunFacts
 from schemas.records import ExceptionRecord, InvoiceCandidate
 from sinks.adapters import CallbackSink
 from sinks.clickhouse.sink import RatedWindowSink
@@ -65,7 +67,7 @@ class RunOptions:
 @dataclass
 class RunResult:
     catalog: Catalog
-    report: dict[str, Any]
+    report: Reconciliation
     candidates: list[InvoiceCandidate]
     exceptions: list[ExceptionRecord]
     elapsed_s: float
@@ -74,7 +76,7 @@ class RunResult:
 
     @property
     def balanced(self) -> bool:
-        return bool(self.report["balanced"])
+        return self.report.balanced
 
 
 FILE_EPOCH = timedelta(days=3650)
@@ -358,15 +360,13 @@ def _run(opts: RunOptions, catalog: Catalog, config: IngestConfig, work: Path, o
         work / "invoice_candidates.jsonl", InvoiceCandidate, lambda c: c.invoice_candidate_id,
         candidate_order)
     rated = rated_summary(store, database)
-    report = reconcile(catalog, stats, rated, candidates, exceptions)
     erp = build_erp(catalog, candidates)
     _write_erp(work, erp)
-    report["erp"], chain_problems = _erp_report(catalog, stats, rated, candidates, erp)
-    report["problems"].extend(chain_problems)
-    report["balanced"] = not report["problems"]
-    report["run"] = _run_facts(opts, elapsed, stats, out)
+    report = msgspec.structs.replace(
+        reconcile(catalog, stats, rated, candidates, exceptions, erp),
+        run=_run_facts(opts, elapsed, stats, out))
     with open(work / "reconciliation.json", "w", encoding="utf-8") as fh:
-        json.dump(report, fh, indent=2, sort_keys=False)
+        json.dump(msgspec.to_builtins(report), fh, indent=2, sort_keys=False)
         fh.write("\n")
     return RunResult(catalog, report, candidates, exceptions, elapsed, progress, erp)
 
@@ -401,38 +401,16 @@ def _write_erp(work: Path, erp: ErpOutput) -> None:
     write_jsonl(work / "invoice_exceptions.jsonl", erp.exceptions)
 
 
-def _erp_report(catalog: Catalog, stats: StatsTotal, rated: dict[RatedKey, RatedSummary],
-                candidates: list[InvoiceCandidate], erp: ErpOutput
-                ) -> tuple[dict[str, Any], list[str]]:
-    """The ERP section of reconciliation.json (counts and the usage -> rated -> invoiced ->
-    receivable chain) and the chain's problems."""
-    usage = {key: (stats.ingested[key].quantity() if key in stats.ingested else Decimal(0),
-                   rated[key].cumulative_quantity if key in rated else Decimal(0))
-             for key in set(stats.ingested) | set(rated)}
-    chain, problems = erp_chain(
-        catalog, {k: v.cumulative_amount for k, v in rated.items()}, candidates, erp, usage)
-    return {
-        "ar_invoices": len(erp.ar_invoices),
-        "journals": len(erp.journals),
-        "revenue_schedules": len(erp.schedules),
-        "invoice_exceptions": len(erp.exceptions),
-        "quantity_only_adjustments_not_posted": len(erp.quantity_only),
-        "chain": chain,
-    }, problems
-
-
-def _run_facts(opts: RunOptions, elapsed: float, stats: StatsTotal, out: Path
-               ) -> dict[str, Any]:
-    return {
-        "catalog": opts.catalog,
-        "events": opts.events,
-        "window_seconds": int(opts.window.total_seconds()),
-        "allowed_lateness_seconds": int(opts.allowed_lateness.total_seconds()),
-        "workers": opts.workers,
-        "max_future_seconds": int(opts.max_future.total_seconds()),
-        # The instant the input was judged as of; null: the system clock at run time.
-        "now": None if opts.now is None else opts.now.astimezone(UTC).isoformat(),
-        "elapsed_seconds": round(elapsed, 3),
-        "events_per_second": round(stats.read / elapsed) if elapsed > 0 else None,
-        "rated_windows_store": str(out / "clickhouse"),
-    }
+def _run_facts(opts: RunOptions, elapsed: float, stats: StatsTotal, out: Path) -> RunFacts:
+    return RunFacts(
+        catalog=opts.catalog,
+        events=opts.events,
+        window_seconds=int(opts.window.total_seconds()),
+        allowed_lateness_seconds=int(opts.allowed_lateness.total_seconds()),
+        workers=opts.workers,
+        max_future_seconds=int(opts.max_future.total_seconds()),
+        now=None if opts.now is None else opts.now.astimezone(UTC).isoformat(),
+        elapsed_seconds=round(elapsed, 3),
+        events_per_second=round(stats.read / elapsed) if elapsed > 0 else None,
+        rated_windows_store=str(out / "clickhouse"),
+    )

@@ -35,6 +35,7 @@ from schemas.erp import (
     RevenueSchedule,
     ScheduleEntry,
 )
+from schemas.reconciliation import ChainQuantities, ChainRow
 from schemas.records import InvoiceCandidate, InvoiceLine
 
 _REVENUE_ROLE = {"usage": "usage_revenue", "minimum_true_up": "usage_revenue",
@@ -283,7 +284,7 @@ def build_erp(catalog: Catalog, candidates: Iterable[InvoiceCandidate]) -> ErpOu
 def erp_chain(catalog: Catalog, rated_amounts: Mapping[tuple[str, str, str], Decimal],
               candidates: Sequence[InvoiceCandidate], erp: ErpOutput,
               usage: Mapping[tuple[str, str, str], tuple[Decimal, Decimal]] | None = None,
-              ) -> tuple[list[dict[str, object]], list[str]]:
+              ) -> tuple[list[ChainRow], list[str]]:
     """Per legal entity, currency and month: rated usage (rounded like invoice lines), invoiced
     usage, invoiced total, what was kept out of the ERP and why, AR total and journal receivable.
     Returns the rows and the problems (each naming entity, currency, month and the variance).
@@ -369,9 +370,9 @@ class _Chain:
             r["journal_debit"] += j.total_debit
             r["journal_credit"] += j.total_credit
 
-    def report(self) -> tuple[list[dict[str, object]], list[str]]:
+    def report(self) -> tuple[list[ChainRow], list[str]]:
         problems: list[str] = []
-        out: list[dict[str, object]] = []
+        out: list[ChainRow] = []
         for key in sorted(self.rows):
             r = self.rows[key]
             label = " ".join(key)
@@ -381,14 +382,16 @@ class _Chain:
                 if not q[0] == q[1] == q[2]:
                     problems.append(f"{label} {meter}: ingested {q[0]}, rated {q[1]}, "
                                     f"invoiced {q[2]}")
-            out.append({
-                "legal_entity": key[0], "currency": key[1], "period": key[2],
-                "usage_quantities": {m: {"ingested": str(q[0]), "rated": str(q[1]),
-                                         "invoiced": str(q[2])} for m, q in quantities},
-                **{k: str(v) for k, v in r.items()},
-                "not_posted_by_reason": {k: str(v)
-                                         for k, v in sorted(self.kept_out[key].items())},
-            })
+            out.append(ChainRow(
+                legal_entity=key[0], currency=key[1], period=key[2],
+                usage_quantities={m: ChainQuantities(str(q[0]), str(q[1]), str(q[2]))
+                                  for m, q in quantities},
+                rated_usage=str(r["rated_usage"]), invoiced_usage=str(r["invoiced_usage"]),
+                invoiced_total=str(r["invoiced_total"]), not_posted=str(r["not_posted"]),
+                ar_total=str(r["ar_total"]), journal_receivable=str(r["journal_receivable"]),
+                journal_debit=str(r["journal_debit"]), journal_credit=str(r["journal_credit"]),
+                not_posted_by_reason={k: str(v) for k, v in sorted(self.kept_out[key].items())},
+            ))
         return out, problems
 
 

@@ -6,14 +6,22 @@ exception records), so the proof covers the hand-offs between stages, not just t
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
 
 from operators.catalog import Catalog
+from operators.erp import ErpOutput, erp_chain
 from operators.ingest import IngestStats
 from operators.money import ZERO, fmt, round_money
+from schemas.reconciliation import (
+    ErpSummary,
+    EventBuckets,
+    InvoicedSummary,
+    MeterTotals,
+    Reconciliation,
+    StatusTotals,
+)
 from schemas.records import REASONS, ExceptionRecord, InvoiceCandidate, RatedWindow
 
 
@@ -91,8 +99,11 @@ class _Invoiced:
 
 
 def reconcile(catalog: Catalog, stats: StatsTotal, rated: dict[RatedKey, RatedSummary],
-              candidates: Iterable[InvoiceCandidate],
-              exceptions: Iterable[ExceptionRecord]) -> dict[str, Any]:
+              candidates: Sequence[InvoiceCandidate], exceptions: Iterable[ExceptionRecord],
+              erp: ErpOutput | None = None) -> Reconciliation:
+    """The whole proof. Given the ERP output, it also follows each legal entity, currency and
+    month from raw usage to the journal's receivable, and the chain's problems count like any
+    other: `balanced` is false if any stage disagrees."""
     problems: list[str] = []
     exc_total, bucketed, rating_failures = _buckets(stats, exceptions, problems)
     window_events: dict[str, int] = {}
@@ -104,39 +115,64 @@ def reconcile(catalog: Catalog, stats: StatsTotal, rated: dict[RatedKey, RatedSu
         if stats.contributions.get(meter, 0) != window_events.get(meter, 0):
             problems.append(f"meter {meter}: {stats.contributions.get(meter, 0)} accepted values, "
                             f"{window_events.get(meter, 0)} counted in rated windows")
+    erp_summary = None if erp is None else _erp_summary(catalog, stats, rated, candidates, erp,
+                                                         problems)
     counts = invoiced.counts
-    return {
-        "balanced": not problems,
-        "problems": problems,
-        "events": {
-            "read": stats.read,
-            "blank_lines_skipped": stats.blank,
-            "rated": stats.rated,
-            "duplicates": stats.duplicates,
-            "unmetered": stats.unmetered,
-            "unmetered_not_in_plan": stats.unmetered_not_in_plan,
-            "exceptions": dict(stats.exceptions),
-            "exceptions_total": exc_total,
-            "late_after_close": stats.late_after_close,
-            "buckets_total": bucketed,
-        },
-        "rating_failures": rating_failures,
-        "meters": {
-            meter: {k: fmt(v) for k, v in vals.items()}
-            | {"accepted_values": stats.contributions.get(meter, 0),
-               "rated_window_events": window_events.get(meter, 0)}
+    return Reconciliation(
+        balanced=not problems,
+        problems=problems,
+        events=EventBuckets(
+            read=stats.read,
+            blank_lines_skipped=stats.blank,
+            rated=stats.rated,
+            duplicates=stats.duplicates,
+            unmetered=stats.unmetered,
+            unmetered_not_in_plan=stats.unmetered_not_in_plan,
+            exceptions=dict(stats.exceptions),
+            exceptions_total=exc_total,
+            late_after_close=stats.late_after_close,
+            buckets_total=bucketed,
+        ),
+        rating_failures=rating_failures,
+        meters={
+            meter: MeterTotals(ingested=fmt(vals["ingested"]), rated=fmt(vals["rated"]),
+                               invoiced=fmt(vals["invoiced"]),
+                               accepted_values=stats.contributions.get(meter, 0),
+                               rated_window_events=window_events.get(meter, 0))
             for meter, vals in sorted(per_meter.items())
         },
-        "invoiced": {
-            "candidates": counts["invoice"],
-            "adjustments": counts["adjustment"],
-            "ready": counts["ready"],
-            "held": counts["held"],
-            "totals_by_currency": {cur: {k: fmt(v) for k, v in t.items()}
-                                   for cur, t in sorted(invoiced.totals.items())},
-        },
-        "rated_windows": sum(r.windows for r in rated.values()),
-    }
+        invoiced=InvoicedSummary(
+            candidates=counts["invoice"],
+            adjustments=counts["adjustment"],
+            ready=counts["ready"],
+            held=counts["held"],
+            totals_by_currency={cur: StatusTotals(ready=fmt(t["ready"]), held=fmt(t["held"]))
+                                for cur, t in sorted(invoiced.totals.items())},
+        ),
+        rated_windows=sum(r.windows for r in rated.values()),
+        erp=erp_summary,
+    )
+
+
+def _erp_summary(catalog: Catalog, stats: StatsTotal, rated: dict[RatedKey, RatedSummary],
+                 candidates: Sequence[InvoiceCandidate], erp: ErpOutput, problems: list[str]
+                 ) -> ErpSummary:
+    """The ERP section: document counts and the usage -> rated -> invoiced -> receivable
+    chain; the chain's problems are added to `problems`."""
+    usage = {key: (stats.ingested[key].quantity() if key in stats.ingested else ZERO,
+                   rated[key].cumulative_quantity if key in rated else ZERO)
+             for key in set(stats.ingested) | set(rated)}
+    chain, chain_problems = erp_chain(
+        catalog, {k: v.cumulative_amount for k, v in rated.items()}, candidates, erp, usage)
+    problems.extend(chain_problems)
+    return ErpSummary(
+        ar_invoices=len(erp.ar_invoices),
+        journals=len(erp.journals),
+        revenue_schedules=len(erp.schedules),
+        invoice_exceptions=len(erp.exceptions),
+        quantity_only_adjustments_not_posted=len(erp.quantity_only),
+        chain=chain,
+    )
 
 
 def _buckets(stats: StatsTotal, exceptions: Iterable[ExceptionRecord], problems: list[str]

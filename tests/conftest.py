@@ -20,6 +20,7 @@ from operators.clock import fixed_clock
 from operators.engine import EngineResult, run_engine
 from operators.ingest import IngestConfig
 from operators.periods import Month
+from schemas.reconciliation import Reconciliation
 from schemas.records import InvoiceCandidate, RatedWindow
 
 pytest_plugins = ["services"]
@@ -187,7 +188,7 @@ def run(catalog: Catalog, lines: Iterable[bytes], batch_size: int = 1000,
     return run_engine(catalog, list(lines), config(**config_kwargs), batch_size)
 
 
-def reconcile(catalog: Catalog, result: EngineResult) -> dict[str, Any]:
+def reconcile(catalog: Catalog, result: EngineResult) -> Reconciliation:
     """Reconcile an engine result, whichever form the rated side takes (rows, or the
     per-(subscription, period, meter) summary computed by `summarize`)."""
     rated: Any = result.windows

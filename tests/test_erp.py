@@ -303,9 +303,9 @@ def test_chain_names_a_variance(dirty) -> None:
     rated = {k: v.cumulative_amount for k, v in summarize(result.windows).items()}
     rows, problems = erp_chain(catalog, rated, result.candidates, erp)
     assert problems == []
-    usd = next(r for r in rows if r["legal_entity"] == "us-inc" and r["period"] == "2026-10")
-    assert usd["ar_total"] == usd["journal_receivable"]
-    assert set(usd["not_posted_by_reason"]) == {"MISSING_PAYMENT_TERMS",
+    usd = next(r for r in rows if r.legal_entity == "us-inc" and r.period == "2026-10")
+    assert usd.ar_total == usd.journal_receivable
+    assert set(usd.not_posted_by_reason) == {"MISSING_PAYMENT_TERMS",
                                                "MISSING_TAX_REGISTRATION"}
     erp.journals[0].lines[0].debit += Decimal("0.01")
     erp.journals[0].total_debit += Decimal("0.01")

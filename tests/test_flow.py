@@ -128,18 +128,18 @@ def test_flow_matches_engine(catalog: Catalog, expected: EngineResult, workers: 
 def test_dirty_workload_buckets_and_reconciles(catalog: Catalog, expected: EngineResult) -> None:
     report = reconcile(catalog, expected.stats, summarize(expected.windows),
                        expected.candidates, expected.exceptions)
-    assert report["balanced"], report["problems"]
-    events = report["events"]
-    assert events["read"] == 29 and events["blank_lines_skipped"] == 1
-    assert events["exceptions"] == {"INVALID_JSON": 2, "INVALID_EVENT": 1, "FUTURE_EVENT": 0,
+    assert report.balanced, report.problems
+    events = report.events
+    assert events.read == 29 and events.blank_lines_skipped == 1
+    assert events.exceptions == {"INVALID_JSON": 2, "INVALID_EVENT": 1, "FUTURE_EVENT": 0,
                                     "UNKNOWN_SUBJECT": 1, "NO_ACTIVE_SUBSCRIPTION": 2,
                                     "INVALID_VALUE": 1, "PERIOD_LIMIT_EXCEEDED": 0,
                                     "INTERNAL_ERROR": 0}
     # id 2 resent, and id 4 whose first occurrence was rejected for its subject
-    assert events["duplicates"] == 2
-    assert events["unmetered"] == 1
-    assert events["rated"] == 29 - 2 - 7 - 1
-    assert events["late_after_close"] == 3
+    assert events.duplicates == 2
+    assert events.unmetered == 1
+    assert events.rated == 29 - 2 - 7 - 1
+    assert events.late_after_close == 3
 
 
 def test_late_events_produce_adjustments_that_sum_to_the_period(expected: EngineResult) -> None:

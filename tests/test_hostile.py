@@ -178,7 +178,7 @@ def test_hostile_line_lands_in_its_reason_and_changes_nothing_else(case: Case) -
     assert result.stats.rated == len(BASE)
     assert_same_outputs(result, base_result())
     report = reconcile(CATALOG, result)
-    assert report["balanced"], report["problems"]
+    assert report.balanced, report.problems
 
 
 @pytest.mark.parametrize(("raw", "bucket"), [pytest.param(raw, b, id=cid) for cid, raw, b in EDGES])
@@ -339,7 +339,7 @@ def test_period_stops_below_what_the_store_holds(subject: str, sub_id: str, even
     assert_everything_storable(result)
     assert_same_outputs(result, base_result(), without=[sub_id])
     report = reconcile(CATALOG, result)
-    assert report["balanced"], report["problems"]
+    assert report.balanced, report.problems
 
 
 @pytest.mark.parametrize(("written", "kept"), [
@@ -481,7 +481,7 @@ def test_unforeseen_failure_for_one_event_is_an_internal_error_record(
     assert not any(key[1] == "2026-12" for key in result.stats.ingested)
     assert_same_outputs(result, base_result())
     report = reconcile(CATALOG, result)
-    assert report["balanced"], report["problems"]
+    assert report.balanced, report.problems
 
 
 VICTIM_CHARGE = CATALOG.plans["victim"].charge_for("tokens")
@@ -522,8 +522,8 @@ def test_rating_failure_is_a_record_reconciliation_reports(monkeypatch: pytest.M
         assert "injected" in exc.error
         assert exc.position["subscription"] == VICTIM_SUB
     report = reconcile(CATALOG, result)
-    assert not report["balanced"]
-    assert any(VICTIM_SUB in p for p in report["problems"]), report["problems"]
+    assert not report.balanced
+    assert any(VICTIM_SUB in p for p in report.problems), report.problems
     assert_same_outputs(result, base_result(), without=[VICTIM_SUB])
 
 
@@ -745,7 +745,7 @@ def test_fuzzed_lines_never_break_the_buckets_or_the_base_stream(seed: int,
     assert not internal, internal[:3]
     assert_everything_storable(result)
     report = reconcile(CATALOG, result)
-    assert report["balanced"], report["problems"][:5]
+    assert report.balanced, report.problems[:5]
 
     accepted = accepted_positions(lines)
     assert len(accepted) == result.stats.rated

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 from decimal import Decimal
 
+import msgspec
 import pytest
 from conftest import (
     DEFAULT_METERS,
@@ -63,8 +64,8 @@ CATALOG = ingest_catalog()
 def run_lines(*lines: bytes, batch_size: int = 1000) -> EngineResult:
     result = run(CATALOG, lines, batch_size=batch_size)
     report = reconcile(CATALOG, result)
-    assert report["balanced"], report["problems"]
-    assert report["events"]["read"] == report["events"]["buckets_total"]
+    assert report.balanced, report.problems
+    assert report.events.read == report.events.buckets_total
     return result
 
 
@@ -445,8 +446,8 @@ def test_mixed_stream_reconciles_bucket_by_bucket() -> None:
     ]
     result = run(CATALOG, lines)
     report = reconcile(CATALOG, result)
-    assert report["balanced"], report["problems"]
-    assert report["events"] == {
+    assert report.balanced, report.problems
+    assert msgspec.to_builtins(report.events) == {
         "read": 9,
         "blank_lines_skipped": 1,
         "rated": 2,

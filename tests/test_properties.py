@@ -35,6 +35,7 @@ from hypothesis import strategies as st
 from operators.catalog import Catalog, parse_catalog
 from operators.engine import EngineResult
 from operators.pricers import graduated, package, per_unit, percentage, price, volume
+from schemas.reconciliation import Reconciliation
 from schemas.records import ENCODER
 
 SETTINGS = settings(max_examples=60, deadline=None,
@@ -208,9 +209,9 @@ def dirty_lines(draw: st.DrawFn) -> list[bytes]:
 
 # -- helpers ---------------------------------------------------------------------------------------
 
-def assert_balanced(result: EngineResult) -> dict[str, Any]:
+def assert_balanced(result: EngineResult) -> Reconciliation:
     report = reconcile(CATALOG, result)
-    assert report["balanced"], report["problems"]
+    assert report.balanced, report.problems
     return report
 
 
@@ -290,17 +291,17 @@ def test_every_line_lands_in_exactly_one_bucket(lines: list[bytes], lateness: ti
                                                 window: timedelta, batch_size: int) -> None:
     result = run(CATALOG, lines, batch_size=batch_size, lateness=lateness, window=window)
     report = assert_balanced(result)
-    events = report["events"]
+    events = report.events
     numbered = list(enumerate(lines, start=1))
     non_blank = {n for n, raw in numbered if raw.strip()}
-    assert events["read"] == len(non_blank)
-    assert events["blank_lines_skipped"] == len(lines) - len(non_blank)
-    assert events["buckets_total"] == events["read"] == (
-        events["duplicates"] + events["unmetered"] + events["exceptions_total"]
-        + events["rated"])
+    assert events.read == len(non_blank)
+    assert events.blank_lines_skipped == len(lines) - len(non_blank)
+    assert events.buckets_total == events.read == (
+        events.duplicates + events.unmetered + events.exceptions_total
+        + events.rated)
     # one exception record per rejected line, never two for one line, never for a blank one
     positions = [e.position["line"] for e in result.exceptions]
-    assert len(positions) == len(set(positions)) == events["exceptions_total"]
+    assert len(positions) == len(set(positions)) == events.exceptions_total
     assert set(positions) <= non_blank
     assert [e.exception_id for e in result.exceptions] == [f"file:0:{p}" for p in positions]
 

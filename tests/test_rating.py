@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
+import msgspec
 import pytest
 from conftest import (
     D,
@@ -31,6 +31,7 @@ from conftest import (
 from operators.catalog import Catalog, load_catalog, parse_catalog
 from operators.engine import EngineResult
 from operators.periods import Month
+from schemas.reconciliation import Reconciliation
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "catalog" / "example.yaml"
 HOUR = timedelta(hours=1)
@@ -41,9 +42,9 @@ def calls(*times: str, prefix: str = "e", subject: str = "s1") -> list[bytes]:
     return [event(f"{prefix}{i}", time=t, subject=subject) for i, t in enumerate(times)]
 
 
-def balanced(catalog: Catalog, result: EngineResult) -> dict[str, Any]:
+def balanced(catalog: Catalog, result: EngineResult) -> Reconciliation:
     report = reconcile(catalog, result)
-    assert report["balanced"], report["problems"]
+    assert report.balanced, report.problems
     return report
 
 
@@ -242,8 +243,8 @@ def test_usage_after_close_becomes_adjustment_candidates() -> None:
     after_close = [r for r in result.windows if r.after_close]
     assert [r.period for r in after_close] == ["2026-10", "2026-10"]
     report = balanced(cat, result)
-    assert report["invoiced"]["adjustments"] == 2
-    assert report["events"]["late_after_close"] == 2
+    assert report.invoiced.adjustments == 2
+    assert report.events.late_after_close == 2
 
 
 def test_candidate_plus_adjustments_equals_the_full_period_rated_in_order() -> None:
@@ -402,8 +403,8 @@ def test_held_candidates_are_emitted_not_dropped() -> None:
         "held", ["MISSING_TAX_REGISTRATION", "MISSING_PAYMENT_TERMS"])
     assert cand.subtotal == D("81.00")   # 31.00 + 4.00 + 46.00 true-up
     report = balanced(cat, result)
-    assert report["invoiced"]["held"] == 1
-    assert report["invoiced"]["totals_by_currency"] == {"USD": {"ready": "0.00",
+    assert report.invoiced.held == 1
+    assert msgspec.to_builtins(report.invoiced.totals_by_currency) == {"USD": {"ready": "0.00",
                                                                  "held": "81.00"}}
 
 
@@ -452,7 +453,7 @@ def test_example_catalog_october() -> None:
     }
     assert str(candidate(result, "sub-umbrella-1:2026-10").subtotal) == "45484"
     report = balanced(cat, result)
-    assert report["invoiced"]["totals_by_currency"] == {
+    assert msgspec.to_builtins(report.invoiced.totals_by_currency) == {
         "EUR": {"ready": "450.00", "held": "0.00"},
         "JPY": {"ready": "45484", "held": "0"},
         "USD": {"ready": "996.96", "held": "749.00"},   # 582.90 + 89.87 + 324.19; 199 + 550

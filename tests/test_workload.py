@@ -25,6 +25,7 @@ from operators.catalog import Catalog, load_catalog
 from operators.clock import fixed_clock
 from operators.engine import EngineResult, run_engine
 from operators.ingest import IngestConfig
+from schemas.reconciliation import Reconciliation
 from schemas.records import REASONS
 
 CATALOG_PATH = Path(__file__).resolve().parent.parent / "catalog" / "example.yaml"
@@ -197,7 +198,7 @@ def test_usage_shape(catalog: Catalog, lines_3000: list[bytes]) -> None:
 
 # -- end to end through the reference engine -----------------------------------------------------
 
-def _reconcile(catalog: Catalog, result: EngineResult) -> dict[str, Any]:
+def _reconcile(catalog: Catalog, result: EngineResult) -> Reconciliation:
     rated: Any = result.windows
     summarize = getattr(reconcile_module, "summarize", None)  # the rated side may be summarized
     if summarize is not None:
@@ -209,7 +210,7 @@ def _reconcile(catalog: Catalog, result: EngineResult) -> dict[str, Any]:
 def _check_engine_run(catalog: Catalog, lines: list[bytes], expected: dict[str, Any]) -> None:
     result = run_engine(catalog, lines, IngestConfig())
     report = _reconcile(catalog, result)
-    assert report["balanced"], report["problems"]
+    assert report.balanced, report.problems
     stats = result.stats
     assert stats.read == expected["read"]
     assert stats.exceptions == expected["exceptions"]

@@ -1,0 +1,113 @@
+"""The reconciliation report: what `reconciliation.json` holds, field for field.
+
+Finance tooling and dashboards read these names, so they are a published shape like the records
+in `records.py`. Amounts are decimal strings, never floats. The ERP section and the run facts are
+present after a full run; a reconciliation of the rating side alone (tests, the engine) leaves
+them out.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class EventBuckets(msgspec.Struct, frozen=True):
+    """Every event read lands in exactly one bucket: `buckets_total` must equal `read`."""
+
+    read: int
+    blank_lines_skipped: int
+    rated: int
+    duplicates: int
+    unmetered: int
+    unmetered_not_in_plan: int
+    exceptions: dict[str, int]
+    exceptions_total: int
+    late_after_close: int
+    buckets_total: int
+
+
+class MeterTotals(msgspec.Struct, frozen=True):
+    """One meter over every subscription and period: quantities as decimal strings."""
+
+    ingested: str
+    rated: str
+    invoiced: str
+    accepted_values: int
+    rated_window_events: int
+
+
+class StatusTotals(msgspec.Struct, frozen=True):
+    ready: str
+    held: str
+
+
+class InvoicedSummary(msgspec.Struct, frozen=True):
+    candidates: int
+    adjustments: int
+    ready: int
+    held: int
+    totals_by_currency: dict[str, StatusTotals]
+
+
+class ChainQuantities(msgspec.Struct, frozen=True):
+    ingested: str
+    rated: str
+    invoiced: str
+
+
+class ChainRow(msgspec.Struct, frozen=True):
+    """One legal entity, currency and month, from raw usage to the journal's receivable."""
+
+    legal_entity: str
+    currency: str
+    period: str
+    usage_quantities: dict[str, ChainQuantities]
+    rated_usage: str
+    invoiced_usage: str
+    invoiced_total: str
+    not_posted: str
+    ar_total: str
+    journal_receivable: str
+    journal_debit: str
+    journal_credit: str
+    not_posted_by_reason: dict[str, str]
+
+
+class ErpSummary(msgspec.Struct, frozen=True):
+    ar_invoices: int
+    journals: int
+    revenue_schedules: int
+    invoice_exceptions: int
+    quantity_only_adjustments_not_posted: int
+    chain: list[ChainRow]
+
+
+class RunFacts(msgspec.Struct, frozen=True):
+    """How the run was made, so a report can be reproduced. `now`: the instant the input was
+    judged as of (null: the system clock at run time)."""
+
+    catalog: str
+    events: str
+    window_seconds: int
+    allowed_lateness_seconds: int
+    workers: int
+    max_future_seconds: int
+    now: str | None
+    elapsed_seconds: float
+    events_per_second: int | None
+    rated_windows_store: str
+
+
+class Reconciliation(msgspec.Struct, frozen=True, omit_defaults=True):
+    """`balanced` is true exactly when `problems` is empty; `problems` includes the ERP chain's
+    when the ERP section is present."""
+
+    balanced: bool
+    problems: list[str]
+    events: EventBuckets
+    rating_failures: int
+    meters: dict[str, MeterTotals]
+    invoiced: InvoicedSummary
+    rated_windows: int
+    erp: ErpSummary | None = None
+    run: RunFacts | None = None
