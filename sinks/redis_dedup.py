@@ -40,23 +40,22 @@ be accepted). A replay of a forgotten *original* is harmless: it is stored again
 
 Unavailability: a ConnectionError, TimeoutError or BusyLoadingError (a server loading its data
 after a restart), or a READONLY reply (a replica during failover), retries the *whole batch* with
-capped exponential backoff and jitter, forever or until `RetryPolicy.deadline`, after which
-`DedupUnavailable` is raised. The store never guesses an answer and never drops an event. Retrying
-the whole batch is safe because the script is idempotent for the same origins: if a failed
-attempt was in fact applied (the reply was lost) or the server kept part of what it wrote, the
-retry finds each stored origin equal to the claiming one and answers True again, not "duplicate";
-an identity the attempt found already owned by another origin is still owned by it and answers
-False again. The retry therefore gives exactly the answers the first attempt would have.
+capped exponential backoff and jitter (`sinks.retry`, the policy every sink shares), forever or
+until `RetryPolicy.deadline`, after which `DedupUnavailable` is raised. The store never guesses an
+answer and never drops an event. Retrying the whole batch is safe because the script is
+idempotent for the same origins: if a failed attempt was in fact applied (the reply was lost)
+or the server kept part of what it wrote, the retry finds each stored origin equal to the
+claiming one and answers True again, not "duplicate"; an identity the attempt found already
+owned by another origin is still owned by it and answers False again. The retry therefore gives
+exactly the answers the first attempt would have.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import random as _random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -68,6 +67,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from operators.dedup import Origin
+from sinks.retry import RetryPolicy  # the shared policy, importable from here as before
+from sinks.retry import call_with_retry as _call_with_retry
 
 log = logging.getLogger("meterwax.redis")
 
@@ -88,61 +89,13 @@ class DedupUnavailable(RedisUnavailable):
     """The dedup store could not answer a batch within the deadline. No answer was guessed."""
 
 
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Capped exponential backoff with jitter. Attempt n (n >= 1 failures) waits
-    min(maximum, initial * multiplier**(n-1)) scaled by a factor in [1 - jitter, 1] drawn from
-    `random` (injectable for tests). `deadline`: give up once the next attempt would start more
-    than this long after the first; None retries forever."""
-
-    initial: timedelta = timedelta(milliseconds=50)
-    maximum: timedelta = timedelta(seconds=5)
-    multiplier: float = 2.0
-    jitter: float = 0.5
-    deadline: timedelta | None = None
-    random: Callable[[], float] = field(default=_random.random, compare=False)
-
-    def __post_init__(self) -> None:
-        if self.initial <= timedelta(0) or self.maximum < self.initial:
-            msg = "retry delays must be positive and maximum >= initial"
-            raise ValueError(msg)
-        if self.multiplier < 1 or not 0 <= self.jitter <= 1:
-            msg = "retry multiplier must be >= 1 and jitter within [0, 1]"
-            raise ValueError(msg)
-        if self.deadline is not None and self.deadline < timedelta(0):
-            msg = "retry deadline must not be negative"
-            raise ValueError(msg)
-
-    def delay(self, failures: int) -> float:
-        """Seconds to wait after the `failures`-th consecutive failure."""
-        cap = self.maximum.total_seconds()
-        # Bounded exponent: the cap is reached long before the float would overflow.
-        base = min(cap, self.initial.total_seconds() * self.multiplier ** min(failures - 1, 64))
-        return base * (1 - self.jitter * self.random())
-
-
 def call_with_retry(attempt: Callable[[], T], policy: RetryPolicy, *,
                     sleep: Callable[[float], None], clock: Callable[[], float],
                     unavailable: type[RedisUnavailable], what: str) -> T:
-    """Run `attempt` until it succeeds, retrying the errors in RETRYABLE per `policy`."""
-    start = clock()
-    failures = 0
-    while True:
-        try:
-            return attempt()
-        except RETRYABLE as exc:
-            failures += 1
-            delay = policy.delay(failures)
-            elapsed = clock() - start
-            deadline = policy.deadline
-            if deadline is not None and elapsed + delay > deadline.total_seconds():
-                msg = (f"{what}: Redis unavailable for {elapsed:.3f}s over {failures} "
-                       f"attempt(s), deadline {deadline.total_seconds():g}s: "
-                       f"{type(exc).__name__}: {exc}")
-                raise unavailable(msg) from exc
-            log.warning("%s: Redis unavailable (%s: %s); attempt %d failed, retrying in %.3fs",
-                        what, type(exc).__name__, exc, failures, delay)
-            sleep(delay)
+    """`sinks.retry.call_with_retry` for Redis: run `attempt` until it succeeds, retrying the
+    errors in RETRYABLE per `policy`; `unavailable` is raised after its deadline."""
+    return _call_with_retry(attempt, policy, retryable=RETRYABLE, what=what, sleep=sleep,
+                            clock=clock, on_give_up=unavailable, service="Redis", logger=log)
 
 
 def connect(url: str, **kwargs: Any) -> redis.Redis:

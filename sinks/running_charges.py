@@ -33,8 +33,9 @@ hash keeps describing the whole period. Each hash expires `retention` after its 
 
 One round trip per `apply` batch: a single Lua script (EVALSHA, EVAL after NOSCRIPT) does every
 seq-guarded HSET of the batch and the EXPIREATs. Guards make it idempotent, so an unavailable
-server retries the whole batch (see `sinks.redis_dedup` for the policy), and `ChargesUnavailable`
-is raised after the policy's deadline. `read` is one HGETALL and does not retry: an API answering
+server retries the whole batch (`sinks.retry`, the policy every sink shares, with the errors
+`sinks.redis_dedup` counts as Redis being unavailable), and `ChargesUnavailable` is raised after
+the policy's deadline. `read` is one HGETALL and does not retry: an API answering
 in milliseconds should fail fast and let its caller decide.
 """
 
@@ -53,13 +54,8 @@ from operators.invoicing import accrued_fixed_fees
 from operators.money import ZERO, fmt
 from operators.periods import Month
 from schemas.records import RatedWindow
-from sinks.redis_dedup import (
-    LuaScript,
-    RedisUnavailable,
-    RetryPolicy,
-    call_with_retry,
-    connect,
-)
+from sinks.redis_dedup import LuaScript, RedisUnavailable, call_with_retry, connect
+from sinks.retry import RetryPolicy
 
 
 class ChargesUnavailable(RedisUnavailable):

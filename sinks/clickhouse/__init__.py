@@ -31,6 +31,7 @@ from sinks.clickhouse.connect_store import ClickHouseConnectStore
 from sinks.clickhouse.errors import (
     ClickHouseServerError,
     ClickHouseStoreError,
+    ClickHouseUnavailable,
     MigrationChecksumError,
     MigrationError,
     StoreClosedError,
@@ -81,6 +82,7 @@ __all__ = [
     "ClickHouseConnectStore",
     "ClickHouseServerError",
     "ClickHouseStoreError",
+    "ClickHouseUnavailable",
     "Migration",
     "MigrationChecksumError",
     "MigrationError",

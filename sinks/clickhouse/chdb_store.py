@@ -145,6 +145,7 @@ class ChdbStore:
         return self._shared
 
     def write(self, rows: Sequence[RatedWindow]) -> None:
+        # No retry (unlike ClickHouseConnectStore): the engine is in-process, no network to wait.
         if not rows:
             return
         payload = encode_batch(rows)

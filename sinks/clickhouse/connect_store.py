@@ -1,16 +1,30 @@
 """The server backend: rated windows in a ClickHouse server reached over HTTP(S) with
-clickhouse-connect (a real server, or `sinks.clickhouse.http` over a chdb directory)."""
+clickhouse-connect (a real server, or `sinks.clickhouse.http` over a chdb directory).
+
+Every write path retries transient failures with the policy every sink shares (`sinks.retry`,
+as Redis does): connecting, the migrations run on open, and each INSERT. After the policy's
+deadline `ClickHouseUnavailable` is raised; a permanent error (a SQL error, a refused value) is
+raised at once as `ClickHouseServerError` with the server's code. `query` does not retry: a
+reader should fail fast and let its caller decide.
+"""
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from schemas.records import AcceptedEvent, RatedWindow
-from sinks.clickhouse.errors import ClickHouseServerError, StoreClosedError
+from sinks.clickhouse.errors import (
+    ClickHouseServerError,
+    ClickHouseStoreError,
+    ClickHouseUnavailable,
+    StoreClosedError,
+)
 from sinks.clickhouse.migrations import (
     DEFAULT_DATABASE,
     FINAL_VIEW,
@@ -28,6 +42,75 @@ from sinks.clickhouse.rows import (
     encode_batch,
     encode_events,
 )
+from sinks.retry import RetryPolicy, call_with_retry
+
+log = logging.getLogger("meterwax.clickhouse")
+
+T = TypeVar("T")
+
+# Which failures are transient (retried), read from clickhouse-connect's sync HTTP client
+# (driver/exceptions.py, _backend/http_sync.py, _backend/httpcommon.py; 0.8 to 1.x):
+#
+# * `OperationalError`. The client raises it for a transport failure (any urllib3 HTTPError:
+#   connection refused or reset, connect or read timeout, the connection closed before or while
+#   the response came), for HTTP 429, 503 and 504 (`retryable_http_statuses`: an overloaded
+#   server, or a server or proxy restarting), and for a response body cut off mid-read. Its other
+#   uses never come from the calls retried here (Arrow string settings, the async client's
+#   decompression) but one: an unexpected answer to the version and settings queries that
+#   `get_client` sends, i.e. something other than ClickHouse at that address. That is retried
+#   like a server not up yet, and each WARNING line says what answered, until the deadline.
+# * The builtin `ConnectionError` and `TimeoutError`, should one ever escape the client unwrapped.
+# * `DatabaseError` (HTTP 500 with an X-ClickHouse-Exception-Code) only with one of the server
+#   codes in _TRANSIENT_CODES: load, timeouts, replication and Keeper trouble, the server's own
+#   network. Each clears without any change to the statement.
+#
+# Everything else is permanent and raised at once: a SQL or schema error (SYNTAX_ERROR 62,
+# UNKNOWN_TABLE 60, UNKNOWN_IDENTIFIER 47, UNKNOWN_DATABASE 81, ...), a refused value
+# (CANNOT_PARSE_*, INCORRECT_DATA), AUTHENTICATION_FAILED 516, READONLY 164 (a read-only user
+# stays read-only), a `ProgrammingError` (misuse of the client), and a `DatabaseError` without a
+# server code: an HTTP error other than 429/503/504 and without ClickHouse's exception header
+# (a proxy's 502, a 404), which clickhouse-connect does not tell apart, and whose text we never
+# match.
+_TRANSIENT_CODES = frozenset({
+    159,  # TIMEOUT_EXCEEDED
+    202,  # TOO_MANY_SIMULTANEOUS_QUERIES
+    203,  # NO_FREE_CONNECTION
+    209,  # SOCKET_TIMEOUT
+    210,  # NETWORK_ERROR
+    241,  # MEMORY_LIMIT_EXCEEDED: the server's total, taken by other queries (batches are bounded)
+    242,  # TABLE_IS_READ_ONLY: a replica that lost Keeper
+    252,  # TOO_MANY_PARTS: inserts outpacing merges; backing off is the cure
+    279,  # ALL_CONNECTION_TRIES_FAILED
+    285,  # TOO_FEW_LIVE_REPLICAS: insert_quorum not reachable right now
+    319,  # UNKNOWN_STATUS_OF_INSERT: a quorum insert's fate unknown; resend the same block
+    999,  # KEEPER_EXCEPTION
+})
+
+# Retrying a write is safe even when the failed attempt did land (the server committed the block
+# and the reply was lost). rated_windows is a ReplacingMergeTree(revision) sorted by
+# (subscription_id, meter, window_start, row_id), usage_events a ReplacingMergeTree sorted by the
+# event's identity (schemas/clickhouse/migrations/0001_rated_windows.sql, 0002_usage_events.sql):
+# a second copy of a row collapses into the first, and reads through rated_windows_final or FINAL
+# count it once. The retry also sends the same bytes with the same insert_deduplication_token,
+# so with non_replicated_deduplication_window the server usually drops it before it is a part.
+# Migrations are re-runnable statement by statement (IF NOT EXISTS, the rule of
+# 0000_schema_migrations.sql), and a ledger row written twice holds the same checksum, which
+# `apply_migrations` accepts.
+
+
+def _retryable() -> tuple[type[BaseException], ...]:
+    from clickhouse_connect.driver.exceptions import DatabaseError  # see the import in __init__
+
+    return (DatabaseError, ConnectionError, TimeoutError)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failure of a clickhouse-connect call is worth retrying (see _TRANSIENT_CODES)."""
+    from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+
+    if isinstance(exc, OperationalError | ConnectionError | TimeoutError):
+        return True
+    return isinstance(exc, DatabaseError) and exc.code in _TRANSIENT_CODES
 
 
 def _server_error(exc: Exception, doing: str) -> ClickHouseServerError:
@@ -72,6 +155,11 @@ class ClickHouseConnectStore:
     DateTime columns as aware UTC datetimes. Thread-safe (no HTTP session: every request stands
     alone). `url`: `http(s)://[user:password@]host:port`; other URL query parameters go to
     `clickhouse_connect.get_client` (e.g. `?compress=false&connect_timeout=5`).
+
+    `retry`: connecting, migrating and every write retry transient failures (`is_transient`)
+    with this policy; the default, like Redis's, retries forever, so an outage stalls the
+    pipeline instead of failing it. After a deadline `ClickHouseUnavailable` is raised. `sleep`
+    and `clock` are injected for tests.
     """
 
     def __init__(
@@ -82,6 +170,9 @@ class ClickHouseConnectStore:
         username: str = "default",
         password: str = "",
         migrations: Sequence[Migration] | None = None,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -100,24 +191,43 @@ class ClickHouseConnectStore:
         self.url = f"{parts.scheme}://{parts.hostname}:{parts.port}" if parts.port else \
             f"{parts.scheme}://{parts.hostname}"
         options: dict[str, Any] = dict(parse_qsl(parts.query))
-        try:
-            self._client: Any = clickhouse_connect.get_client(
-                interface=parts.scheme, host=parts.hostname, port=parts.port,
+        self.retry = retry if retry is not None else RetryPolicy()
+        self._sleep, self._clock = sleep, clock
+        host, port = parts.hostname, parts.port
+
+        def connect() -> Any:
+            # get_client asks the server for its version and settings: the first request.
+            return clickhouse_connect.get_client(
+                interface=parts.scheme, host=host, port=port,
                 username=unquote(parts.username) if parts.username else username,
                 password=unquote(parts.password) if parts.password else password,
                 # Sessions would serialise the client's threads; nothing here needs one.
                 autogenerate_session_id=False, tz_mode="aware", **options)
-        except Exception as exc:
-            raise _server_error(exc, f"cannot connect to ClickHouse at {self.url}") from exc
+
         self._closed = False
+        self._client: Any = self._retrying(connect, f"connecting to ClickHouse at {self.url}",
+                                           f"cannot connect to ClickHouse at {self.url}")
         self._migration_lock = threading.Lock()
         self.applied: list[int] = []  # versions this open applied
         try:
             with self._migration_lock:
-                self.applied = apply_migrations(self, database, migrations)
+                self.applied = apply_migrations(_Migrating(self), database, migrations)
         except BaseException:
             self.close()
             raise
+
+    def _retrying(self, call: Callable[[], T], what: str, failed: str) -> T:
+        """`call` under the retry policy; a permanent failure as ClickHouseServerError
+        ("{failed}: ..."), the deadline as ClickHouseUnavailable ("{what}: ...")."""
+        try:
+            return call_with_retry(call, self.retry, retryable=_retryable(),
+                                   transient=is_transient, what=what, sleep=self._sleep,
+                                   clock=self._clock, on_give_up=ClickHouseUnavailable,
+                                   service="ClickHouse", logger=log)
+        except ClickHouseStoreError:  # ClickHouseUnavailable, StoreClosedError
+            raise
+        except Exception as exc:
+            raise _server_error(exc, failed) from exc
 
     def _live(self) -> Any:
         if self._closed:
@@ -126,56 +236,63 @@ class ClickHouseConnectStore:
         return self._client
 
     def command(self, sql: str) -> None:
-        """Run a statement without a result (`SqlConnection`, for `apply_migrations`)."""
-        client = self._live()
-        try:
-            client.command(sql)
-        except Exception as exc:
-            raise _server_error(exc, "statement failed") from exc
+        """Run a statement without a result (`SqlConnection`, for `apply_migrations`), retrying
+        transient failures: migration statements are re-runnable."""
+        self._retrying(lambda: self._live().command(sql), "statement", "statement failed")
 
     def write(self, rows: Sequence[RatedWindow]) -> None:
+        """One INSERT, retried while the server is unavailable (safe: see above)."""
         if not rows:
             return
-        payload = encode_batch(rows)
-        client = self._live()
-        try:
-            client.raw_insert(
-                f"`{self.database}`.{TABLE}", COLUMNS, insert_block=payload, fmt="JSONEachRow",
-                settings={"insert_deduplication_token": batch_token(payload),
-                          "input_format_skip_unknown_fields": 0,
-                          "date_time_input_format": "best_effort"})
-        except Exception as exc:
-            raise _server_error(exc, f"insert of {len(rows)} rated windows failed") from exc
+        self._insert(TABLE, COLUMNS, encode_batch(rows), f"insert of {len(rows)} rated windows")
 
     def write_events(self, rows: Sequence[AcceptedEvent]) -> None:
         if not rows:
             return
-        payload = encode_events(rows)
-        client = self._live()
-        try:
-            client.raw_insert(
-                f"`{self.database}`.{EVENTS_TABLE}", EVENT_COLUMNS, insert_block=payload,
-                fmt="JSONEachRow",
-                settings={"insert_deduplication_token": batch_token(payload),
-                          "input_format_skip_unknown_fields": 0,
-                          "date_time_input_format": "best_effort"})
-        except Exception as exc:
-            raise _server_error(exc, f"insert of {len(rows)} usage events failed") from exc
+        self._insert(EVENTS_TABLE, EVENT_COLUMNS, encode_events(rows),
+                     f"insert of {len(rows)} usage events")
+
+    def _insert(self, table: str, columns: Sequence[str], payload: bytes, what: str) -> None:
+        settings = {"insert_deduplication_token": batch_token(payload),
+                    "input_format_skip_unknown_fields": 0,
+                    "date_time_input_format": "best_effort"}
+
+        def insert() -> None:
+            self._live().raw_insert(f"`{self.database}`.{table}", columns, insert_block=payload,
+                                    fmt="JSONEachRow", settings=settings)
+
+        self._retrying(insert, what, f"{what} failed")
 
     def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         """`sql` without a FORMAT clause; `params` fill `{name:Type}` placeholders (bound on the
-        server). Decimal -> Decimal, DateTime* -> aware UTC datetime, integers -> int."""
-        client = self._live()
+        server). Decimal -> Decimal, DateTime* -> aware UTC datetime, integers -> int. Not
+        retried."""
+        return self._query(sql, params, retried=False)
+
+    def _query(self, sql: str, params: Mapping[str, Any] | None, *,
+               retried: bool) -> list[dict[str, Any]]:
         parameters = dict(params) if params else None
-        try:
+
+        def run() -> Any:
+            client = self._live()
             context = client.create_query_context(query=sql, parameters=parameters)
             if context.is_command:
                 # OPTIMIZE, ALTER, ...: clickhouse-connect would return its summary as a row.
                 client.command(sql, parameters=parameters)
-                return []
-            result = client.query(context=context)
-        except Exception as exc:
-            raise _server_error(exc, "query failed") from exc
+                return None
+            return client.query(context=context)
+
+        if retried:
+            result = self._retrying(run, "query", "query failed")
+        else:
+            try:
+                result = run()
+            except ClickHouseStoreError:
+                raise
+            except Exception as exc:
+                raise _server_error(exc, "query failed") from exc
+        if result is None:
+            return []
         names = list(result.column_names)
         converters = [(name, conv) for name, ch_type in zip(names, result.column_types,
                                                             strict=True)
@@ -202,3 +319,17 @@ class ClickHouseConnectStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Migrating:
+    """The store as `apply_migrations` sees it: statements and the ledger read both retried
+    (opening is a write path; the public `query` is not retried)."""
+
+    def __init__(self, store: ClickHouseConnectStore) -> None:
+        self._store = store
+
+    def command(self, sql: str) -> None:
+        self._store.command(sql)
+
+    def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        return self._store._query(sql, params, retried=True)

@@ -44,3 +44,9 @@ class ClickHouseServerError(ClickHouseStoreError, RuntimeError):
         self.code, self.name = code, name
         super().__init__(message)
 
+
+class ClickHouseUnavailable(ClickHouseServerError):
+    """The server could not be reached, or kept failing transiently, until the retry policy's
+    deadline (`ClickHouseConnectStore`'s `retry`). The last write may or may not have landed;
+    writing it again is safe (the tables collapse copies). `code` is None; the last failure is
+    the `__cause__`."""

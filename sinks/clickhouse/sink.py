@@ -1,7 +1,9 @@
 """Bytewax sink adapter for a rated-window store: buffers rows and writes them in large batches.
 
 Rows are idempotent by (row_id, revision) in the store, so a batch re-written after a restart
-changes nothing; buffering only trades latency for fewer, larger inserts.
+changes nothing; buffering only trades latency for fewer, larger inserts. Retries are the store's
+(`ClickHouseConnectStore` retries a failed INSERT under `sinks.retry`'s policy): a flush blocks
+while the server is unavailable and raises `ClickHouseUnavailable` only after the deadline.
 """
 
 from __future__ import annotations
