@@ -3,6 +3,7 @@
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY meterwax meterwax
 COPY flows flows
 COPY operators operators
 COPY sinks sinks

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_run.py --size 1000000 [--workers 2] [--repeat 3]
 
-Generates a dirty workload (flows/workload.py) into a temporary file, then times, best of R:
+Generates a dirty workload (meterwax/workload.py) into a temporary file, then times, best of R:
 
   floor     read the file line by line and decode every line with schemas.events.EVENT_DECODER
             (decode errors caught): the least any pipeline must do per event;
@@ -37,8 +37,8 @@ if str(ROOT) not in sys.path:  # run as a plain script from anywhere
 
 import msgspec  # noqa: E402
 
-from flows.demo import DATA_END  # noqa: E402
-from flows.workload import compose, write_workload  # noqa: E402
+from meterwax.demo import DATA_END  # noqa: E402
+from meterwax.workload import compose, write_workload  # noqa: E402
 from operators.catalog import load_catalog  # noqa: E402
 from operators.engine import run_engine  # noqa: E402
 from operators.ingest import IngestConfig  # noqa: E402
@@ -82,7 +82,7 @@ def default_meterwax() -> list[str]:
     found = shutil.which("meterwax")
     if found:
         return [found]
-    return [sys.executable, "-m", "flows.cli"]
+    return [sys.executable, "-m", "meterwax.cli"]
 
 
 class PipelineFailed(Exception):

@@ -8,7 +8,7 @@
 Two phases, each against fresh resources (a new input topic, a unique output-topic prefix and
 Redis namespace, a new recovery directory, a new ClickHouse directory):
 
-  throughput  N events from flows.workload.generate (the example catalog; dirty, two months of
+  throughput  N events from meterwax.workload.generate (the example catalog; dirty, two months of
               event time) are produced into a fresh topic (--partitions, keyed by subject), then
     floor       a bare confluent-kafka consumer reads every message of the topic and decodes it
                 with schemas.events.EVENT_DECODER (errors caught): the least any Kafka pipeline
@@ -90,7 +90,7 @@ from confluent_kafka import (  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
 from bench.bench_run import default_meterwax  # noqa: E402
-from flows.workload import compose, generate  # noqa: E402
+from meterwax.workload import compose, generate  # noqa: E402
 from operators.catalog import load_catalog  # noqa: E402
 from schemas.events import EVENT_DECODER  # noqa: E402
 
@@ -586,7 +586,7 @@ def throughput_phase(args: argparse.Namespace, res: Resources, cmd_base: list[st
             res.closers.remove(local.close)
     figures["clickhouse_rows"] = rows
     if args.verify and args.partitions == 1:
-        from flows.cli import parse_duration
+        from meterwax.cli import parse_duration
         from operators.engine import run_engine
         from operators.ingest import IngestConfig
 
@@ -888,7 +888,7 @@ def print_throughput(args: argparse.Namespace, f: dict[str, Any]) -> None:
           f"ClickHouse via {f.get('clickhouse')}, {os.cpu_count()} CPUs")
     print(f"  {'measure':<40}{'events/s':>13}{'seconds':>10}{'% of floor':>12}")
     rows: list[tuple[str, float | None, float | None, bool]] = [
-        ("generate (flows.workload)", n / f["generate_s"], f["generate_s"], False),
+        ("generate (meterwax.workload)", n / f["generate_s"], f["generate_s"], False),
         ("produce (confluent-kafka)", f["produce_events_per_s"], f["produce_s"], False),
         ("floor (consume + EVENT_DECODER)", floor_rate, f["floor_s"], True),
         ("stream --stop-at-end (wall clock)", f.get("stream_events_per_s"), f.get("stream_s"),

@@ -1,6 +1,6 @@
 """Every option meterwax reads, parsed and judged in one place.
 
-Both front ends use it: `flows.cli` for the command line of `run`, `demo` and the rest, and
+Both front ends use it: `meterwax.cli` for the command line of `run`, `demo` and the rest, and
 `StreamSettings.from_mapping` for `meterwax stream`, whose options may also come from the
 environment. An option is read one way (`Options`): the flag, else `METERWAX_<NAME>` (for the
 commands that read the environment), else the default. A bad value never stops the reading: it

@@ -29,7 +29,7 @@ eval "$(scripts/services.sh env)"
 echo "METERWAX_KAFKA_BOOTSTRAP=$METERWAX_KAFKA_BOOTSTRAP METERWAX_REDIS_URL=$METERWAX_REDIS_URL"
 
 echo "== ruff"
-.venv/bin/ruff check flows operators sinks schemas tests bench
+.venv/bin/ruff check meterwax flows operators sinks schemas tests bench
 echo "== mypy"
 .venv/bin/mypy
 echo "== pytest"

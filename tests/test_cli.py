@@ -22,7 +22,7 @@ NOW = "2030-01-01T00:00:00Z"
 
 def meterwax(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args], cwd=ROOT, input=stdin.decode()
+        [sys.executable, "-m", "meterwax.cli", *args], cwd=ROOT, input=stdin.decode()
         if stdin is not None else None, capture_output=True, text=True, timeout=300,
         check=False,
     )
@@ -133,7 +133,7 @@ def test_stream_settings_report_every_problem_at_once(tmp_path: Path) -> None:
     env_free = {k: v for k, v in os.environ.items()
                 if not k.startswith("METERWAX_")}
     proc = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "stream", "--catalog", str(tmp_path / "none.yaml"),
+        [sys.executable, "-m", "meterwax.cli", "stream", "--catalog", str(tmp_path / "none.yaml"),
          "--dedup-ttl", "35d"],
         cwd=ROOT, env={**env_free, "METERWAX_WORKERS": "0"}, capture_output=True, text=True,
         timeout=60, check=False)
@@ -155,7 +155,7 @@ def test_every_subcommand_has_help(command: str) -> None:
 def test_serve_clickhouse_as_documented(run_dir: Path) -> None:
     # `meterwax serve-clickhouse --path out/ [--port 8123]`, on a free port.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "serve-clickhouse", "--path", str(run_dir),
+        [sys.executable, "-m", "meterwax.cli", "serve-clickhouse", "--path", str(run_dir),
          "--port", "0"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from test_flow import dirty_lines
 
-from flows import cli, runner
-from flows.cli import main
+from flows import runner
 from flows.settings import SettingsError, StreamSettings, parse_duration
+from meterwax import cli
+from meterwax.cli import main
 from operators.catalog import load_catalog
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +27,7 @@ NOW = "2030-01-01T00:00:00Z"  # after every event of the tests: nothing is FUTUR
 
 
 def meterwax(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "meterwax.cli", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
@@ -284,7 +285,7 @@ def test_a_run_that_fails_half_way_keeps_the_previous_outputs(
 @pytest.fixture(scope="module")
 def big_events(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A workload that takes seconds to rate: long enough to stop a run in the middle."""
-    from flows.workload import write_workload
+    from meterwax.workload import write_workload
 
     path = tmp_path_factory.mktemp("big") / "big.jsonl"
     write_workload(path, load_catalog(CATALOG), 150_000)
@@ -294,7 +295,7 @@ def big_events(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def start_and_stop(big: Path, out: Path, sig: signal.Signals) -> subprocess.Popen[str]:
     """Start a run of `big` into `out`; send `sig` once it is rating into its partial folder."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "run", "--catalog", CATALOG, "--events", str(big),
+        [sys.executable, "-m", "meterwax.cli", "run", "--catalog", CATALOG, "--events", str(big),
          "--out", str(out), "--now", NOW], cwd=ROOT, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, text=True)
     partial = out.with_name(f"{out.name}.partial-{proc.pid}")

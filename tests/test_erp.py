@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_flow import dirty_lines
 
-from flows.workload import generate
+from meterwax.workload import generate
 from operators.catalog import Catalog, load_catalog, parse_catalog
 from operators.engine import EngineResult, run_engine
 from operators.erp import ErpOutput, build_erp, cumulative_split, erp_chain

@@ -8,13 +8,14 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("flows", "operators", "sinks", "schemas")
+PACKAGES = ("meterwax", "flows", "operators", "sinks", "schemas")
 # What each package may import from the others (CONVENTIONS.md, "Packages").
 ALLOWED = {
     "schemas": set(),
     "operators": {"schemas"},
     "sinks": {"schemas", "operators"},
     "flows": {"schemas", "operators", "sinks"},
+    "meterwax": {"schemas", "operators", "sinks", "flows"},
 }
 
 
@@ -68,3 +69,19 @@ def test_no_import_cycles() -> None:
             visit(module, [module])
     assert cycles == []
     assert len(graph) > 30  # the walk saw the real tree
+
+
+def _documented(path: Path) -> dict[str, set[str]]:
+    """The "may import" column of a markdown table whose rows start with a package folder."""
+    rules: dict[str, set[str]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        folder = cells[0].strip("`").rstrip("/")
+        if line.startswith("| `") and folder in PACKAGES:
+            rules[folder] = {name for name in PACKAGES if f"`{name}`" in cells[-1]}
+    return rules
+
+
+def test_the_readme_and_conventions_tables_state_the_enforced_rules() -> None:
+    assert _documented(ROOT / "README.md") == ALLOWED
+    assert _documented(ROOT / "CONVENTIONS.md") == ALLOWED

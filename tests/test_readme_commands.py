@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.workload import write_workload
+from meterwax.workload import write_workload
 from operators.catalog import load_catalog
 
 ROOT = Path(__file__).resolve().parents[1]

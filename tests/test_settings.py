@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from flows import cli
 from flows.settings import (
     Options,
     Secret,
@@ -20,6 +19,7 @@ from flows.settings import (
     parse_duration,
     redact_url,
 )
+from meterwax import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 CATALOG = str(ROOT / "catalog" / "example.yaml")
@@ -55,10 +55,10 @@ def _imports(module: str) -> set[str]:
 
 
 def test_settings_import_neither_front_end() -> None:
-    # The cycle this module ended: stream.py read its durations through flows.cli.
-    assert "flows.cli" not in _imports("flows/stream.py")
-    assert not {"flows.cli", "flows.stream"} & _imports("flows/settings.py")
-    assert "flows.settings" in _imports("flows/cli.py")
+    # The cycle this module ended: stream.py read its durations through meterwax.cli.
+    assert "meterwax.cli" not in _imports("flows/stream.py")
+    assert not {"meterwax.cli", "flows.stream"} & _imports("flows/settings.py")
+    assert "flows.settings" in _imports("meterwax/cli.py")
     assert cli.parse_duration is parse_duration  # bench/bench_stream.py imports it from cli
 
 

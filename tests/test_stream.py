@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from test_flow import dirty_lines
 
-from flows.workload import generate
+from meterwax.workload import generate
 from operators.catalog import load_catalog
 from operators.engine import EngineResult, run_engine
 from operators.erp import build_erp
@@ -72,7 +72,7 @@ class StreamRun:
 
     def start(self, workers: int = 1, *extra: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "stream", "--stop-at-end", *extra],
+            [sys.executable, "-m", "meterwax.cli", "stream", "--stop-at-end", *extra],
             cwd=ROOT, env=self.env(workers), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     def run(self, workers: int = 1, timeout: float = 300) -> None:

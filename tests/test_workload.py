@@ -1,4 +1,4 @@
-"""The demo workload generator (flows/workload.py): deterministic, sized, and as dirty as it says.
+"""The demo workload generator (meterwax/workload.py): deterministic, sized, as dirty as it says.
 
 The line-level checks classify the generated lines independently of the pipeline (plain orjson and
 the catalog); the end-to-end checks run the sequential reference engine over a workload and hold
@@ -18,8 +18,8 @@ from typing import Any
 import orjson
 import pytest
 
-from flows.workload import RATES, Composition, Workload, compose, generate, write_workload
-from flows.workload_faults import BUCKETS, FAULTS, SECONDARY
+from meterwax.workload import RATES, Composition, Workload, compose, generate, write_workload
+from meterwax.workload_faults import BUCKETS, FAULTS, SECONDARY
 from operators import reconcile as reconcile_module
 from operators.catalog import Catalog, load_catalog
 from operators.clock import fixed_clock

@@ -1,4 +1,4 @@
-"""What a catalog implies for the demo workload (flows/workload.py): the time frame, the event
+"""What a catalog implies for the demo workload (meterwax/workload.py): the time frame, the event
 templates, the segments of time with a fixed set of active subscriptions, plan-change boundaries
 and gaps without any subscription, and the time formatting every generated line goes through.
 

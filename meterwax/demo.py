@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from flows import workload as generator
-from flows.report import print_run_summary
 from flows.runner import RunOptions, run_into, staged_output
 from flows.sources import Progress
-from flows.workload import Workload
+from meterwax import workload as generator
+from meterwax.report import print_run_summary
+from meterwax.workload import Workload
 from operators.catalog import Catalog, load_catalog
 from operators.limits import DEFAULT_MAX_FUTURE
 from operators.periods import Month

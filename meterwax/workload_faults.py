@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from flows.workload_model import DAY, HOUR, NOV, START, Model, Segment, Template, fmt_time
+from meterwax.workload_model import DAY, HOUR, NOV, START, Model, Segment, Template, fmt_time
 from operators.catalog import Meter
 
 if TYPE_CHECKING:

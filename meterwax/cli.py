@@ -253,8 +253,8 @@ def _run(args: argparse.Namespace) -> int:
     if checks.problems or catalog is None:
         return checks.report()
 
-    from flows.report import print_run_summary
     from flows.runner import RunOptions, run_file
+    from meterwax.report import print_run_summary
 
     opts = RunOptions(catalog=args.catalog, events=args.events, out_dir=args.out,
                       window=common.window, allowed_lateness=common.allowed_lateness,
@@ -268,7 +268,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from flows.demo import DemoOptions, example_catalog_path, run_demo
+    from meterwax.demo import DemoOptions, example_catalog_path, run_demo
 
     checks = Checks(args)
     common = _common_values(checks, args)

@@ -18,8 +18,8 @@ gives the same bytes on every run and platform. `Composition` (from `compose`, o
 `Workload.composition`) says how many lines of each kind the stream holds, exactly, and which
 pipeline bucket each lands in (`expected_buckets`), so tests can check the pipeline against it.
 
-The catalog model lives in flows/workload_model.py, the injected faults (one function each, with
-the bucket it lands in) in flows/workload_faults.py; this module plans the counts and streams the
+The catalog model lives in meterwax/workload_model.py, the injected faults (one function each, with
+the bucket it lands in) in meterwax/workload_faults.py; this module plans the counts and streams the
 lines.
 
 Generation streams in chunks of at most one hour of event time; memory stays constant apart from
@@ -36,8 +36,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from flows.workload_faults import BUCKETS, FAULTS, SECONDARY, Injector
-from flows.workload_model import (
+from meterwax.workload_faults import BUCKETS, FAULTS, SECONDARY, Injector
+from meterwax.workload_model import (
     DAY,
     DAY0,
     DAYS,
