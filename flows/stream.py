@@ -145,14 +145,23 @@ def build_stream(settings: StreamSettings, catalog: Catalog,
     return flow, store
 
 
+def prepare_recovery_dir(recovery: Path, partitions: int) -> Path:
+    """Create and initialize the recovery folder unless it already holds recovery partitions.
+    A folder that exists but holds none (a fresh Kubernetes volume mounted there, possibly with
+    its `lost+found`) is initialized, not refused; existing partitions are never touched, since
+    they are the state to resume from. One partition per worker keeps snapshot writes from
+    contending."""
+    recovery.mkdir(parents=True, exist_ok=True)
+    if not any(recovery.glob("part-*.sqlite3")):
+        init_db_dir(recovery, partitions)
+    return recovery
+
+
 def run_stream(settings: StreamSettings,
                on_stats: Callable[[Sequence[IngestStats]], None] | None = None) -> None:
     catalog = load_catalog(settings.catalog)
-    recovery = Path(settings.recovery_dir)
-    if not recovery.exists():
-        recovery.mkdir(parents=True)
-        # One recovery partition per worker keeps snapshot writes from contending.
-        init_db_dir(recovery, max(1, settings.workers * max(1, len(settings.addresses))))
+    recovery = prepare_recovery_dir(
+        Path(settings.recovery_dir), max(1, settings.workers * max(1, len(settings.addresses))))
     topics = settings.topics
     ensure_topics(settings.kafka(),
                   compacted=[topics.candidates, topics.ar_invoices, topics.journals,
