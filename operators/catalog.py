@@ -332,12 +332,17 @@ class _Parser:
             else:
                 self.err(join_path(where, key), f"unknown {what}{self.suggest(key, allowed)}")
 
+    def given(self, obj: Mapping[str, Any], key: str, path: str, required: bool) -> Any:
+        """`obj[key]`, or None when it is absent (a problem when `required`)."""
+        value = obj.get(key)
+        if value is None and required:
+            self.err(join_path(path, key), "is required")
+        return value
+
     def text(self, obj: Mapping[str, Any], key: str, path: str, required: bool = True
              ) -> str | None:
-        value = obj.get(key)
+        value = self.given(obj, key, path, required)
         if value is None:
-            if required:
-                self.err(join_path(path, key), "is required")
             return None
         problem = _text_problem(value)
         if problem is not None:
@@ -349,10 +354,8 @@ class _Parser:
         self, obj: Mapping[str, Any], key: str, path: str, required: bool = True,
         positive: bool = False, below: Decimal = MAX_PRICE,
     ) -> Decimal | None:
-        value = obj.get(key)
+        value = self.given(obj, key, path, required)
         if value is None:
-            if required:
-                self.err(join_path(path, key), "is required")
             return None
         problem = None
         parsed = None
@@ -393,10 +396,8 @@ class _Parser:
 
     def instant(self, obj: Mapping[str, Any], key: str, path: str, required: bool = True
                 ) -> datetime | None:
-        value = obj.get(key)
+        value = self.given(obj, key, path, required)
         if value is None:
-            if required:
-                self.err(join_path(path, key), "is required")
             return None
         problem = None
         parsed = None

@@ -267,3 +267,18 @@ def last_cumulative(rows: Iterable[RatedWindow]) -> dict[tuple[str, str, str], R
         if key not in out or row.rating_seq > out[key].rating_seq:
             out[key] = row
     return out
+
+
+class FakeTime:
+    """An injected clock and sleep: sleeping advances the clock, nothing waits."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import redis
+from conftest import FakeTime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from services import counting_client
@@ -77,21 +78,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-class FakeTime:
-    """An injected clock and sleep: sleeping advances the clock, nothing waits."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 # -- semantics -----------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from clickhouse_connect.driver.exceptions import (
     OperationalError,
     ProgrammingError,
 )
+from conftest import FakeTime
 
 from schemas.records import RatedWindow
 from sinks import clickhouse as ch
@@ -37,21 +38,6 @@ from sinks.clickhouse.http import ChdbHttpServer
 from sinks.retry import RetryPolicy, call_with_retry, describe_error
 
 JAN = datetime(2024, 1, 1, tzinfo=UTC)
-
-
-class FakeTime:
-    """A clock that moves only when slept on."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 class Unavailable(Exception):
