@@ -16,7 +16,7 @@ import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -41,7 +41,7 @@ from schemas.reconciliation import Reconciliation, RunFacts
 from schemas.records import ExceptionRecord, InvoiceCandidate
 from sinks.adapters import CallbackSink
 from sinks.clickhouse.sink import RatedWindowSink
-from sinks.files import JsonLinesPartsSink, write_jsonl
+from sinks.files import JsonLinesFile, JsonLinesPartsSink, write_jsonl
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,8 @@ class RunResult:
     catalog: Catalog
     report: Reconciliation
     candidates: list[InvoiceCandidate]
-    exceptions: list[ExceptionRecord]
+    # Streamed from the run's exceptions.jsonl at each use (see `_run`): never held in memory.
+    exceptions: Iterable[ExceptionRecord]
     elapsed_s: float
     progress: Progress = field(default_factory=Progress)
     erp: ErpOutput = field(default_factory=ErpOutput)
@@ -352,13 +353,18 @@ def _run(opts: RunOptions, catalog: Catalog, config: IngestConfig, work: Path, o
     elapsed = _execute(flow, opts.workers)
     progress.done = True
 
-    exceptions = exc_sink.finalize(
+    exc_sink.finalize(
         work / "exceptions.jsonl", ExceptionRecord, lambda e: e.exception_id,
         lambda e: (e.position.get("source", ""), e.position.get("partition", 0),
                    e.position.get("line", e.position.get("offset", 0))))
-    candidates = cand_sink.finalize(
+    # Exceptions can be as many as the input's lines: read from their file when used, never
+    # held. Candidates are one per subscription and month (plus adjustments), and the ERP
+    # mapping needs them together.
+    exceptions = JsonLinesFile(work / "exceptions.jsonl", ExceptionRecord)
+    cand_sink.finalize(
         work / "invoice_candidates.jsonl", InvoiceCandidate, lambda c: c.invoice_candidate_id,
         candidate_order)
+    candidates = list(JsonLinesFile(work / "invoice_candidates.jsonl", InvoiceCandidate))
     rated = rated_summary(store, database)
     erp = build_erp(catalog, candidates)
     _write_erp(work, erp)
@@ -368,7 +374,10 @@ def _run(opts: RunOptions, catalog: Catalog, config: IngestConfig, work: Path, o
     with open(work / "reconciliation.json", "w", encoding="utf-8") as fh:
         json.dump(msgspec.to_builtins(report), fh, indent=2, sort_keys=False)
         fh.write("\n")
-    return RunResult(catalog, report, candidates, exceptions, elapsed, progress, erp)
+    # The caller reads the result once the outputs were swapped into place (`staged_output`).
+    return RunResult(catalog, report, candidates,
+                     JsonLinesFile(out / "exceptions.jsonl", ExceptionRecord), elapsed, progress,
+                     erp)
 
 
 def _execute(flow: Any, workers: int) -> float:

@@ -68,7 +68,7 @@ def print_run_summary(result: RunResult, out: TextIO, detailed: bool = True) -> 
     if events.late_after_close:
         out.write(f"  {events.late_after_close} rated event(s) arrived after their period "
                   f"closed: {report.invoiced.adjustments} adjustment candidate(s)\n")
-    if detailed and result.exceptions:
+    if detailed and (events.exceptions_total or report.rating_failures):
         out.write("\nFirst exceptions\n")
         seen: set[str] = set()
         for e in result.exceptions:
