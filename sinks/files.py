@@ -15,7 +15,7 @@ import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import msgspec
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -85,11 +85,15 @@ class JsonLinesPartsSink(DynamicSink[list[Any]]):
             part.unlink()
         tmp = Path(f"{final}.tmp")
         written = 0
+        def keyed(fh: IO[bytes]) -> Iterator[tuple[tuple[Any, str], bytes]]:
+            # Each line decoded once for the merge; the id is the key's last part. Equal keys
+            # are repeats of one id, so comparing on to their bytes is harmless.
+            return ((key(line), line) for line in fh)
+
         with contextlib.ExitStack() as stack, open(tmp, "wb") as out:
-            readers = [stack.enter_context(open(run, "rb")) for run in runs]
+            readers = [keyed(stack.enter_context(open(run, "rb"))) for run in runs]
             last_id: str | None = None
-            for line in heapq.merge(*readers, key=key):
-                record_id = id_of(decoder.decode(line))
+            for (_, record_id), line in heapq.merge(*readers):
                 if record_id != last_id:
                     out.write(line)
                     written += 1

@@ -119,6 +119,17 @@ def _server_error(exc: Exception, doing: str) -> ClickHouseServerError:
                                  getattr(exc, "name", None))
 
 
+def _mapped(call: Callable[[], T], failed: str) -> T:
+    """`call`, its client errors raised as ClickHouseServerError ("{failed}: ..."); the store's
+    own errors (ClickHouseUnavailable, StoreClosedError) pass as they are."""
+    try:
+        return call()
+    except ClickHouseStoreError:
+        raise
+    except Exception as exc:
+        raise _server_error(exc, failed) from exc
+
+
 def _plain_decimal(value: Decimal) -> Decimal:
     """`value` as ClickHouse prints it (and ChdbStore returns it): no trailing fractional zeros,
     no exponent. The Native reader keeps the column's scale (1.5 -> 1.500000000000000000)."""
@@ -219,15 +230,10 @@ class ClickHouseConnectStore:
     def _retrying(self, call: Callable[[], T], what: str, failed: str) -> T:
         """`call` under the retry policy; a permanent failure as ClickHouseServerError
         ("{failed}: ..."), the deadline as ClickHouseUnavailable ("{what}: ...")."""
-        try:
-            return call_with_retry(call, self.retry, retryable=_retryable(),
-                                   transient=is_transient, what=what, sleep=self._sleep,
-                                   clock=self._clock, on_give_up=ClickHouseUnavailable,
-                                   service="ClickHouse", logger=log)
-        except ClickHouseStoreError:  # ClickHouseUnavailable, StoreClosedError
-            raise
-        except Exception as exc:
-            raise _server_error(exc, failed) from exc
+        return _mapped(lambda: call_with_retry(
+            call, self.retry, retryable=_retryable(), transient=is_transient, what=what,
+            sleep=self._sleep, clock=self._clock, on_give_up=ClickHouseUnavailable,
+            service="ClickHouse", logger=log), failed)
 
     def _live(self) -> Any:
         if self._closed:
@@ -282,15 +288,8 @@ class ClickHouseConnectStore:
                 return None
             return client.query(context=context)
 
-        if retried:
-            result = self._retrying(run, "query", "query failed")
-        else:
-            try:
-                result = run()
-            except ClickHouseStoreError:
-                raise
-            except Exception as exc:
-                raise _server_error(exc, "query failed") from exc
+        result = (self._retrying(run, "query", "query failed") if retried
+                  else _mapped(run, "query failed"))
         if result is None:
             return []
         names = list(result.column_names)
