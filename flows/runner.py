@@ -93,7 +93,8 @@ SELECT subscription_id, period, meter, any(currency) AS currency,
        toString(argMax(cumulative_amount, rating_seq)) AS cumulative_amount,
        toString(sum(toDecimal256(amount_delta, 18))) AS delta_sum,
        toUInt64(sum(event_count)) AS events,
-       toUInt64(count()) AS windows
+       toUInt64(countIf(row_kind = 'window')) AS windows,
+       toUInt64(countIf(row_kind = 'correction')) AS corrections
 FROM {db}.rated_windows FINAL
 GROUP BY subscription_id, period, meter
 """
@@ -110,6 +111,7 @@ def rated_summary(store: Any, database: str) -> dict[RatedKey, RatedSummary]:
             delta_sum=Decimal(row["delta_sum"]),
             events=int(row["events"]),
             windows=int(row["windows"]),
+            corrections=int(row["corrections"]),
         )
     return out
 

@@ -90,7 +90,7 @@ def print_run_summary(result: RunResult, out: TextIO, detailed: bool = True) -> 
         out.write(f"  invoiced {cur}: ready {totals.ready}, held {totals.held}\n")
     out.write(f"  {inv.candidates} invoice candidates + {inv.adjustments} adjustments "
               f"({inv.ready} ready, {inv.held} held), "
-              f"{report.rated_windows} rated windows\n")
+              f"{report.rated_windows} rated windows + {report.rated_corrections} corrections\n")
     if report.balanced:
         out.write("  VERDICT: BALANCED — every event is in exactly one bucket and every total "
                   "agrees\n")

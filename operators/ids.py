@@ -8,6 +8,7 @@ second worker produces the same id for the same thing, and nothing else in the c
     exception              <source>:<number>:<offset or line>  file:0:17
     rating failure         <subscription>:rating-failure-<n>
     rated window row       <subscription>:<meter>:<window start, epoch seconds>
+    correction row         <window row>:c<rating seq>          sub-acme-1:tokens:1790812800:c57
     invoice candidate      <subscription>:<YYYY-MM>            sub-acme-1:2026-10
     adjustment             <candidate>:adj-<n>                 sub-acme-1:2026-10:adj-2
     line (key)             fee:<fee> | usage:<meter> | minimum:<meter>
@@ -45,6 +46,13 @@ def rating_failure_id(subscription_id: str, n: int) -> str:
 
 def window_row_id(subscription_id: str, meter: str, window_start: int) -> str:
     return f"{subscription_id}:{meter}:{window_start}"
+
+
+def correction_row_id(subscription_id: str, meter: str, window_start: int, rating_seq: int
+                      ) -> str:
+    """A late contribution's own row: the rating step (numbered within the subscription) is
+    what makes it unique, and the same op sequence numbers it the same way on a replay."""
+    return f"{window_row_id(subscription_id, meter, window_start)}:c{rating_seq}"
 
 
 def candidate_id(subscription_id: str, period: str) -> str:

@@ -7,10 +7,14 @@ charge's pricer, and book the difference from what was rated before. The sum of 
 is therefore exactly the price of its quantity, whatever the window split or arrival order, and
 the running charge is always current.
 
-A contribution to a window that was already rated re-opens it: the window is rated again and
-re-emitted with `revision + 1` and its accumulated totals (the store keeps the highest revision).
-A contribution to a period whose invoice candidate was already issued is never dropped: it is
-rated the same way and yields an adjustment candidate carrying the line deltas.
+A rated window leaves the state: what a period keeps is its aggregates, amounts and what was
+issued, never its windows, so the state follows the windows in flight, not the months elapsed.
+Usage that arrives for a window whose end the watermark had already passed (the highest watermark
+this rater has seen, so "late" means the same whatever the window's history) is rated on its own,
+as a correction row with its own id, carrying only its events, quantity and delta; the store adds
+it to the window row instead of replacing anything. A contribution to a period whose invoice
+candidate was already issued is never dropped: it is rated the same way, as a correction, and
+yields an adjustment candidate carrying the line deltas.
 
 The crash-safe boundary: `apply` never raises. An op whose rating fails becomes an exception
 record (PERIOD_LIMIT_EXCEEDED when a period would pass what the store holds, which only several
@@ -35,7 +39,7 @@ from decimal import Decimal
 import msgspec
 
 from operators import ids
-from operators.aggregators import Aggregate, new_aggregate
+from operators.aggregators import Aggregate
 from operators.catalog import Catalog, Subscription
 from operators.invoicing import LineValue, candidate, diff_lines, period_lines
 from operators.limits import STORE_LIMIT
@@ -67,23 +71,19 @@ def _utc(ts: int) -> datetime:
 
 
 class Window(msgspec.Struct, gc=False):
-    # A struct outside the cyclic GC, like the aggregates it holds (see operators/aggregators.py):
-    # a rater keeps one per window for the whole run, so as plain objects they dominated what
-    # every full collection re-scanned. It references only numbers and aggregates: no cycles.
+    # A struct outside the cyclic GC, like the aggregate it holds (operators/aggregators.py): it
+    # references only numbers and an aggregate, so it can hold no cycle.
     end: int
-    open_agg: Aggregate | None = None  # contributions not yet rated
-    open_events: int = 0
-    total_agg: Aggregate | None = None  # everything rated into this window so far
-    total_events: int = 0
-    total_delta: Decimal = ZERO
-    revision: int = -1
+    agg: Aggregate  # the contributions not yet rated
+    events: int
+    correction: bool  # its end had passed the watermark when it was opened (module docstring)
 
 
 @dataclass
 class PeriodState:
     aggs: dict[str, Aggregate] = field(default_factory=dict)  # meter -> rated period aggregate
     rated: dict[str, Decimal] = field(default_factory=dict)  # meter -> exact rated amount
-    windows: dict[tuple[str, int], Window] = field(default_factory=dict)
+    windows: dict[tuple[str, int], Window] = field(default_factory=dict)  # open ones only
     closed: bool = False
     issued: dict[str, LineValue] = field(default_factory=dict)  # lines issued so far (summed)
     adjustments: int = 0
@@ -100,6 +100,7 @@ class RaterState:
     closed: set[str] = field(default_factory=set)
     heap: list[tuple[int, str, str, int]] = field(default_factory=list)  # (end, period, meter, ws)
     rating_seq: int = 0
+    high: int = -1  # the highest watermark of any op applied (epoch seconds)
     failures: int = 0  # ops whose rating failed (see the module docstring); numbers their ids
 
 
@@ -123,8 +124,11 @@ class SubscriptionRater:
 
     def apply(self, ops: list[Op]) -> list[Output]:
         out: list[Output] = []
+        state = self.state
         for op in ops:
             try:
+                if op.watermark > state.high:
+                    state.high = op.watermark
                 if isinstance(op, Usage):
                     self._usage(op, out)
                 elif isinstance(op, Tick):
@@ -177,17 +181,16 @@ class SubscriptionRater:
             # boundary, or at the period's end.
             w = self.window_seconds
             w_end = min(window_start - window_start % w + w, self._period_end(period))
-            win = pstate.windows[key] = Window(end=w_end)
-        if win.open_agg is None:
-            win.open_agg = partial.copy()
-            heapq.heappush(state.heap, (win.end, period, meter, window_start))
+            win = pstate.windows[key] = Window(w_end, partial.copy(), events,
+                                               pstate.closed or w_end <= state.high)
+            heapq.heappush(state.heap, (w_end, period, meter, window_start))
         else:
-            win.open_agg.merge(partial)
-        win.open_events += events
+            win.agg.merge(partial)
+            win.events += events
         touched: set[str] = set()
         if state.heap[0][0] <= wm:
             self._close_windows(wm, out, touched)
-        if pstate.closed and win.open_agg is not None:
+        if pstate.closed and key in pstate.windows:
             # Usage for an issued period is adjusted at once. From a single input partition
             # its window has always ended by the watermark (closed above); from several, this
             # op's partition may be behind the one whose watermark closed the period, and
@@ -206,10 +209,12 @@ class SubscriptionRater:
                      touched: set[str]) -> None:
         state = self.state
         pstate = state.periods[period]
-        win = pstate.windows[(meter, ws)]
-        opened = win.open_agg
-        if opened is None:
+        # Rated or not, the window leaves the state: its heap entry may be stale (a window of a
+        # closed period is rated as soon as it opens), and a later contribution opens a new one.
+        win = pstate.windows.pop((meter, ws), None)
+        if win is None:
             return
+        opened = win.agg
         try:
             agg = pstate.aggs.get(meter)
             q = opened.quantity() if agg is None else agg.merged_quantity(opened)
@@ -220,14 +225,12 @@ class SubscriptionRater:
                 raise RatingLimitError(msg)
             # Priced: from here on nothing can fail, so the state changes only now.
             if agg is None:
-                agg = pstate.aggs[meter] = new_aggregate(self._aggregation[meter])
-            agg.merge(opened)
-            if win.total_agg is None:
-                win.total_agg = opened
+                # The window is gone from the state, so its aggregate can become the period's.
+                wq = q
+                pstate.aggs[meter] = opened
             else:
-                win.total_agg.merge(opened)
-            win.total_events += win.open_events
-            win.open_agg, win.open_events = None, 0
+                wq = opened.quantity()
+                agg.merge(opened)
             delta = amount - pstate.rated.get(meter, ZERO)
             pstate.rated[meter] = amount
             if delta:
@@ -236,14 +239,13 @@ class SubscriptionRater:
                     days = pstate.daily[meter] = {}
                 day = ws // 86400
                 days[day] = days.get(day, ZERO) + delta
-            win.total_delta += delta
-            win.revision += 1
             state.rating_seq += 1
             if pstate.closed:
                 touched.add(period)
             sub = self.sub
             out.append(RatedWindow(
-                row_id=ids.window_row_id(sub.id, meter, ws),
+                row_id=(ids.correction_row_id(sub.id, meter, ws, state.rating_seq)
+                        if win.correction else ids.window_row_id(sub.id, meter, ws)),
                 subscription_id=sub.id,
                 customer_id=self.customer.id,
                 plan_id=self.plan.id,
@@ -253,22 +255,22 @@ class SubscriptionRater:
                 period=period,
                 window_start=_utc(ws),
                 window_end=_utc(win.end),
-                revision=win.revision,
-                event_count=win.total_events,
-                window_quantity=win.total_agg.quantity(),
+                revision=0,
+                event_count=win.events,
+                window_quantity=wq,
                 cumulative_quantity=q,
-                amount_delta=win.total_delta,
+                amount_delta=delta,
                 cumulative_amount=amount,
                 rating_seq=state.rating_seq,
                 after_close=pstate.closed,
+                row_kind="correction" if win.correction else "window",
             ))
         except Exception as exc:  # the crash-safe boundary (module docstring)
-            out.append(self._failure(exc, {"op": "rate_window", "period": period, "meter": meter,
-                                           "window_start": _utc(ws).isoformat(),
-                                           "events": win.open_events}))
             # Pricing comes before any change of state, so dropping the window's unrated
             # contributions leaves the subscription as if they had never arrived.
-            win.open_agg, win.open_events = None, 0
+            out.append(self._failure(exc, {"op": "rate_window", "period": period, "meter": meter,
+                                           "window_start": _utc(ws).isoformat(),
+                                           "events": win.events}))
 
     def _quantities(self, pstate: PeriodState) -> dict[str, Decimal]:
         return {m: agg.quantity() for m, agg in pstate.aggs.items()}
@@ -312,8 +314,7 @@ class SubscriptionRater:
             pstate = state.periods[period] = PeriodState()
         # At end of input the watermark's own period closes with windows still open: rate them
         # first, in window order, so the invoice includes every accepted event.
-        pending = sorted((w.end, m, ws) for (m, ws), w in pstate.windows.items()
-                         if w.open_agg is not None)
+        pending = sorted((w.end, m, ws) for (m, ws), w in pstate.windows.items())
         for _, meter, ws in pending:
             self._rate_window(period, meter, ws, out, set())
         state.heap = [h for h in state.heap if h[1] != period]

@@ -56,9 +56,10 @@ class RatedSummary:
     currency: str
     cumulative_quantity: Decimal  # of the last rating step
     cumulative_amount: Decimal  # of the last rating step
-    delta_sum: Decimal  # sum of the windows' amount deltas
-    events: int  # sum of the windows' event counts
-    windows: int
+    delta_sum: Decimal  # sum of the rows' amount deltas
+    events: int  # sum of the rows' event counts
+    windows: int  # window rows
+    corrections: int = 0  # correction rows (schemas/records.RatedWindow)
 
 
 RatedKey = tuple[str, str, str]
@@ -82,7 +83,8 @@ def summarize(rows: Iterable[RatedWindow]) -> dict[RatedKey, RatedSummary]:
             cumulative_amount=last.cumulative_amount,
             delta_sum=sum((r.amount_delta for r in group), ZERO),
             events=sum(r.event_count for r in group),
-            windows=len(group),
+            windows=sum(1 for r in group if r.row_kind == "window"),
+            corrections=sum(1 for r in group if r.row_kind == "correction"),
         )
     return out
 
@@ -150,6 +152,7 @@ def reconcile(catalog: Catalog, stats: StatsTotal, rated: dict[RatedKey, RatedSu
                                 for cur, t in sorted(invoiced.totals.items())},
         ),
         rated_windows=sum(r.windows for r in rated.values()),
+        rated_corrections=sum(r.corrections for r in rated.values()),
         erp=erp_summary,
     )
 

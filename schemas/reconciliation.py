@@ -108,6 +108,7 @@ class Reconciliation(msgspec.Struct, frozen=True, omit_defaults=True):
     rating_failures: int
     meters: dict[str, MeterTotals]
     invoiced: InvoicedSummary
-    rated_windows: int
+    rated_windows: int  # window rows in the store
+    rated_corrections: int = 0  # correction rows (late usage rated on its own)
     erp: ErpSummary | None = None
     run: RunFacts | None = None

@@ -19,21 +19,25 @@ INVALID_EVENT: Final = "INVALID_EVENT"
 UNKNOWN_SUBJECT: Final = "UNKNOWN_SUBJECT"
 NO_ACTIVE_SUBSCRIPTION: Final = "NO_ACTIVE_SUBSCRIPTION"
 FUTURE_EVENT: Final = "FUTURE_EVENT"  # dated too far ahead of the processing clock; retry it later
+# Dated in a period retired past its retention horizon: its dedup record may be gone, so it can no
+# longer be told from a replayed duplicate, and rating it could count it twice.
+LATE_BEYOND_RETENTION: Final = "LATE_BEYOND_RETENTION"
 INVALID_VALUE: Final = "INVALID_VALUE"
 # Accepting the event would take its period's quantity or amount beyond what can be stored.
 PERIOD_LIMIT_EXCEEDED: Final = "PERIOD_LIMIT_EXCEEDED"
 # Anything unforeseen while judging or rating one event: the flow goes on without it.
 INTERNAL_ERROR: Final = "INTERNAL_ERROR"
-REASONS = (INVALID_JSON, INVALID_EVENT, FUTURE_EVENT, UNKNOWN_SUBJECT, NO_ACTIVE_SUBSCRIPTION,
-           INVALID_VALUE, PERIOD_LIMIT_EXCEEDED, INTERNAL_ERROR)
-Reason = Literal["INVALID_JSON", "INVALID_EVENT", "FUTURE_EVENT", "UNKNOWN_SUBJECT",
-                 "NO_ACTIVE_SUBSCRIPTION", "INVALID_VALUE", "PERIOD_LIMIT_EXCEEDED",
-                 "INTERNAL_ERROR"]
+REASONS = (INVALID_JSON, INVALID_EVENT, FUTURE_EVENT, LATE_BEYOND_RETENTION, UNKNOWN_SUBJECT,
+           NO_ACTIVE_SUBSCRIPTION, INVALID_VALUE, PERIOD_LIMIT_EXCEEDED, INTERNAL_ERROR)
+Reason = Literal["INVALID_JSON", "INVALID_EVENT", "FUTURE_EVENT", "LATE_BEYOND_RETENTION",
+                 "UNKNOWN_SUBJECT", "NO_ACTIVE_SUBSCRIPTION", "INVALID_VALUE",
+                 "PERIOD_LIMIT_EXCEEDED", "INTERNAL_ERROR"]
 
 LineKind = Literal["fixed_fee", "usage", "minimum_true_up"]
 CandidateType = Literal["invoice", "adjustment"]
 CandidateStatus = Literal["ready", "held"]
 Recognition = Literal["consumption", "ratable", "point_in_time"]
+RowKind = Literal["window", "correction"]
 
 
 class ExceptionRecord(msgspec.Struct, kw_only=True):
@@ -49,9 +53,19 @@ class ExceptionRecord(msgspec.Struct, kw_only=True):
 
 
 class RatedWindow(msgspec.Struct, kw_only=True):
-    """One row per subscription, meter and window. A window that receives late usage after it was
-    rated is re-emitted with a higher `revision` and its accumulated totals; the store keeps the
-    highest revision (ReplacingMergeTree), so re-emission and replay never double-count."""
+    """One rating step of one subscription's meter: a row the store adds up.
+
+    `row_kind` "window": the window's usage, rated once when the watermark reached its end (id
+    `<sub>:<meter>:<window start>`). "correction": usage that arrived after its window's end had
+    already passed the watermark (or after its period was invoiced), rated on its own (id
+    `<window row>:c<rating_seq>`): only that usage's events, quantity and amount delta. A window
+    has at most one window row and any number of corrections; the rater keeps neither once
+    emitted. Summed over a period's rows, `event_count` and `amount_delta` are the period's; the
+    row with the highest `rating_seq` carries the period's cumulative quantity and amount.
+    `window_quantity` is the row's own usage, which adds up across rows for `sum` and `count`
+    meters only (a max, a distinct count or a latest value of parts is not their sum).
+    `revision` is 0 for every row written today (rows are never re-emitted; the store still
+    collapses identical replayed copies by row id)."""
 
     row_id: str
     subscription_id: str
@@ -71,6 +85,7 @@ class RatedWindow(msgspec.Struct, kw_only=True):
     cumulative_amount: Decimal  # exact, unrounded: period amount rated so far
     rating_seq: int  # order of rating steps within the subscription
     after_close: bool  # rated into a period whose invoice candidate was already issued
+    row_kind: RowKind = "window"
 
 
 class InvoiceLine(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -20,6 +20,8 @@ def test_every_id_has_its_documented_format() -> None:
     assert ids.schedule_id("s:2026-10:fee:platform") == "rs:s:2026-10:fee:platform"
     assert ids.journal_id("us-inc", "USD", "2026-10") == "us-inc:USD:2026-10"
     assert ids.window_row_id("sub-acme-1", "tokens", 1790812800) == "sub-acme-1:tokens:1790812800"
+    assert (ids.correction_row_id("sub-acme-1", "tokens", 1790812800, 57)
+            == "sub-acme-1:tokens:1790812800:c57")
     assert ids.exception_id("file", 0, 17) == "file:0:17"
     assert ids.rating_failure_id("sub-acme-1", 3) == "sub-acme-1:rating-failure-3"
     assert ids.performance_obligation("sub-acme-1", "tokens") == "sub-acme-1:tokens"

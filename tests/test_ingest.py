@@ -455,6 +455,7 @@ def test_mixed_stream_reconciles_bucket_by_bucket() -> None:
         "unmetered": 1,
         "unmetered_not_in_plan": 0,
         "exceptions": {"INVALID_JSON": 1, "INVALID_EVENT": 1, "FUTURE_EVENT": 0,
+                       "LATE_BEYOND_RETENTION": 0,
                        "UNKNOWN_SUBJECT": 1, "NO_ACTIVE_SUBSCRIPTION": 1, "INVALID_VALUE": 1,
                        "PERIOD_LIMIT_EXCEEDED": 0, "INTERNAL_ERROR": 0},
         "exceptions_total": 5,

@@ -1,5 +1,6 @@
 """Streaming rating: tumbling event-time windows rated as deltas of the period amount, periods
-closed by the watermark, late usage as revisions and adjustment candidates, end-of-input closes."""
+closed by the watermark, late usage as correction rows and adjustment candidates, end-of-input
+closes."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from conftest import (
     customer,
     delta_sums,
     event,
-    final_windows,
     last_cumulative,
     lines_of,
     period_totals,
@@ -28,14 +28,22 @@ from conftest import (
     utc,
 )
 
+from operators.aggregators import Count
 from operators.catalog import Catalog, load_catalog, parse_catalog
 from operators.engine import EngineResult
 from operators.periods import Month
+from operators.protocol import Usage
+from operators.rating import SubscriptionRater
 from schemas.reconciliation import Reconciliation
+from schemas.records import RatedWindow
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "catalog" / "example.yaml"
 HOUR = timedelta(hours=1)
 
+
+
+def agg_of(n: int) -> Count:
+    return Count(n)
 
 
 def calls(*times: str, prefix: str = "e", subject: str = "s1") -> list[bytes]:
@@ -127,24 +135,51 @@ def test_windows_are_cut_at_month_boundaries() -> None:
     balanced(cat, result)
 
 
-def test_late_usage_in_a_rated_window_re_emits_it_with_the_next_revision() -> None:
+def test_late_usage_in_a_rated_window_is_a_correction_row_of_its_own() -> None:
     cat = simple_catalog()   # calls per_unit 1.00
     result = run(cat, calls("2026-10-05T10:00:10Z", "2026-10-05T10:05:00Z",
                             "2026-10-05T10:00:30Z"))
     w0 = int(utc(2026, 10, 5, 10, 0).timestamp())
     w5 = int(utc(2026, 10, 5, 10, 5).timestamp())
-    assert [(r.row_id, r.revision, r.event_count, r.window_quantity, r.amount_delta,
-             r.cumulative_amount) for r in result.windows] == [
-        (f"sub-1:calls:{w0}", 0, 1, 1, D("1.00"), D("1.00")),   # closed by the 10:05 event
-        (f"sub-1:calls:{w0}", 1, 2, 2, D("2.00"), D("2.00")),   # the late 10:00:30 re-opens it
-        (f"sub-1:calls:{w5}", 0, 1, 1, D("1.00"), D("3.00")),   # closed at end of input
+    assert [(r.row_id, r.row_kind, r.revision, r.event_count, r.window_quantity,
+             r.amount_delta, r.cumulative_quantity, r.cumulative_amount, r.rating_seq)
+            for r in result.windows] == [
+        # closed by the 10:05 event
+        (f"sub-1:calls:{w0}", "window", 0, 1, 1, D("1.00"), 1, D("1.00"), 1),
+        # the late 10:00:30: only its own event and delta, under its own id
+        (f"sub-1:calls:{w0}:c2", "correction", 0, 1, 1, D("1.00"), 2, D("2.00"), 2),
+        # closed at end of input
+        (f"sub-1:calls:{w5}", "window", 0, 1, 1, D("1.00"), 3, D("3.00"), 3),
     ]
-    finals = final_windows(result.windows)
-    assert {k: v.revision for k, v in finals.items()} == {f"sub-1:calls:{w0}": 1,
-                                                          f"sub-1:calls:{w5}": 0}
     assert delta_sums(result.windows) == {("sub-1", "2026-10", "calls"): D("3.00")}
     assert result.candidates[0].subtotal == D("3.00")
     balanced(cat, result)
+
+
+def test_a_rated_window_leaves_the_state_and_late_usage_opens_a_correction() -> None:
+    """The rater's state holds only the windows not yet rated: after the watermark passed them
+    nothing of them is left, however many there were, and every late contribution is its own
+    correction row (never a second window row under an emitted id)."""
+    cat = simple_catalog()
+    rater = SubscriptionRater(cat, "sub-1", timedelta(minutes=1))
+    base = int(utc(2026, 10, 5).timestamp())
+    out = []
+    for i in range(500):
+        ts = base + 60 * i + 5
+        out += rater.apply([Usage("2026-10", "calls", ts - ts % 60, agg_of(1), 1, ts)])
+    pstate = rater.state.periods["2026-10"]
+    assert len(pstate.windows) == 1  # only the newest window is open
+    late = base + 60 * 10 + 30
+    out += rater.apply([Usage("2026-10", "calls", late - late % 60, agg_of(1), 1, ts)])
+    out += rater.apply([Usage("2026-10", "calls", late - late % 60, agg_of(1), 1, ts)])
+    assert len(pstate.windows) == 1
+    rows = [r for r in out if isinstance(r, RatedWindow)]
+    assert len({r.row_id for r in rows}) == len(rows) == 499 + 2
+    assert [r.row_kind for r in rows[-2:]] == ["correction", "correction"]
+    assert [r.row_id for r in rows[-2:]] == [
+        f"sub-1:calls:{base + 600}:c500", f"sub-1:calls:{base + 600}:c501"]
+    # 502 events: the newest window's is not rated yet.
+    assert sum(r.event_count for r in rows) == rows[-1].cumulative_quantity == 501
 
 
 def test_each_meter_has_its_own_windows() -> None:
