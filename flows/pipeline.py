@@ -34,7 +34,7 @@ from operators import ids
 from operators.catalog import Catalog
 from operators.dedup import DedupStore, MemoryDedup
 from operators.ingest import IngestConfig, Ingestor, IngestOutput, IngestState, IngestStats
-from operators.protocol import SubscriptionOps
+from operators.protocol import PeriodRetired, SubscriptionOps
 from operators.rating import SubscriptionRater
 from schemas.records import AcceptedEvent, ExceptionRecord, InvoiceCandidate, RatedWindow
 
@@ -83,8 +83,15 @@ class Candidates(msgspec.Struct, array_like=True, gc=False):
     items: list[InvoiceCandidate]
 
 
+class Retirements(msgspec.Struct, array_like=True, gc=False):
+    items: list[PeriodRetired]
+
+
 IngestItem = Rejected | Accepted | IngestStats | SubscriptionOps
-RatingItem = RatedRows | Candidates | Rejected
+RatingItem = RatedRows | Candidates | Rejected | Retirements
+# What the journal step reads (stream mode): one subscription's candidates and retirements in the
+# order its rater emitted them, so a retirement never overtakes a candidate it follows.
+JournalFeed = list[InvoiceCandidate | PeriodRetired]
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,7 @@ class RatingStreams:
     windows: Stream[list[RatedWindow]]
     candidates: Stream[list[InvoiceCandidate]]
     failures: Stream[list[ExceptionRecord]]  # rating steps that failed (operators/rating.py)
+    journal_feed: Stream[JournalFeed]
 
 
 # Bytewax builds stateful logic without telling it its key, so both logics below learn it from
@@ -157,10 +165,7 @@ class IngestLogic(StatefulBatchLogic[Chunk, IngestItem, Any]):
 
 
 def memory_dedup(snapshot: Any) -> DedupStore:
-    store = MemoryDedup()
-    if snapshot:
-        store.first = dict(snapshot)
-    return store
+    return MemoryDedup.restore(snapshot)
 
 
 class RateLogic(StatefulBatchLogic[SubscriptionOps, RatingItem, Any]):
@@ -181,12 +186,15 @@ class RateLogic(StatefulBatchLogic[SubscriptionOps, RatingItem, Any]):
         windows: list[RatedWindow] = []
         candidates: list[InvoiceCandidate] = []
         failures: list[ExceptionRecord] = []
+        retired: list[PeriodRetired] = []
         for item in values:
             for output in rater.apply(item.ops):
                 if isinstance(output, RatedWindow):
                     windows.append(output)
                 elif isinstance(output, ExceptionRecord):
                     failures.append(output)
+                elif isinstance(output, PeriodRetired):
+                    retired.append(output)
                 else:
                     candidates.append(output)
         out: list[RatingItem] = []
@@ -196,6 +204,9 @@ class RateLogic(StatefulBatchLogic[SubscriptionOps, RatingItem, Any]):
             out.append(Candidates(candidates))
         if failures:
             out.append(Rejected(failures))
+        if retired:
+            # After the candidates: a batch's retirements follow everything it issued.
+            out.append(Retirements(retired))
         return out, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> Any:
@@ -235,17 +246,25 @@ def rate(catalog: Catalog, config: IngestConfig, ops: Stream[SubscriptionOps],
         windows=_of_type("windows", rated, RatedRows, lambda r: r.rows),
         candidates=_of_type("candidates", rated, Candidates, lambda c: c.items),
         failures=_of_type("rating_failures", rated, Rejected, lambda r: r.records),
+        journal_feed=op.filter_map("journal_feed", rated, _journal_items),
     )
+
+
+def _journal_items(item: RatingItem) -> JournalFeed | None:
+    if type(item) is Candidates or type(item) is Retirements:
+        return list(item.items)
+    return None
 
 
 def build_flow(catalog: Catalog, config: IngestConfig, source: Source[Chunk], sinks: Sinks,
                dedup_factory: Callable[[Any], DedupStore] = memory_dedup,
                flow_id: str = "meterwax", recoverable: bool = True,
-               with_candidates: Callable[[Any], None] | None = None) -> Dataflow:
+               with_journal_feed: Callable[[Stream[JournalFeed]], None] | None = None
+               ) -> Dataflow:
     """`recoverable=False` (file mode, no recovery store) makes snapshots empty: Bytewax asks
     for them at every epoch end even when nothing will ever read them, and pickling all window
-    state was 13% of a file run. `with_candidates` receives the candidate stream to attach more
-    steps to it (stream mode's journal step)."""
+    state was 13% of a file run. `with_journal_feed` receives the candidates and retirements, in
+    rating order, to attach stream mode's journal step to."""
     flow = Dataflow(flow_id)
     judged = ingest(catalog, config, op.input("input", flow, source), dedup_factory,
                     recoverable)
@@ -257,6 +276,6 @@ def build_flow(catalog: Catalog, config: IngestConfig, source: Source[Chunk], si
              sinks.exceptions)
     _outputs("windows_out", rated.windows, sinks.windows)
     _outputs("candidates_out", rated.candidates, sinks.candidates)
-    if with_candidates is not None:
-        with_candidates(rated.candidates)
+    if with_journal_feed is not None:
+        with_journal_feed(rated.journal_feed)
     return flow

@@ -34,7 +34,7 @@ from operators.catalog import Catalog, load_catalog
 from operators.clock import fixed_clock, system_clock
 from operators.erp import ErpOutput, build_erp
 from operators.ingest import IngestConfig, IngestStats
-from operators.limits import DEFAULT_MAX_FUTURE
+from operators.limits import DEFAULT_MAX_FUTURE, DEFAULT_RETENTION
 from operators.periods import Month
 from operators.reconcile import RatedKey, RatedSummary, StatsTotal, reconcile
 from schemas.reconciliation import Reconciliation, RunFacts
@@ -55,12 +55,14 @@ class RunOptions:
     workers: int = 1
     chunk_lines: int = 2000
     max_future: timedelta = DEFAULT_MAX_FUTURE
+    retention: timedelta = DEFAULT_RETENTION  # and file mode's dedup memory (operators/dedup.py)
     # Judge the input as of this instant instead of the system clock (replays, the demo).
     now: datetime | None = None
 
     def ingest_config(self) -> IngestConfig:
         return IngestConfig(window=self.window, allowed_lateness=self.allowed_lateness,
                             bill_from=self.bill_from, max_future=self.max_future,
+                            retention=self.retention,
                             clock=system_clock if self.now is None else fixed_clock(self.now))
 
 
@@ -420,6 +422,7 @@ def _run_facts(opts: RunOptions, elapsed: float, stats: StatsTotal, out: Path) -
         allowed_lateness_seconds=int(opts.allowed_lateness.total_seconds()),
         workers=opts.workers,
         max_future_seconds=int(opts.max_future.total_seconds()),
+        retention_seconds=int(opts.retention.total_seconds()),
         now=None if opts.now is None else opts.now.astimezone(UTC).isoformat(),
         elapsed_seconds=round(elapsed, 3),
         events_per_second=round(stats.read / elapsed) if elapsed > 0 else None,

@@ -23,7 +23,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from operators.limits import DEFAULT_MAX_FUTURE, MAX_DURATION, MAX_TIME, MIN_TIME
+from operators.limits import (
+    DEFAULT_MAX_FUTURE,
+    DEFAULT_RETENTION,
+    MAX_DURATION,
+    MAX_TIME,
+    MIN_TIME,
+)
 from operators.periods import Month
 
 if TYPE_CHECKING:
@@ -35,7 +41,7 @@ ENV_PREFIX = "METERWAX_"
 
 DEFAULT_WINDOW = timedelta(minutes=1)
 DEFAULT_LATENESS = timedelta(hours=1)
-DEFAULT_DEDUP_TTL = timedelta(days=35)
+DEFAULT_DEDUP_TTL = DEFAULT_RETENTION  # one horizon: operators/ingest.py, "Retention"
 MAX_WORKERS = 64
 _LIMIT = f"the 10-year limit ({MAX_DURATION.days} days)"
 _MAX_SECONDS = int(MAX_DURATION.total_seconds())

@@ -39,6 +39,7 @@ from flows.settings import StreamSettings, Topics
 from operators.catalog import Catalog, load_catalog
 from operators.erp import build_erp
 from operators.ingest import IngestConfig, IngestStats
+from operators.protocol import PeriodRetired
 from schemas.erp import Journal
 from schemas.records import (
     ENCODER,
@@ -62,31 +63,59 @@ def erp_messages(catalog: Catalog, topics: Topics, candidates: Sequence[InvoiceC
             + keyed(topics.invoice_exceptions, erp.exceptions, "invoice_candidate_id"))
 
 
-class JournalLogic(StatefulBatchLogic[InvoiceCandidate, Journal, Any]):
+class JournalState(msgspec.Struct, kw_only=True):
+    candidates: list[InvoiceCandidate]
+    retired: list[str]  # subscriptions that will issue nothing more for this month
+
+
+class JournalLogic(StatefulBatchLogic[InvoiceCandidate | PeriodRetired, Journal, Any]):
     """One summary journal per legal entity, currency and month, kept current as candidates
     arrive. Each emission is the whole journal under its id, so the compacted journals topic
     converges to exactly the journal file mode writes; an ERP adapter upserts by journal id and
     posts it when it locks the period. Candidates are kept by id, which makes replays
-    idempotent."""
+    idempotent.
+
+    The month's state is dropped once every subscription that issued a candidate into it has
+    retired the period (operators/rating.py): none of them can issue another, so the journal
+    last emitted is final, and the step's state follows the months within their retention
+    horizon, not the months elapsed. Each subscription's retirement reaches this key after its
+    candidates (one rater emits both, in order, into the same feed)."""
 
     def __init__(self, catalog: Catalog, resume: Any) -> None:
         self.catalog = catalog
         self.candidates: dict[str, InvoiceCandidate] = {}
+        self.retired: set[str] = set()
         if resume is not None:
-            self.candidates = {c.invoice_candidate_id: c
-                               for c in _CANDIDATES.decode(resume)}
+            state = _JOURNAL_STATE.decode(resume)
+            if isinstance(state, JournalState):
+                self.candidates = {c.invoice_candidate_id: c for c in state.candidates}
+                self.retired = set(state.retired)
+            else:  # the snapshot of the builds before retirement: the candidates alone
+                self.candidates = {c.invoice_candidate_id: c for c in state}
 
-    def on_batch(self, values: list[InvoiceCandidate]) -> tuple[list[Journal], bool]:
-        for cand in values:
-            self.candidates[cand.invoice_candidate_id] = cand
-        ordered = sorted(self.candidates.values(), key=candidate_order)
-        return build_erp(self.catalog, ordered).journals, StatefulBatchLogic.RETAIN
+    def on_batch(self, values: list[InvoiceCandidate | PeriodRetired]
+                 ) -> tuple[list[Journal], bool]:
+        changed = False
+        for item in values:
+            if isinstance(item, PeriodRetired):
+                self.retired.add(item.subscription_id)
+            else:
+                self.candidates[item.invoice_candidate_id] = item
+                changed = True
+        journals: list[Journal] = []
+        if changed:
+            ordered = sorted(self.candidates.values(), key=candidate_order)
+            journals = build_erp(self.catalog, ordered).journals
+        if self.retired >= {c.subscription_id for c in self.candidates.values()}:
+            return journals, StatefulBatchLogic.DISCARD
+        return journals, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> Any:
-        return ENCODER.encode(list(self.candidates.values()))
+        return ENCODER.encode(JournalState(candidates=list(self.candidates.values()),
+                                           retired=sorted(self.retired)))
 
 
-_CANDIDATES = msgspec.json.Decoder(list[InvoiceCandidate])
+_JOURNAL_STATE = msgspec.json.Decoder(JournalState | list[InvoiceCandidate])
 
 
 def build_stream(settings: StreamSettings, catalog: Catalog,
@@ -128,12 +157,13 @@ def build_stream(settings: StreamSettings, catalog: Catalog,
         candidates=MappedSink(producer, candidates_to_messages),
     )
     config = IngestConfig(window=settings.window, allowed_lateness=settings.allowed_lateness,
-                          max_future=settings.max_future, ledger=True)
+                          max_future=settings.max_future, retention=settings.dedup_ttl,
+                          ledger=True)
     source = KafkaChunkSource(kafka, settings.input_topic, settings.chunk, settings.stop_at_end)
-    def journals(candidates: Any) -> None:
-        singles = op.flat_map("candidate_each", candidates, lambda chunk: chunk)
+    def journals(feed: Any) -> None:
+        singles = op.flat_map("journal_each", feed, lambda chunk: chunk)
         keyed_c = op.key_on("key_journal", singles,
-                            lambda c: f"{c.legal_entity}|{c.currency}|{c.billing_period}")
+                            _journal_key)
         js = op.stateful_batch("journal", keyed_c,
                                lambda resume: JournalLogic(catalog, resume))
         out = op.map("journal_messages", op.key_rm("journal_unkey", js),
@@ -141,8 +171,14 @@ def build_stream(settings: StreamSettings, catalog: Catalog,
         op.output("journals_out", out, producer)
 
     flow = build_flow(catalog, config, source, sinks, dedup_factory=dedup_factory,
-                      flow_id="meterwax_stream", recoverable=True, with_candidates=journals)
+                      flow_id="meterwax_stream", recoverable=True, with_journal_feed=journals)
     return flow, store
+
+
+def _journal_key(item: InvoiceCandidate | PeriodRetired) -> str:
+    if isinstance(item, PeriodRetired):
+        return f"{item.legal_entity}|{item.currency}|{item.period}"
+    return f"{item.legal_entity}|{item.currency}|{item.billing_period}"
 
 
 def prepare_recovery_dir(recovery: Path, partitions: int) -> Path:

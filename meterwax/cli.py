@@ -25,6 +25,7 @@ from typing import TypeVar
 
 # bench/bench_stream.py imports parse_duration from here: it stays importable from this module.
 from flows.settings import (
+    DEFAULT_DEDUP_TTL,
     DEFAULT_LATENESS,
     DEFAULT_WINDOW,
     MAX_WORKERS,
@@ -39,6 +40,7 @@ from flows.settings import (
     parse_duration,
     parse_instant,
     parse_month,
+    parse_positive_duration,
     parse_window,
 )
 from operators.catalog import Catalog, CatalogError, load_catalog
@@ -92,6 +94,7 @@ class Common:
     window: timedelta
     allowed_lateness: timedelta
     max_future: timedelta
+    dedup_ttl: timedelta
     bill_from: Month | None
     workers: int
     now: datetime | None
@@ -102,6 +105,7 @@ def _common_values(c: Checks, args: argparse.Namespace) -> Common:
         window=c.value("window", parse_window, DEFAULT_WINDOW),
         allowed_lateness=c.value("allowed_lateness", parse_duration, DEFAULT_LATENESS),
         max_future=c.value("max_future", parse_duration, DEFAULT_MAX_FUTURE),
+        dedup_ttl=c.value("dedup_ttl", parse_positive_duration, DEFAULT_DEDUP_TTL),
         bill_from=c.value("bill_from", parse_month, None),
         workers=c.value("workers", int_between(1, MAX_WORKERS), 1),
         now=c.value("now", parse_instant, None),
@@ -205,6 +209,10 @@ def _common(p: argparse.ArgumentParser,
     p.add_argument("--max-future", default=None, metavar="DURATION",
                    help="events dated further ahead of the clock than this are quarantined as "
                         "FUTURE_EVENT (default 24h)")
+    p.add_argument("--dedup-ttl", default=None, metavar="DURATION",
+                   help="how long after its close a period takes late usage and its event "
+                        "identities are remembered (default 35d; later usage is "
+                        "LATE_BEYOND_RETENTION)")
     p.add_argument("--now", default=None, metavar="RFC3339", help=now_help)
     p.add_argument("--bill-from", default=None, metavar="YYYY-MM",
                    help="first month to bill (default: the month of the earliest rated event)")
@@ -259,7 +267,8 @@ def _run(args: argparse.Namespace) -> int:
     opts = RunOptions(catalog=args.catalog, events=args.events, out_dir=args.out,
                       window=common.window, allowed_lateness=common.allowed_lateness,
                       bill_from=common.bill_from, workers=common.workers,
-                      max_future=common.max_future, now=common.now)
+                      max_future=common.max_future, retention=common.dedup_ttl,
+                      now=common.now)
     result = _finished(args.out, lambda: run_file(opts, catalog=catalog))
     if isinstance(result, int):
         return result
@@ -281,7 +290,8 @@ def _demo(args: argparse.Namespace) -> int:
         return checks.report()
     opts = DemoOptions(size=size, seed=seed, out=args.out, catalog=catalog_path,
                        window=common.window, allowed_lateness=common.allowed_lateness,
-                       max_future=common.max_future, bill_from=common.bill_from,
+                       max_future=common.max_future, retention=common.dedup_ttl,
+                       bill_from=common.bill_from,
                        workers=common.workers, now=common.now)
     return _finished(args.out, lambda: run_demo(opts, catalog=catalog))
 

@@ -20,7 +20,7 @@ from meterwax import workload as generator
 from meterwax.report import print_run_summary
 from meterwax.workload import Workload
 from operators.catalog import Catalog, load_catalog
-from operators.limits import DEFAULT_MAX_FUTURE
+from operators.limits import DEFAULT_MAX_FUTURE, DEFAULT_RETENTION
 from operators.periods import Month
 
 # The generated events span [workload.START, workload.END); judging them as of the end makes
@@ -37,6 +37,7 @@ class DemoOptions:
     window: timedelta = timedelta(minutes=1)
     allowed_lateness: timedelta = timedelta(hours=1)
     max_future: timedelta = DEFAULT_MAX_FUTURE
+    retention: timedelta = DEFAULT_RETENTION
     bill_from: Month | None = None
     workers: int = 1
     now: datetime | None = None  # None: DATA_END
@@ -103,7 +104,7 @@ def run_demo(opts: DemoOptions, catalog: Catalog | None = None) -> int:
         run_opts = RunOptions(catalog=catalog_path, events=str(final_events), out_dir=str(out),
                               window=opts.window, allowed_lateness=opts.allowed_lateness,
                               bill_from=opts.bill_from, workers=opts.workers,
-                              max_future=opts.max_future,
+                              max_future=opts.max_future, retention=opts.retention,
                               now=DATA_END if opts.now is None else opts.now)
         try:
             result = run_into(run_opts, work, catalog=catalog, events=str(events),

@@ -7,6 +7,13 @@ downstream writes are idempotent), while a copy at any other offset is a duplica
 replay-safety that plain "seen ids" dedup lacks: it never classifies a replay as a duplicate of
 itself and so never loses usage whose first processing did not reach the store.
 
+Every claim also says when its identity may be forgotten: the end of the event's period
+(epoch seconds). `expire(through)` is called once the watermark retired every period ending at or
+before `through` (operators/ingest.py): an event of such a period is refused before dedup is
+asked (LATE_BEYOND_RETENTION), so no later claim can need those identities. The memory store
+forgets them then, which bounds it by the periods in flight, not the length of the input; Redis
+forgets by its own TTL, which this horizon defaults to.
+
 Implementations: `MemoryDedup` here (file mode, tests); a Redis one beside the Kafka source.
 """
 
@@ -19,7 +26,10 @@ Origin = tuple[str, int, int]  # (source name, partition, offset)
 
 
 class DedupStore(Protocol):
-    def claim(self, items: Sequence[tuple[str, Origin]]) -> list[bool]: ...
+    def claim(self, items: Sequence[tuple[str, Origin]],
+              expires: Sequence[int] | None = None) -> list[bool]: ...
+
+    def expire(self, through: int) -> None: ...
 
     # What a recovery snapshot must hold to rebuild this store (None: it keeps its own state,
     # as Redis does). The flow stores it without knowing which implementation it holds.
@@ -29,18 +39,47 @@ class DedupStore(Protocol):
 class MemoryDedup:
     def __init__(self) -> None:
         self.first: dict[str, Origin] = {}
+        # period end (epoch seconds) -> the identities first claimed for that period. Forgetting
+        # is by whole periods, so a list per period costs one reference per identity.
+        self.by_expiry: dict[int, list[str]] = {}
 
-    def claim(self, items: Sequence[tuple[str, Origin]]) -> list[bool]:
+    def claim(self, items: Sequence[tuple[str, Origin]],
+              expires: Sequence[int] | None = None) -> list[bool]:
         out = []
         first = self.first
-        for identity, origin in items:
+        by_expiry = self.by_expiry
+        for n, (identity, origin) in enumerate(items):
             seen = first.get(identity)
             if seen is None:
                 first[identity] = origin
+                if expires is not None:
+                    at = expires[n]
+                    bucket = by_expiry.get(at)
+                    if bucket is None:
+                        bucket = by_expiry[at] = []
+                    bucket.append(identity)
                 out.append(True)
             else:
                 out.append(seen == origin)
         return out
 
-    def snapshot(self) -> dict[str, Origin]:
-        return dict(self.first)
+    def expire(self, through: int) -> None:
+        first = self.first
+        for at in [at for at in self.by_expiry if at <= through]:
+            for identity in self.by_expiry.pop(at):
+                first.pop(identity, None)
+
+    def snapshot(self) -> tuple[dict[str, Origin], dict[int, list[str]]]:
+        return dict(self.first), {at: list(ids) for at, ids in self.by_expiry.items()}
+
+    @classmethod
+    def restore(cls, snapshot: Any) -> MemoryDedup:
+        """From `snapshot()`, or from a snapshot of the builds before expiry (the dict alone)."""
+        store = cls()
+        if isinstance(snapshot, tuple):
+            first, by_expiry = snapshot
+            store.first = dict(first)
+            store.by_expiry = {at: list(ids) for at, ids in by_expiry.items()}
+        elif snapshot:
+            store.first = dict(snapshot)
+        return store

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from operators.catalog import Catalog
 from operators.dedup import MemoryDedup
 from operators.ingest import IngestConfig, Ingestor, IngestOutput
+from operators.protocol import PeriodRetired
 from operators.rating import SubscriptionRater
 from operators.reconcile import StatsTotal
 from schemas.records import ExceptionRecord, InvoiceCandidate, RatedWindow
@@ -24,6 +25,7 @@ class EngineResult:
     exceptions: list[ExceptionRecord] = field(default_factory=list)
     windows: list[RatedWindow] = field(default_factory=list)
     candidates: list[InvoiceCandidate] = field(default_factory=list)
+    retired: list[PeriodRetired] = field(default_factory=list)
 
 
 def run_engine(catalog: Catalog, lines: Iterable[bytes], config: IngestConfig,
@@ -44,6 +46,8 @@ def run_engine(catalog: Catalog, lines: Iterable[bytes], config: IngestConfig,
                     result.windows.append(item)
                 elif isinstance(item, ExceptionRecord):
                     result.exceptions.append(item)
+                elif isinstance(item, PeriodRetired):
+                    result.retired.append(item)
                 else:
                     result.candidates.append(item)
 

@@ -1,8 +1,14 @@
 """Ingest: from raw input lines to one bucket per event, and rating ops per subscription.
 
 Each event lands in exactly one bucket, tested in this order: INVALID_JSON, INVALID_EVENT
-(both judged by operators/envelope.py), FUTURE_EVENT, duplicate, unmetered, UNKNOWN_SUBJECT,
-NO_ACTIVE_SUBSCRIPTION, INVALID_VALUE, PERIOD_LIMIT_EXCEEDED, rated.
+(both judged by operators/envelope.py), FUTURE_EVENT, LATE_BEYOND_RETENTION, duplicate,
+unmetered, UNKNOWN_SUBJECT, NO_ACTIVE_SUBSCRIPTION, INVALID_VALUE, PERIOD_LIMIT_EXCEEDED, rated.
+
+Retention: a period closes once the watermark passes its end plus the allowed lateness, and is
+retired once it passes that plus the retention horizon (default the dedup TTL, 35 days). Its
+state is then dropped everywhere (this partition's period bounds and dedup identities, each
+rater's period, the journal), and an event dated in it is LATE_BEYOND_RETENTION before dedup is
+asked: its first copy's dedup record may be gone, so it could not be told from a replay.
 
 The crash-safe boundary: judging one event can never raise out of `process`. An unforeseen
 exception while decoding or classifying an event makes that event an INTERNAL_ERROR record (the
@@ -36,17 +42,25 @@ from operators.catalog import Catalog, Customer, Meter, Subscription
 from operators.clock import Clock, system_clock
 from operators.dedup import DedupStore, Origin
 from operators.envelope import Rejection, judge
-from operators.limits import DEFAULT_MAX_FUTURE, MAX_DURATION, MAX_LINE_BYTES, RAW_KEEP_BYTES
+from operators.limits import (
+    DEFAULT_MAX_FUTURE,
+    DEFAULT_RETENTION,
+    MAX_DURATION,
+    MAX_LINE_BYTES,
+    MAX_TS,
+    RAW_KEEP_BYTES,
+)
 from operators.money import ZERO
 from operators.periods import Month
 from operators.pricers import quantity_cap
-from operators.protocol import Close, Op, Tick, Usage
+from operators.protocol import Close, Op, Retire, Tick, Usage
 from operators.values import InvalidValue, distinct_key, quantity
 from schemas.events import CloudEvent
 from schemas.records import (
     FUTURE_EVENT,
     INTERNAL_ERROR,
     INVALID_VALUE,
+    LATE_BEYOND_RETENTION,
     NO_ACTIVE_SUBSCRIPTION,
     PERIOD_LIMIT_EXCEEDED,
     REASONS,
@@ -78,6 +92,8 @@ class IngestConfig:
     # Events dated more than this ahead of `clock()` are FUTURE_EVENT: they do not move the
     # watermark and do not claim their dedup identity, so they can be retried once due.
     max_future: timedelta = DEFAULT_MAX_FUTURE
+    # How long after its close a period keeps taking late usage (module docstring).
+    retention: timedelta = DEFAULT_RETENTION
     clock: Clock = system_clock
 
     def __post_init__(self) -> None:
@@ -87,7 +103,10 @@ class IngestConfig:
         if self.allowed_lateness < timedelta(0):
             msg = "allowed lateness must not be negative"
             raise ValueError(msg)
-        for name in ("window", "allowed_lateness", "max_future"):
+        if self.retention <= timedelta(0):
+            msg = "retention must be positive"
+            raise ValueError(msg)
+        for name in ("window", "allowed_lateness", "max_future", "retention"):
             if getattr(self, name) > MAX_DURATION:
                 msg = f"{name} must be at most {MAX_DURATION.days} days"
                 raise ValueError(msg)
@@ -127,6 +146,7 @@ class IngestState:
     watermark: int | None = None  # epoch seconds of the greatest accepted event time
     bill_from: Month | None = None
     closed_through: Month | None = None
+    retired_through: Month | None = None  # the last period past its retention horizon
     pending: dict[str, int] = field(default_factory=dict)  # sub -> end of its newest open window
     heap: list[tuple[int, str]] = field(default_factory=list)
     # (subscription, period, meter) -> upper bound of the period quantity accepted so far, for
@@ -159,7 +179,13 @@ class Ingestor:
         # since subscriptions never overlap, "still active" settles it without the bisect.
         self._last_sub: dict[str, Subscription] = {}
         self._open_ops: dict[tuple[str, str, str, int], Usage] = {}
-        self._next_close = -1  # watermark (s) below which no period can close; -1: unknown
+        # Watermark (s) below which no period can close or retire; -1: unknown.
+        self._next_close = -1
+        # A closed period retires once the watermark is this far past its end.
+        self._retire_after = config.allowed_lateness + config.retention
+        # Events dated before this are in a retired period (LATE_BEYOND_RETENTION).
+        retired = self.state.retired_through
+        self._retired_end: datetime | None = retired.end if retired else None
         # Period keys ("YYYY-MM") of closed_through and bill_from, compared with every accepted
         # event's period: kept as text rather than rebuilt from the Months per event, and updated
         # where the state changes (`_close` sets closed_through, `_accept` bill_from).
@@ -210,15 +236,42 @@ class Ingestor:
 
     def process(self, batch: Sequence[tuple[int, bytes]]) -> IngestOutput:
         out = self._new_output()
+        # Read once per batch: the horizon only has to be right to within a batch.
+        now = self.config.clock()
+        start, end = 0, len(batch)
+        while start < end:
+            start = self._part(out, batch, start, now)
+        self._tally(out)
+        return out
+
+    def _part(self, out: IngestOutput, batch: Sequence[tuple[int, bytes]], start: int,
+              now: datetime) -> int:
+        """Judge `batch` from `start` up to and including the first event that could retire a
+        period (`_split_at`); return where the next part starts.
+
+        Dedup is asked once per part, before its events are classified in input order. A
+        retirement forgets identities (operators/dedup.py), so it must fall between two claims,
+        never inside one: otherwise a copy claimed in the same call as the event that retired
+        its first occurrence's period would be judged by how the input happened to be batched.
+        Parts end only at such events, which come about once a month."""
         stats = out.stats
         source_name, partition = self.source_name, self.partition
         decoded: list[tuple[int, bytes, CloudEvent]] = []
         claims: list[tuple[str, Origin]] = []  # (identity, origin) of each decoded event
-        # Read once per batch: the horizon only has to be right to within a batch.
-        now = self.config.clock()
+        expires: list[int] = []  # and the end of its period (operators/dedup.py)
+        retired_end = self._retired_end
         horizon = now + self.config.max_future
+        split_at = self._split_at()
+        # Before the first close the first billed month can still move earlier, and with it the
+        # first period to retire: bound it by the earliest period seen.
+        lowering = self.state.closed_through is None
+        earliest_end = MAX_TS
         blank = 0
-        for position, raw in batch:
+        stop = len(batch)
+        index = start
+        while index < stop:
+            position, raw = batch[index]
+            index += 1
             if not raw or raw.isspace():  # `not raw.strip()`, without copying every line
                 blank += 1
                 continue
@@ -231,21 +284,36 @@ class Ingestor:
                 self._exception(out, position, raw, event.reason, event.error, event.event)
                 continue
             assert isinstance(event, CloudEvent)
-            if event.time > horizon:
+            at = event.time
+            if at > horizon:
                 # Neither the watermark nor the dedup store sees it: once it is due, the same
                 # bytes replayed are judged like any other event.
                 self._exception(out, position, raw, FUTURE_EVENT,
-                                f"`time` {event.time.isoformat()} is more than "
+                                f"`time` {at.isoformat()} is more than "
                                 f"{_duration(self.config.max_future)} ahead of the processing "
                                 f"clock ({now.isoformat()}); replay it once it is due", event)
+                continue
+            if retired_end is not None and at < retired_end:
+                # Refused before dedup is asked: its first copy's record may be gone.
+                self._exception(out, position, raw, LATE_BEYOND_RETENTION,
+                                self._beyond_retention(at), event)
                 continue
             decoded.append((position, raw, event))
             source = event.source
             claims.append((f"{len(source)}:{source}{event.id}", (source_name, partition, position)))
+            period_end = self._month(at)[2]
+            expires.append(period_end)
+            if lowering and period_end < earliest_end:
+                earliest_end = period_end
+                bound = datetime.fromtimestamp(period_end, UTC) + self._retire_after
+                if split_at is None or bound < split_at:
+                    split_at = bound
+            if split_at is not None and at > split_at:
+                break
         stats.blank += blank
-        stats.read += len(batch) - blank
+        stats.read += index - start - blank
 
-        firsts = self.dedup.claim(claims)
+        firsts = self.dedup.claim(claims, expires)
         classify = self._classify
         duplicates = 0
         for (position, raw, event), first in zip(decoded, firsts, strict=True):
@@ -259,8 +327,26 @@ class Ingestor:
             else:
                 duplicates += 1
         stats.duplicates += duplicates
-        self._tally(out)
-        return out
+        return index
+
+    def _split_at(self) -> datetime | None:
+        """The event time past which accepting an event may retire a period (None: no period
+        is known yet that could)."""
+        state = self.state
+        first = state.retired_through.next() if state.retired_through else state.bill_from
+        return None if first is None else first.end + self._retire_after
+
+    def _beyond_retention(self, at: datetime) -> str:
+        # Only what is fixed at this input position: the watermark moves within a part, and the
+        # same input in other batches must give the same record.
+        retired = self.state.retired_through
+        assert retired is not None
+        return (f"`time` {at.isoformat()} is in period {Month.of(at).key}, and every period "
+                f"through {retired.key} is retired: the watermark passed its end plus the "
+                f"allowed lateness ({_duration(self.config.allowed_lateness)}) and the "
+                f"retention horizon ({_duration(self.config.retention)}). A copy this late "
+                "can no longer be told from a replayed duplicate, so it is not rated; if it is "
+                "genuine usage, bill it by hand")
 
     def _internal(self, out: IngestOutput, position: int, raw: bytes, step: str,
                   exc: BaseException, event: CloudEvent | None = None) -> None:
@@ -535,9 +621,48 @@ class Ingestor:
         while int(month.end.timestamp()) + lateness < wm:
             through = month
             month = month.next()
-        self._next_close = int(month.end.timestamp()) + lateness
+        next_close = int(month.end.timestamp()) + lateness
         if through is not None:
             self._close(out, through, wm)
+        self._next_close = min(next_close, self._advance_retirement(out, wm, lateness))
+
+    def _advance_retirement(self, out: IngestOutput, wm: int, lateness: int) -> int:
+        """Retire the closed periods whose horizon the watermark passed; the watermark at which
+        the next one retires (or a large number while none is closed)."""
+        state = self.state
+        closed = state.closed_through
+        if closed is None:
+            return MAX_TS
+        first = state.retired_through.next() if state.retired_through else state.bill_from
+        assert first is not None  # something closed, so something was accepted
+        horizon = lateness + int(self.config.retention.total_seconds())
+        through: Month | None = None
+        month = first
+        while month <= closed and int(month.end.timestamp()) + horizon < wm:
+            through = month
+            month = month.next()
+        if through is not None:
+            self._retire(out, through, wm)
+        # A period retires only once closed; its close is then what `_advance` waits for.
+        return int(month.end.timestamp()) + horizon if month <= closed else MAX_TS
+
+    def _retire(self, out: IngestOutput, through: Month, wm: int) -> None:
+        """Forget every period through `through` (module docstring): its bounds here, its
+        identities in dedup, and, by a Retire op, its state in every rater that may hold it."""
+        state = self.state
+        previous = state.retired_through
+        state.retired_through = through
+        self._retired_end = through.end
+        key = through.key
+        if state.totals:
+            state.totals = {k: v for k, v in state.totals.items() if k[1] > key}
+        self.dedup.expire(int(through.end.timestamp()))
+        for sub in self.catalog.subscriptions.values():
+            if sub.start >= through.end:
+                continue
+            if previous is not None and sub.end is not None and sub.end <= previous.end:
+                continue  # everything it had was retired by an earlier retirement
+            out.ops.setdefault(sub.id, []).append(Retire(key, wm))
 
     def _close(self, out: IngestOutput, through: Month, wm: int) -> None:
         state = self.state

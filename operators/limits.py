@@ -53,5 +53,9 @@ RAW_KEEP_BYTES = 64 * 1024
 # Events dated further ahead of the processing clock than this are quarantined (FUTURE_EVENT).
 DEFAULT_MAX_FUTURE = timedelta(hours=24)
 
+# How long after its close a period still takes late usage: the dedup TTL (see README, "Running
+# for months"). Past it a late copy can no longer be told from a replayed duplicate.
+DEFAULT_RETENTION = timedelta(days=35)
+
 # Durations given as arguments (windows, lateness, horizons, TTLs): at most ten years.
 MAX_DURATION = timedelta(days=3660)

@@ -8,6 +8,11 @@ sequence, never on batching or worker count.
     Usage   contributions of one chunk to one window (pre-aggregated, see Ingestor._accept)
     Tick    the watermark reached the end of some open windows: rate them
     Close   close every period through `through`, billing from `start`
+    Retire  forget every period through `through`: its retention horizon has passed
+
+And one message from a rater to the journal step (flows/stream.py):
+
+    PeriodRetired  this subscription will issue nothing more for this period
 
 They are msgspec structs without cyclic-GC tracking (they hold numbers, strings and aggregates,
 which hold no references back), laid out as arrays: as cheap to build and to pickle between
@@ -40,7 +45,19 @@ class Close(msgspec.Struct, array_like=True, gc=False):
     watermark: int
 
 
-Op = Usage | Tick | Close
+class Retire(msgspec.Struct, array_like=True, gc=False):
+    through: str  # YYYY-MM: the last period to forget
+    watermark: int
+
+
+Op = Usage | Tick | Close | Retire
+
+
+class PeriodRetired(msgspec.Struct, array_like=True, gc=False):
+    subscription_id: str
+    legal_entity: str
+    currency: str
+    period: str  # YYYY-MM
 
 
 class SubscriptionOps(msgspec.Struct, array_like=True, gc=False):

@@ -16,6 +16,13 @@ it to the window row instead of replacing anything. A contribution to a period w
 candidate was already issued is never dropped: it is rated the same way, as a correction, and
 yields an adjustment candidate carrying the line deltas.
 
+A period is kept after its close only until its retention horizon (operators/ingest.py): a
+Retire op drops its state (aggregates, amounts, what was issued, the daily amounts) and tells the
+journal step the subscription will issue nothing more for it (PeriodRetired). Usage for a retired
+period can reach a rater only from an input partition whose watermark is behind the one that
+retired it; it becomes a LATE_BEYOND_RETENTION exception of the rating step, never a second
+rating of usage whose dedup record may be gone.
+
 The crash-safe boundary: `apply` never raises. An op whose rating fails becomes an exception
 record (PERIOD_LIMIT_EXCEEDED when a period would pass what the store holds, which only several
 input partitions together can reach, since each partition's ingest refuses it first; otherwise
@@ -46,9 +53,10 @@ from operators.limits import STORE_LIMIT
 from operators.money import ZERO
 from operators.periods import Month, months_between
 from operators.pricers import PRICERS
-from operators.protocol import Close, Op, Tick, Usage
+from operators.protocol import Close, Op, PeriodRetired, Retire, Tick, Usage
 from schemas.records import (
     INTERNAL_ERROR,
+    LATE_BEYOND_RETENTION,
     PERIOD_LIMIT_EXCEEDED,
     ExceptionRecord,
     InvoiceCandidate,
@@ -56,11 +64,15 @@ from schemas.records import (
     Reason,
 )
 
-Output = RatedWindow | InvoiceCandidate | ExceptionRecord
+Output = RatedWindow | InvoiceCandidate | ExceptionRecord | PeriodRetired
 
 
 class RatingLimitError(ValueError):
     """A period's quantity or amount would leave what the store holds exactly (below 10^20)."""
+
+
+class RetiredPeriodError(ValueError):
+    """Usage for a period this rater already retired (module docstring)."""
 
 
 @functools.lru_cache(maxsize=4096)
@@ -97,7 +109,8 @@ class PeriodState:
 @dataclass
 class RaterState:
     periods: dict[str, PeriodState] = field(default_factory=dict)
-    closed: set[str] = field(default_factory=set)
+    closed: set[str] = field(default_factory=set)  # closed periods not yet retired
+    retired_through: str | None = None  # YYYY-MM: every period up to it is forgotten
     heap: list[tuple[int, str, str, int]] = field(default_factory=list)  # (end, period, meter, ws)
     rating_seq: int = 0
     high: int = -1  # the highest watermark of any op applied (epoch seconds)
@@ -136,6 +149,8 @@ class SubscriptionRater:
                 elif isinstance(op, Close):
                     self._close_periods(Month.parse(op.through), Month.parse(op.start),
                                         op.watermark, out)
+                elif isinstance(op, Retire):
+                    self._retire(op.through, out)
                 else:
                     msg = f"unknown op {op!r}"
                     raise ValueError(msg)
@@ -148,6 +163,7 @@ class SubscriptionRater:
         state.failures += 1
         where: dict[str, object] = {"step": "rating", "subscription": self.sub.id} | what
         reason: Reason = (PERIOD_LIMIT_EXCEEDED if isinstance(exc, RatingLimitError)
+                          else LATE_BEYOND_RETENTION if isinstance(exc, RetiredPeriodError)
                           else INTERNAL_ERROR)
         text = str(exc)
         if len(text) > 500:
@@ -173,6 +189,12 @@ class SubscriptionRater:
         state = self.state
         pstate = state.periods.get(period)
         if pstate is None:
+            retired = state.retired_through
+            if retired is not None and period <= retired:
+                msg = (f"usage for period {period}, which this subscription retired (every "
+                       f"period through {retired}): another input partition's watermark passed "
+                       "its retention horizon first")
+                raise RetiredPeriodError(msg)
             pstate = state.periods[period] = PeriodState(closed=period in state.closed)
         key = (meter, window_start)
         win = pstate.windows.get(key)
@@ -304,8 +326,27 @@ class SubscriptionRater:
             last = min(last, Month.of(sub.end - timedelta(microseconds=1)))
         months = {m.key for m in months_between(first, last)} if first <= last else set()
         months |= {p for p in state.periods if p <= through.key}
+        retired = state.retired_through
         for period in sorted(months - state.closed):
-            self._close_period(period, out)
+            if retired is None or period > retired:
+                self._close_period(period, out)
+
+    def _retire(self, through: str, out: list[Output]) -> None:
+        state = self.state
+        if state.retired_through is not None and through <= state.retired_through:
+            return  # another input partition retired it first
+        state.retired_through = through
+        sub = self.sub
+        for period in sorted(p for p in state.periods if p <= through):
+            pstate = state.periods.pop(period)
+            if pstate.closed:
+                out.append(PeriodRetired(sub.id, self.customer.legal_entity, self.plan.currency,
+                                         period))
+        state.closed = {p for p in state.closed if p > through}
+        self._period_ends = {p: end for p, end in self._period_ends.items() if p > through}
+        if any(h[1] <= through for h in state.heap):
+            state.heap = [h for h in state.heap if h[1] > through]
+            heapq.heapify(state.heap)
 
     def _close_period(self, period: str, out: list[Output]) -> None:
         state = self.state
@@ -350,6 +391,8 @@ def _describe(op: Op) -> dict[str, object]:
             return {"op": "tick"}
         if isinstance(op, Close):
             return {"op": "close", "through": op.through}
+        if isinstance(op, Retire):
+            return {"op": "retire", "through": op.through}
     except Exception:  # a malformed op is described by its text alone
         return {"op": repr(op)[:200]}
     return {"op": repr(op)[:200]}

@@ -92,6 +92,7 @@ class RunFacts(msgspec.Struct, frozen=True):
     allowed_lateness_seconds: int
     workers: int
     max_future_seconds: int
+    retention_seconds: int  # the retention horizon and dedup TTL
     now: str | None
     elapsed_seconds: float
     events_per_second: int | None

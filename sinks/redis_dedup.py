@@ -192,7 +192,13 @@ class RedisDedup:
         """Nothing: the first occurrences live in Redis, which persists them itself."""
         return None
 
-    def claim(self, items: Sequence[tuple[str, Origin]]) -> list[bool]:
+    def expire(self, through: int) -> None:
+        """Nothing: Redis forgets an identity by its TTL, which the retention horizon defaults
+        to (operators/dedup.py)."""
+
+    def claim(self, items: Sequence[tuple[str, Origin]],
+              expires: Sequence[int] | None = None) -> list[bool]:
+        # `expires` is for stores that forget by event time; this one forgets by its TTL.
         if not items:
             return []
         key = self.key

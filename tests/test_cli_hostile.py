@@ -96,6 +96,8 @@ BAD_RUN_ARGUMENTS = [
     (["--allowed-lateness", "soon"], "--allowed-lateness: not a duration"),
     (["--max-future", "3661d"], "--max-future: '3661d' is longer than the 10-year limit"),
     (["--max-future=-1h"], "--max-future: not a duration: '-1h'"),
+    (["--dedup-ttl", "0s"], "--dedup-ttl: must be longer than zero"),
+    (["--dedup-ttl", "3661d"], "--dedup-ttl: '3661d' is longer than the 10-year limit"),
     (["--bill-from", "2026-13"], "--bill-from: not a month: '2026-13'"),
     (["--bill-from", "2026-1"], "--bill-from: not a month"),
     (["--bill-from", "1969-12"], "--bill-from: 1969-12 is outside 1970-01 .. 2199-12"),
@@ -415,6 +417,28 @@ def test_now_and_max_future_decide_what_is_in_the_future(tmp_path: Path, events:
                     "--max-future", "3650d")
     assert wide["events"]["exceptions"]["FUTURE_EVENT"] == 0  # type: ignore[index]
     assert wide["run"]["max_future_seconds"] == 3650 * 86400  # type: ignore[index]
+
+
+def test_the_retention_horizon_refuses_usage_for_retired_periods(tmp_path: Path) -> None:
+    """`--dedup-ttl` is the horizon: October retires 1 day after its close (1h lateness), and a
+    later event for it is LATE_BEYOND_RETENTION, with its bytes, in exceptions.jsonl."""
+    lines = [
+        {"id": "a", "time": "2026-10-05T10:00:00Z"},
+        {"id": "b", "time": "2026-11-03T00:00:00Z"},  # past 1 Nov 01:00 + 1 day
+        {"id": "c", "time": "2026-10-06T10:00:00Z"},
+    ]
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(json.dumps({"specversion": "1.0", "source": "t",
+                                        "type": "api.request", "subject": "acme-prod",
+                                        "data": {}, **x}) + "\n" for x in lines))
+    report = good_run(path, tmp_path / "out", "--dedup-ttl", "1d")
+    assert report["run"]["retention_seconds"] == 86400  # type: ignore[index]
+    assert report["events"]["exceptions"]["LATE_BEYOND_RETENTION"] == 1  # type: ignore[index]
+    records = [json.loads(x) for x in (tmp_path / "out" / "exceptions.jsonl").read_text()
+               .splitlines()]
+    late = [r for r in records if r["reason"] == "LATE_BEYOND_RETENTION"]
+    assert [(r["event_id"], json.loads(r["raw"])["id"]) for r in late] == [("c", "c")]
+    assert "retention horizon (24h)" in late[0]["error"]
 
 
 # -- stream settings --------------------------------------------------------------------------

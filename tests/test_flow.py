@@ -66,15 +66,15 @@ def dirty_lines() -> list[bytes]:
     return lines
 
 
-def run_flow(catalog: Catalog, lines: list[bytes], workers: int, chunk: int = 3
-             ) -> EngineResult:
+def run_flow(catalog: Catalog, lines: list[bytes], workers: int, chunk: int = 3,
+             config: IngestConfig | None = None) -> EngineResult:
     chunks = [("file:0", [(n, line) for n, line in numbered])
               for numbered in _chunks(list(enumerate(lines, start=1)), chunk)]
     exc: list[Any] = []
     stats: list[Any] = []
     win: list[Any] = []
     cand: list[Any] = []
-    flow = build_flow(catalog, IngestConfig(), TestingSource(chunks),
+    flow = build_flow(catalog, config or IngestConfig(), TestingSource(chunks),
                       Sinks(TestingSink(exc), TestingSink(stats), TestingSink(win),
                             TestingSink(cand)))
     if workers == 1:

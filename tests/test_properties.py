@@ -437,10 +437,16 @@ def test_feeding_every_line_twice_dedups_to_the_same_outputs(lines: list[bytes],
         a = again.stats
         assert (a.rated, a.unmetered, a.late_after_close) == (s.rated, s.unmetered,
                                                               s.late_after_close)
-        assert a.duplicates == dedupable + s.duplicates
+        # A copy dated in a period retired by the time it is read is refused as such rather
+        # than as a duplicate (never rated either way). Right after its original that cannot
+        # happen; a whole second pass meets the periods the first pass retired.
+        late = a.exceptions["LATE_BEYOND_RETENTION"] - 2 * exc["LATE_BEYOND_RETENTION"]
+        assert late >= 0 and (again is stream_twice or late == 0)
+        assert a.duplicates + late == dedupable + s.duplicates
         assert a.exceptions == {**{k: v for k, v in exc.items()},
                                 "INVALID_JSON": 2 * exc["INVALID_JSON"],
-                                "INVALID_EVENT": 2 * exc["INVALID_EVENT"]}
+                                "INVALID_EVENT": 2 * exc["INVALID_EVENT"],
+                                "LATE_BEYOND_RETENTION": a.exceptions["LATE_BEYOND_RETENTION"]}
         assert {k: v.quantity() for k, v in a.ingested.items()} == first["stats"][-1]
 
 

@@ -164,7 +164,7 @@ class ChdbStore:
         return self._session().query(sql, params)
 
     def final_rows(self) -> list[dict[str, Any]]:
-        """Every window's final row (highest revision), ordered by row_id."""
+        """Every row once (replayed copies collapsed), ordered by row_id."""
         return self.query(f"SELECT * FROM `{self.database}`.{FINAL_VIEW} ORDER BY row_id")
 
     def close(self) -> None:

@@ -305,7 +305,7 @@ class ClickHouseConnectStore:
         return rows
 
     def final_rows(self) -> list[dict[str, Any]]:
-        """Every window's final row (highest revision), ordered by row_id."""
+        """Every row once (replayed copies collapsed), ordered by row_id."""
         return self.query(f"SELECT * FROM `{self.database}`.{FINAL_VIEW} ORDER BY row_id")
 
     def close(self) -> None:
