@@ -3,10 +3,13 @@
     scripts/services.sh start && eval "$(scripts/services.sh env)"
     .venv/bin/python bench/bench_stream.py [--size 200000] [--partitions 1] [-w W]
                                            [--clickhouse-path [DIR]] [--rate 2000 --seconds 20]
-                                           [--latency | --skip-latency] [--keep]
+                                           [--latency | --skip-latency | --soak] [--keep]
+                                           [--soak-months 12 --soak-rate 3000
+                                            --soak-seconds-per-month 15 --dedup-ttl 35d]
 
-Two phases, each against fresh resources (a new input topic, a unique output-topic prefix and
-Redis namespace, a new recovery directory, a new ClickHouse directory):
+Three phases, each against fresh resources (a new input topic, a unique output-topic prefix and
+Redis namespace, a new recovery directory, a new ClickHouse directory). By default throughput
+then latency; --latency or --skip-latency runs one of them, --soak runs the soak phase alone:
 
   throughput  N events from meterwax.workload.generate (the example catalog; dirty, two months of
               event time) are produced into a fresh topic (--partitions, keyed by subject), then
@@ -44,6 +47,45 @@ Redis namespace, a new recovery directory, a new ClickHouse directory):
     close -> insert the same, to the row's ClickHouse `inserted_at` (set by the engine in this
                     process at insert time, same clock): latency without the polling resolution.
 
+  soak        does the state follow the work in flight or the months elapsed? `meterwax stream
+              --window 1m --dedup-ttl 35d --max-future 3660d` (no --stop-at-end; recovery is always
+              on in stream mode) tails a fresh topic while this process produces --soak-rate
+              events/s whose event time accelerates: simulated time starts at 2026-10-01T00:00Z
+              and runs one calendar month per --soak-seconds-per-month wall seconds, for
+              --soak-months months. (--max-future is the most the stream allows: it judges
+              FUTURE_EVENT against the wall clock, and simulated time runs months ahead of it.)
+              Events are spread over six subjects of the example catalog and three meters
+              (api.request: api_calls, a count; llm.completion: tokens, a sum of usage.tokens;
+              user.active: active_users, a unique_count over 200 user ids); --soak-late (1%) are
+              dated 1-5 simulated minutes back (correction rows for closed windows) and
+              --soak-old (0.1%) anywhere in the previous month once it has closed (adjustments),
+              so periods close, get late usage, and are retired once the watermark is past their
+              close plus the dedup TTL (35 simulated days: about a month and a bit here). Every
+              --soak-sample s this process reads
+    RSS             VmRSS (/proc/<pid>/status) of the stream process and its descendants (the
+                    meterwax console script is the Python process itself);
+    snapshot bytes  Bytewax's recovery partitions (part-*.sqlite3, opened read-only while the
+                    stream writes them; WAL, so reads never block it). Bytewax 0.21 writes, per
+                    epoch (2 s in stream mode), one row per state key that changed in table
+                    `snaps` (step_id, state_key, snap_epoch, ser_change: NULL for a discarded
+                    key), marks the epoch in `commits`, and then garbage-collects each key's
+                    older rows. Each sample reads, in one read transaction, the epochs committed
+                    since the last one and records, per epoch (summed over partitions, as first
+                    seen): sum(length(ser_change)), the keys snapshotted and the discards; and
+                    the live state: every key's newest snapshot, i.e. what a resume loads
+                    (its NULL rows are tombstones of discarded keys). A sample that finds a
+                    partition busy skips it; an epoch first read only after a later one was
+                    committed may have lost rows to the garbage collection, and is counted;
+    progress        the stream's Prometheus counters (events counted, by bucket): the lag.
+              Reported per simulated month (the epochs committed while it was produced): events
+              produced (late, previous month), epochs, median and max snapshot bytes per epoch,
+              median keys per epoch, and at the month's last sample the live state, the RSS and
+              the lag; then the last month's median bytes/epoch, RSS and live state over the
+              second month's (the first has no closed period yet), and what ClickHouse holds.
+              The month an epoch is counted in is the one being produced when it was read: the
+              stream runs about a second behind (the lag column), so a month's first epoch may
+              still hold the end of the month before.
+
 Prints a table and, last, one JSON line with every figure. A benchmark, not a test: nothing here
 asserts a speed. Exit status 0; 1 when a stream run failed or a check did not hold (shown on
 stderr, with the stream's stderr tail); 2 on bad arguments or missing services.
@@ -54,14 +96,18 @@ unless --keep.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import math
 import os
+import random
 import shlex
 import shutil
 import signal
 import socket
+import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -92,6 +138,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 from bench.bench_run import default_meterwax  # noqa: E402
 from meterwax.workload import compose, generate  # noqa: E402
 from operators.catalog import load_catalog  # noqa: E402
+from operators.periods import Month  # noqa: E402
 from schemas.events import EVENT_DECODER  # noqa: E402
 
 DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
@@ -447,6 +494,33 @@ def floor_pass(res: Resources, topic: str, chunk: int) -> dict[str, Any]:
 # -- throughput phase -----------------------------------------------------------------------------
 
 
+def scrape_metrics(url: str) -> dict[str, float] | None:
+    """The stream's meterwax_* Prometheus samples, by name and labels as exposed (e.g.
+    `meterwax_events_total{bucket="rated"}`); None while the endpoint does not answer."""
+    try:
+        with urllib.request.urlopen(url, timeout=0.5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("meterwax_"):
+            name, _, value = line.rpartition(" ")
+            try:
+                samples[name] = float(value)
+            except ValueError:
+                continue
+    return samples
+
+
+def counted(samples: dict[str, float] | None) -> int | None:
+    """Events the stream counted (once ingest judged them), blank messages included."""
+    if samples is None:
+        return None
+    return int(sum(value for name, value in samples.items()
+                   if name.startswith(("meterwax_events_total{", "meterwax_blank_lines_total"))))
+
+
 class MetricsWatcher(threading.Thread):
     """Polls the stream's Prometheus endpoint: when the first events were counted and when all
     `expected` were (events are counted per chunk, once ingest has judged them)."""
@@ -461,16 +535,7 @@ class MetricsWatcher(threading.Thread):
         self.last = 0
 
     def count(self) -> int | None:
-        try:
-            with urllib.request.urlopen(self.url, timeout=0.5) as resp:
-                text = resp.read().decode()
-        except OSError:
-            return None
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith(("meterwax_events_total{", "meterwax_blank_lines_total ")):
-                total += float(line.rsplit(" ", 1)[1])
-        return int(total)
+        return counted(scrape_metrics(self.url))
 
     def run(self) -> None:
         while not self.stop_flag.wait(self.every):
@@ -620,7 +685,22 @@ def _rfc3339_ms(epoch_ms: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{ms:03d}Z"
 
 
-class SteadyProducer(threading.Thread):
+class _Worker(threading.Thread):
+    """A thread whose failure is kept for the phase to report, not printed and lost."""
+
+    error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:
+            self.error = exc
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class SteadyProducer(_Worker):
     """Produces one event every 1/rate s (bursting to catch up, never skipping). Event time =
     --event-base + (production instant - t0), in ms; records (production time, window start,
     rank in window) per event, in production order (= offset order: one partition, idempotent
@@ -649,12 +729,6 @@ class SteadyProducer(threading.Thread):
     def _delivered(self, err: Any, msg: Any) -> None:
         if err is not None and len(self.errors) < 5:
             self.errors.append(str(err))
-
-    def run(self) -> None:
-        try:
-            self._run()
-        except BaseException as exc:
-            self.error = exc
 
     def _run(self) -> None:
         produce, poll = self.producer.produce, self.producer.poll
@@ -871,6 +945,495 @@ def latency_phase(args: argparse.Namespace, res: Resources, cmd_base: list[str],
     return problems
 
 
+# -- soak phase -----------------------------------------------------------------------------------
+
+SOAK_START = Month(2026, 10)  # the example catalog's first subscription month
+# The most --max-future allows (operators/limits.py MAX_DURATION). Simulated time runs far ahead
+# of the wall clock, and the stream judges FUTURE_EVENT against the wall clock.
+SOAK_MAX_FUTURE = "3660d"
+# Subjects of the example catalog (five customers; umbrella's subscription starts 2026-10-10, so
+# its first days are NO_ACTIVE_SUBSCRIPTION), with a CloudEvents source each.
+SOAK_SUBJECTS = tuple(
+    (subject, f"//{subject.split('-')[0]}.example/soak/{subject}")
+    for subject in ("acme-prod", "acme-dev", "globex-main", "initech-app", "umbrella-tokyo",
+                    "tyrell-eu"))
+# Event types and their cumulative shares: api.request (api_calls, a count), llm.completion
+# (tokens, a sum of usage.tokens), user.active (active_users, a unique_count of user_id). Plans
+# that lack a meter (initech's starter-usd has no tokens) make some events unmetered.
+SOAK_TYPES = (("api.request", 0.60), ("llm.completion", 0.85), ("user.active", 1.0))
+SOAK_USERS = 200  # distinct user ids: a period's unique_count state is bounded by this
+# An event dated in the previous month is produced only once the simulated time is this far into
+# the current month: past the default allowed lateness (1h), so that period has closed.
+SOAK_CLOSED_AFTER_MS = 3 * 3600 * 1000
+
+
+class SoakProducer(_Worker):
+    """Produces --soak-rate events/s (bursting to catch up, never skipping) for --soak-months
+    simulated months of --soak-seconds-per-month wall seconds each. The simulated clock starts at
+    the start of SOAK_START and runs linearly through each calendar month, one month per
+    --soak-seconds-per-month (months of 28 and 31 days take the same wall time). An event is
+    dated at the simulated instant of its production, except a --soak-late share dated 1-5
+    simulated minutes earlier (late for its window) and a --soak-old share dated anywhere in the
+    previous month once that month has closed (late usage for a closed period: adjustments).
+    Subjects, types and values come from a seeded RNG; ids are unique per run. Counts what it
+    produced per simulated month; `month` is the month being produced (-1 before the start,
+    --soak-months once done)."""
+
+    def __init__(self, res: Resources, topic: str, args: argparse.Namespace,
+                 run_id: str) -> None:
+        super().__init__(daemon=True, name="soak-producer")
+        self.producer = Producer(res.kafka_config(**{
+            "enable.idempotence": True, "linger.ms": args.linger_ms,
+            "compression.type": args.compression}))
+        self.topic, self.rate, self.months = topic, args.soak_rate, args.soak_months
+        self.per_month = args.soak_seconds_per_month
+        self.late_share, self.old_share = args.soak_late, args.soak_old
+        self.rng = random.Random(args.seed)
+        bounds, month = [], SOAK_START
+        for _ in range(self.months + 1):
+            bounds.append(int(month.start.timestamp()) * 1000)
+            month = month.next()
+        self.bounds_ms = bounds
+        self.labels = [Month.of(datetime.fromtimestamp(b / 1000, UTC)).key for b in bounds]
+        self.head = '{"specversion":"1.0","id":"soak-' + run_id + "-"
+        self.stop_flag = threading.Event()
+        self.month = -1
+        self.produced = [0] * self.months
+        self.late = [0] * self.months
+        self.old = [0] * self.months
+        self.total = 0
+        self.t0 = 0.0
+        self.errors: list[str] = []
+        self.error: BaseException | None = None
+
+    def _delivered(self, err: Any, msg: Any) -> None:
+        if err is not None and len(self.errors) < 5:
+            self.errors.append(str(err))
+
+    def _event(self, i: int, at_ms: int) -> tuple[bytes, bytes]:
+        rng = self.rng
+        subject, source = SOAK_SUBJECTS[rng.randrange(len(SOAK_SUBJECTS))]
+        pick = rng.random()
+        kind = next(k for k, (_t, share) in enumerate(SOAK_TYPES) if pick < share)
+        if kind == 0:
+            data = '{"method":"GET","route":"/v1/orders","status":200}'
+        elif kind == 1:
+            data = '{"model":"m1","usage":{"tokens":' + str(rng.randint(1, 4000)) + "}}"
+        else:
+            data = '{"user_id":"u' + str(rng.randrange(SOAK_USERS)) + '"}'
+        value = (self.head + str(i) + '","source":"' + source + '","type":"'
+                 + SOAK_TYPES[kind][0] + '","subject":"' + subject + '","time":"'
+                 + _rfc3339_ms(at_ms) + '","data":' + data + "}")
+        return value.encode(), subject.encode()
+
+    def _send(self, value: bytes, key: bytes) -> None:
+        while True:
+            try:
+                self.producer.produce(self.topic, value=value, key=key,
+                                      on_delivery=self._delivered)
+                return
+            except BufferError:
+                self.producer.poll(0.01)
+
+    def probe(self) -> None:
+        """One event dated at the start of the first month, before the clock starts: the stream
+        is up once it has counted it."""
+        self._send(*self._event(0, self.bounds_ms[0]))
+        self.producer.flush(30)
+        self.produced[0] += 1
+        self.total += 1
+
+    def _run(self) -> None:
+        poll, rng = self.producer.poll, self.rng
+        period = 1.0 / self.rate
+        bounds, per_month, months = self.bounds_ms, self.per_month, self.months
+        self.t0 = t0 = time.time()
+        self.month = 0
+        i, n = 1, 0  # i: event id (0 was the probe); n: events due since t0
+        while not self.stop_flag.is_set():
+            now = time.time()
+            m = int((now - t0) / per_month)
+            if m >= months:
+                break
+            self.month = m
+            due = t0 + n * period
+            if due > now:
+                poll(0)
+                time.sleep(min(due - now, 0.002))
+                continue
+            while due <= now:
+                elapsed = time.time() - t0
+                m = min(int(elapsed / per_month), months - 1)
+                frac = min(1.0, elapsed / per_month - m)
+                sim = bounds[m] + int(frac * (bounds[m + 1] - bounds[m]))
+                r = rng.random()
+                at = sim
+                if r < self.old_share and m > 0 and sim - bounds[m] > SOAK_CLOSED_AFTER_MS:
+                    at = rng.randrange(bounds[m - 1], bounds[m])
+                    self.old[m] += 1
+                elif r < self.old_share + self.late_share and sim - bounds[0] > 300_000:
+                    at = sim - rng.randrange(60_000, 300_001)
+                    self.late[m] += 1
+                self._send(*self._event(i, at))
+                self.produced[m] += 1
+                self.total += 1
+                i += 1
+                n += 1
+                due = t0 + n * period
+            poll(0)
+        self.month = months
+        self.producer.flush(30)
+
+
+def _status_kb(pid: int, name: str) -> int | None:
+    """A kB field of /proc/<pid>/status (VmRSS, VmHWM); None when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith(name + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return 0  # a zombie has no VmRSS line
+
+
+def tree_rss_kb(pid: int) -> tuple[int, int] | None:
+    """VmRSS of `pid` plus all its descendants, in kB, and how many processes that is (None once
+    `pid` is gone). `meterwax stream` is the console script itself (a Python process, no
+    wrapper); its children, if Bytewax or a library ever spawned any, are counted too."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"{entry.path}/stat", encoding="ascii", errors="replace") as fh:
+                stat = fh.read()
+            ppid = int(stat.rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    own = _status_kb(pid, "VmRSS")
+    if own is None:
+        return None
+    total, count, todo = own, 1, list(children.get(pid, ()))
+    while todo:
+        child = todo.pop()
+        kb = _status_kb(child, "VmRSS")
+        if kb is not None:
+            total += kb
+            count += 1
+        todo.extend(children.get(child, ()))
+    return total, count
+
+
+class SnapshotReader:
+    """Reads the stream's Bytewax recovery partitions (part-*.sqlite3, bytewax.recovery
+    .init_db_dir) read-only while the stream writes them. Bytewax 0.21's schema: table `snaps`
+    (step_id, state_key, snap_epoch, ser_change BLOB; NULL when a key was discarded) and table
+    `commits` (part_index, commit_epoch); WAL journal, so reading never blocks the writer.
+    Bytewax writes, per epoch, one row for each key whose state changed, and at each commit
+    garbage-collects every snapshot of a key older than its newest one at or before the commit
+    epoch: an epoch's rows only stay until a later committed epoch snapshots the same keys. So
+    each poll reads the epochs committed since the last poll (snap_epoch <= commit_epoch, in one
+    read transaction), and keeps each epoch's figures as first seen, summed over partitions.
+    An epoch first read after a later epoch was also committed may have lost rows to that
+    garbage collection: those are counted (`late_reads`). Also read, per poll: the live state,
+    i.e. the newest snapshot of every key (what a resume loads), and its discarded keys
+    (tombstones: a NULL row stays as a key's newest until the key is snapshotted again)."""
+
+    COLUMNS = frozenset({"step_id", "state_key", "snap_epoch", "ser_change"})
+
+    def __init__(self, recovery: Path) -> None:
+        self.recovery = recovery
+        self.conns: dict[Path, sqlite3.Connection] = {}
+        self.last: dict[Path, int] = {}
+        # epoch -> {"month", "t", "keys", "bytes", "discards", "steps": {step: [keys, bytes]}}
+        self.epochs: dict[int, dict[str, Any]] = {}
+        self.busy = 0  # partition reads skipped because the database was busy
+        self.late_reads = 0
+        self.polls = 0
+
+    def _conn(self, path: Path) -> sqlite3.Connection:
+        conn = self.conns.get(path)
+        if conn is None:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.5,
+                                   isolation_level=None)
+            tables = {r[0] for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            cols = {r[1] for r in conn.execute("PRAGMA table_info(snaps)")}
+            if "commits" not in tables or not cols >= self.COLUMNS:
+                conn.close()
+                msg = (f"{path.name}: not Bytewax 0.21's recovery schema (tables {sorted(tables)}, "
+                       f"snaps columns {sorted(cols)}); bench_stream reads snaps and commits")
+                raise BenchFailed(msg)
+            self.conns[path] = conn
+        return conn
+
+    def poll(self, month: int, now: float) -> dict[str, Any] | None:
+        """Records newly committed epochs under `month`; returns the live state (None when no
+        partition could be read)."""
+        self.polls += 1
+        live: dict[str, Any] = {"keys": 0, "bytes": 0, "tombstones": 0, "steps": {},
+                                "db_bytes": 0}
+        read_any = False
+        for path in sorted(self.recovery.glob("part-*.sqlite3")):
+            try:
+                conn = self._conn(path)
+                conn.execute("BEGIN")
+                try:
+                    commit = conn.execute("SELECT max(commit_epoch) FROM commits").fetchone()[0]
+                    last = self.last.get(path, -1)
+                    rows = [] if commit is None else conn.execute(
+                        "SELECT snap_epoch, step_id, count(*), "
+                        "coalesce(sum(length(ser_change)), 0), count(*) - count(ser_change) "
+                        "FROM snaps WHERE snap_epoch > ? AND snap_epoch <= ? "
+                        "GROUP BY snap_epoch, step_id", (last, commit)).fetchall()
+                    # SQLite: a bare column next to max() comes from the row holding the max.
+                    steps = conn.execute(
+                        "SELECT step_id, count(l), coalesce(sum(l), 0), count(*) - count(l) "
+                        "FROM (SELECT step_id, max(snap_epoch), length(ser_change) AS l "
+                        "FROM snaps GROUP BY step_id, state_key) GROUP BY step_id").fetchall()
+                finally:
+                    conn.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                text = str(exc).lower()
+                if "locked" in text or "busy" in text:
+                    self.busy += 1
+                    continue
+                raise
+            read_any = True
+            for suffix in ("", "-wal"):
+                with contextlib.suppress(OSError):
+                    live["db_bytes"] += os.stat(f"{path}{suffix}").st_size
+            newest = last
+            for epoch, step, keys, size, discards in rows:
+                rec = self.epochs.get(epoch)
+                if rec is None:
+                    rec = self.epochs[epoch] = {"month": month, "t": now, "keys": 0, "bytes": 0,
+                                                "discards": 0, "steps": {}}
+                    if epoch < commit:
+                        self.late_reads += 1
+                rec["keys"] += keys
+                rec["bytes"] += size
+                rec["discards"] += discards
+                per = rec["steps"].setdefault(step, [0, 0])
+                per[0] += keys
+                per[1] += size
+                newest = max(newest, epoch)
+            if commit is not None:  # every epoch up to it is read (or had no rows)
+                self.last[path] = max(newest, commit)
+            for step, keys, size, tombstones in steps:
+                live["keys"] += keys
+                live["bytes"] += size
+                live["tombstones"] += tombstones
+                per = live["steps"].setdefault(step, [0, 0])
+                per[0] += keys
+                per[1] += size
+        return live if read_any else None
+
+    def close(self) -> None:
+        for conn in self.conns.values():
+            conn.close()
+        self.conns.clear()
+
+
+def _median(values: Sequence[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def soak_phase(args: argparse.Namespace, res: Resources, cmd_base: list[str],
+               figures: dict[str, Any]) -> list[str]:
+    problems: list[str] = []
+    months = args.soak_months
+    window = args.soak_window or "1m"
+    topic = res.new_topic("bench-soak", 1)
+    prefix, namespace = res.unique("soak")
+    local = LocalClickHouse(res.tmp / "ch-soak")
+    res.closers.append(local.close)
+    recovery = res.tmp / "recovery-soak"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/metrics"
+    cmd = [*cmd_base, "stream", "--window", window, "--dedup-ttl", args.dedup_ttl,
+           "--max-future", SOAK_MAX_FUTURE, "--metrics-port", str(port)]
+    env = stream_env(res, topic, prefix, namespace, local.url, recovery, args.workers)
+    producer = SoakProducer(res, topic, args, uuid.uuid4().hex[:8])
+    soak = figures["soak"] = {
+        "months": months, "first_month": producer.labels[0], "rate": args.soak_rate,
+        "seconds_per_month": args.soak_seconds_per_month, "window": window,
+        "dedup_ttl": args.dedup_ttl, "max_future": SOAK_MAX_FUTURE,
+        "late_share": args.soak_late, "old_share": args.soak_old,
+        "sample_s": args.soak_sample, "subjects": [s for s, _ in SOAK_SUBJECTS],
+        "types": [t for t, _ in SOAK_TYPES]}
+    print(f"\nrunning: {shlex.join(cmd)}  (tailing {topic}; ClickHouse: clickhouse-connect "
+          f"{local.url}; recovery {recovery})")
+    err_log = res.tmp / "stream-soak.err"
+    t_spawn = time.time()
+    proc = res.spawn(cmd, env, res.tmp / "stream-soak")
+    reader = SnapshotReader(recovery)
+    samples: list[dict[str, Any]] = []
+    last_metrics: dict[str, float] | None = None
+
+    def alive_or_fail(doing: str) -> None:
+        if proc.poll() is not None:
+            msg = (f"`meterwax stream` exited ({proc.returncode}) while {doing}; stderr tail:\n"
+                   f"{tail_of(err_log)}")
+            raise BenchFailed(msg)
+        if producer.error is not None:
+            msg = f"{producer.name} failed while {doing}: {producer.error!r}"
+            raise BenchFailed(msg)
+
+    def sample(month: int) -> dict[str, Any]:
+        nonlocal last_metrics
+        now = time.time()
+        rss = tree_rss_kb(proc.pid)
+        live = reader.poll(month, now)
+        metrics = scrape_metrics(url)
+        if metrics is not None:
+            last_metrics = metrics
+        s = {"t": round(now - t_spawn, 2), "month": month,
+             "rss_kb": rss[0] if rss else None, "procs": rss[1] if rss else None,
+             "produced": producer.total, "counted": counted(metrics), "live": live}
+        samples.append(s)
+        return s
+
+    def month_line(m: int, s: dict[str, Any]) -> str:
+        live = s["live"] or {}
+        rss = f"{s['rss_kb'] / 1024:,.0f} MB" if s["rss_kb"] else "-"
+        return (f"  {producer.labels[m]} done at {s['t']:.0f} s: produced {s['produced']:,}, "
+                f"stream counted {s['counted'] or 0:,}; RSS {rss}; live state "
+                f"{live.get('bytes', 0) / 1024:,.1f} KB in {live.get('keys', 0):,} keys; "
+                f"{len(reader.epochs)} epochs read")
+
+    try:
+        # Start-up: the probe (dated at the first month's start) is counted once the flow reads.
+        producer.probe()
+        deadline = t_spawn + args.startup_timeout
+        while (counted(scrape_metrics(url)) or 0) < 1:
+            alive_or_fail("starting")
+            if time.time() > deadline:
+                msg = (f"the stream did not count its first event {args.startup_timeout:.0f} s "
+                       f"after starting; stderr tail:\n{tail_of(err_log)}")
+                raise BenchFailed(msg)
+            time.sleep(0.1)
+        soak["startup_s"] = round(time.time() - t_spawn, 2)
+        print(f"  stream up after {soak['startup_s']} s; producing {args.soak_rate:,.0f} "
+              f"events/s, one simulated month per {args.soak_seconds_per_month:g} s, "
+              f"{months} months from {producer.labels[0]} ...")
+        producer.start()
+        next_at = time.time()
+        prev: dict[str, Any] | None = None
+        while True:
+            alive_or_fail(f"soaking ({producer.labels[max(0, producer.month)]})")
+            month = producer.month
+            s = sample(month)
+            if prev is not None and prev["month"] != month and 0 <= prev["month"] < months:
+                print(month_line(prev["month"], prev))
+            prev = s
+            if month >= months or not producer.is_alive():
+                break
+            next_at += args.soak_sample
+            time.sleep(max(0.0, next_at - time.time()))
+        # Drain: at least --soak-drain s, and until the stream counted every event.
+        producer.join(35)
+        t_end = time.time()
+        soak["produce_s"] = round(t_end - producer.t0, 2)
+        while True:
+            alive_or_fail("draining")
+            s = sample(months)
+            waited = time.time() - t_end
+            if waited >= args.soak_drain and (s["counted"] or 0) >= producer.total:
+                break
+            if waited > args.soak_drain + args.drain_timeout:
+                problems.append(f"the stream counted {s['counted']:,} of {producer.total:,} "
+                                f"events {waited:.0f} s after production ended")
+                break
+            time.sleep(args.soak_sample)
+    finally:
+        producer.stop_flag.set()
+        if producer.is_alive():
+            producer.join(35)
+        how = Resources.stop(proc, args.stop_timeout)
+        soak["stream_stop"] = how
+        reader.close()
+        print(f"  stream stopped: {how}")
+    if producer.errors:
+        problems.append(f"delivery errors: {producer.errors}")
+
+    # Analysis, per simulated month (the drain is its own row).
+    rows_out: list[dict[str, Any]] = []
+    for m in range(months + 1):
+        eps = [e for e in reader.epochs.values() if e["month"] == m]
+        month_samples = [s for s in samples if s["month"] == m]
+        end = month_samples[-1] if month_samples else None
+        sizes = sorted(e["bytes"] for e in eps)
+        keys = sorted(e["keys"] for e in eps)
+        live = (end or {}).get("live") or {}
+        steps = sorted({st for e in eps for st in e["steps"]})
+        row: dict[str, Any] = {
+            "month": producer.labels[m] if m < months else "drain",
+            "produced": producer.produced[m] if m < months else 0,
+            "late": producer.late[m] if m < months else 0,
+            "previous_month": producer.old[m] if m < months else 0,
+            "epochs": len(eps),
+            "bytes_per_epoch_p50": _median(sizes), "bytes_per_epoch_max": max(sizes or [0]),
+            "keys_per_epoch_p50": _median(keys),
+            "discards": sum(e["discards"] for e in eps),
+            "bytes_per_epoch_p50_by_step": {
+                st: _median([e["steps"].get(st, [0, 0])[1] for e in eps]) for st in steps},
+            "rss_mb_end": round(end["rss_kb"] / 1024, 1) if end and end["rss_kb"] else None,
+            "live_state_bytes_end": live.get("bytes"), "live_keys_end": live.get("keys"),
+            "tombstones_end": live.get("tombstones"), "recovery_db_bytes_end":
+                live.get("db_bytes"),
+            "live_state_by_step_end": live.get("steps"),
+            "stream_lag_end": (end["produced"] - (end["counted"] or 0)) if end else None,
+        }
+        rows_out.append(row)
+    soak["per_month"] = rows_out
+    soak["produced_total"] = producer.total
+    soak["epochs_read"] = len(reader.epochs)
+    soak["epochs_first_read_late"] = reader.late_reads
+    soak["busy_skips"] = reader.busy
+    soak["samples"] = len(samples)
+    rss_all = [s["rss_kb"] for s in samples if s["rss_kb"]]
+    soak["rss_mb_max"] = round(max(rss_all) / 1024, 1) if rss_all else None
+    soak["processes_measured"] = max((s["procs"] or 0) for s in samples) if samples else None
+    if reader.epochs:
+        span = sorted(reader.epochs)
+        soak["epoch_range"] = [span[0], span[-1]]
+        soak["epochs_missing"] = span[-1] - span[0] + 1 - len(span)
+    base, last = rows_out[1], rows_out[months - 1]
+
+    def ratio(key: str) -> float | None:
+        a, b = base.get(key), last.get(key)
+        return round(b / a, 3) if a and b is not None else None
+
+    soak["ratios_last_to_second"] = {
+        "bytes_per_epoch_p50": ratio("bytes_per_epoch_p50"), "rss": ratio("rss_mb_end"),
+        "live_state_bytes": ratio("live_state_bytes_end"),
+        "keys_per_epoch_p50": ratio("keys_per_epoch_p50")}
+    if last_metrics is not None:
+        soak["stream_counters"] = {k: v for k, v in sorted(last_metrics.items())
+                                   if k.startswith(("meterwax_events_total{",
+                                                    "meterwax_late_after_close_total",
+                                                    "meterwax_internal_errors_total{",
+                                                    "meterwax_blank_lines_total"))}
+        internal = sum(v for k, v in last_metrics.items()
+                       if k.startswith("meterwax_internal_errors_total{"))
+        if internal:
+            problems.append(f"the stream reported {internal:.0f} INTERNAL_ERROR(s)")
+    soak["clickhouse_rows"] = count_rows(local.store.query)
+    soak["clickhouse_row_kinds"] = [
+        {"row_kind": r["row_kind"], "after_close": bool(r["after_close"]), "rows": int(r["n"]),
+         "events": int(r["events"] or 0)}
+        for r in local.store.query(
+            "SELECT row_kind, after_close, count() AS n, sum(event_count) AS events "
+            "FROM meterwax.rated_windows_final GROUP BY row_kind, after_close "
+            "ORDER BY row_kind, after_close")]
+    if not reader.epochs:
+        problems.append("no snapshot epoch was read from the recovery directory")
+    return problems
+
+
 # -- output ---------------------------------------------------------------------------------------
 
 
@@ -956,6 +1519,72 @@ def print_latency(f: dict[str, Any]) -> None:
           "-> inserted_at uses ClickHouse's own insert time.")
 
 
+def _num(value: float | None, fmt: str, width: int) -> str:
+    return f"{value:>{width}{fmt}}" if value is not None else f"{'-':>{width}}"
+
+
+def print_soak(f: dict[str, Any]) -> None:
+    soak = f["soak"]
+    rows = soak["per_month"]
+    print()
+    print(f"soak: meterwax stream --window {soak['window']} --dedup-ttl {soak['dedup_ttl']} "
+          f"--max-future {soak['max_future']}, {soak['rate']:,.0f} events/s, "
+          f"{soak['months']} simulated months from {soak['first_month']} at "
+          f"{soak['seconds_per_month']:g} s each; {soak['late_share']:.1%} of events a few "
+          f"minutes late, {soak['old_share']:.2%} dated in the closed previous month; sampled "
+          f"every {soak['sample_s']:g} s; stream up {soak.get('startup_s')} s after spawn")
+    print(f"  {'month':<8}{'produced':>10}{'late':>6}{'prev':>6}{'epochs':>7}"
+          f"{'bytes/epoch':>13}{'max':>11}{'keys/ep':>9}{'live KB':>10}{'live keys':>10}"
+          f"{'tombst':>7}{'RSS MB':>8}{'lag':>8}")
+    for r in rows:
+        live_kb = (r["live_state_bytes_end"] / 1024
+                   if r["live_state_bytes_end"] is not None else None)
+        print(f"  {r['month']:<8}{r['produced']:>10,}{r['late']:>6,}{r['previous_month']:>6,}"
+              f"{r['epochs']:>7}{_num(r['bytes_per_epoch_p50'], ',.0f', 13)}"
+              f"{r['bytes_per_epoch_max']:>11,}{_num(r['keys_per_epoch_p50'], ',.0f', 9)}"
+              f"{_num(live_kb, ',.1f', 10)}{_num(r['live_keys_end'], ',', 10)}"
+              f"{_num(r['tombstones_end'], ',', 7)}{_num(r['rss_mb_end'], ',.1f', 8)}"
+              f"{_num(r['stream_lag_end'], ',', 8)}")
+    ratios = soak["ratios_last_to_second"]
+    second, last = rows[1]["month"], rows[soak["months"] - 1]["month"]
+    print(f"  {last} / {second} (the first month has no closed period yet): bytes/epoch "
+          f"(median) x{ratios['bytes_per_epoch_p50']}, RSS x{ratios['rss']}, live state "
+          f"x{ratios['live_state_bytes']}, keys/epoch x{ratios['keys_per_epoch_p50']}")
+    steps = sorted(set(rows[1]["bytes_per_epoch_p50_by_step"])
+                   | set(rows[soak["months"] - 1]["bytes_per_epoch_p50_by_step"]))
+    if steps:
+        print(f"  median bytes/epoch by step, {second} -> {last}: " + "; ".join(
+            f"{st} {rows[1]['bytes_per_epoch_p50_by_step'].get(st) or 0:,.0f} -> "
+            f"{rows[soak['months'] - 1]['bytes_per_epoch_p50_by_step'].get(st) or 0:,.0f}"
+            for st in steps))
+    ch = soak.get("clickhouse_rows") or {}
+    counters = soak.get("stream_counters") or {}
+    buckets = ", ".join(f"{k.split('bucket=')[1].strip(chr(34) + '}')} {v:,.0f}"
+                        for k, v in counters.items() if "bucket=" in k and v)
+    late_after = counters.get("meterwax_late_after_close_total")
+    print(f"  produced {soak['produced_total']:,} events; the stream counted: {buckets}; "
+          f"late after close {late_after or 0:,.0f}")
+    if ch:
+        kinds = "; ".join(f"{k['row_kind']}{' after close' if k['after_close'] else ''} "
+                          f"{k['rows']:,} rows / {k['events']:,} events"
+                          for k in soak.get("clickhouse_row_kinds") or [])
+        print(f"  ClickHouse: {ch['windows']:,} rated rows holding {ch['events']:,} events "
+              f"({kinds})")
+    print(f"  {soak['epochs_read']} snapshot epochs read (range {soak.get('epoch_range')}, "
+          f"{soak.get('epochs_missing')} missing, {soak['epochs_first_read_late']} first read "
+          f"after a later commit, {soak['busy_skips']} busy skips); peak RSS "
+          f"{soak['rss_mb_max']} MB over {soak['processes_measured']} process(es); stream "
+          f"stop: {soak.get('stream_stop')}")
+    print("  bytes/epoch, keys/ep: per Bytewax epoch, the sum of length(ser_change) and the "
+          "rows (keys snapshotted,")
+    print("    discards included) over the recovery partitions, for the epochs committed during "
+          "that month; live: the newest")
+    print("    snapshot of every key at the month's last sample (tombst: discarded keys whose "
+          "newest row is NULL); RSS:")
+    print("    VmRSS of the stream process and its children then; lag: events produced minus "
+          "events the stream counted.")
+
+
 # -- main -----------------------------------------------------------------------------------------
 
 
@@ -979,6 +1608,8 @@ def main(argv: list[str] | None = None) -> int:
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--latency", action="store_true", help="the latency phase only")
     mode.add_argument("--skip-latency", action="store_true", help="the throughput phase only")
+    mode.add_argument("--soak", action="store_true",
+                      help="the soak phase only: snapshot bytes and RSS over simulated months")
     ap.add_argument("--rate", type=float, default=2000, help="latency phase: events/s")
     ap.add_argument("--seconds", type=float, default=20, help="latency phase: sampled seconds")
     ap.add_argument("--warmup", type=float, default=3,
@@ -990,6 +1621,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--event-base", default=DEFAULT_EVENT_BASE,
                     help="latency phase: event time of the first event (an instant inside an "
                          "active sub-acme-1 month, away from its end)")
+    ap.add_argument("--soak-months", type=int, default=12, help="soak phase: simulated months")
+    ap.add_argument("--soak-rate", type=float, default=3000, help="soak phase: events/s")
+    ap.add_argument("--soak-seconds-per-month", type=float, default=15, metavar="SECONDS",
+                    help="soak phase: wall seconds per simulated month")
+    ap.add_argument("--soak-window", default=None, help="soak phase window (default: 1m)")
+    ap.add_argument("--dedup-ttl", default="35d",
+                    help="soak phase: the stream's --dedup-ttl (its retention horizon)")
+    ap.add_argument("--soak-late", type=float, default=0.01,
+                    help="soak phase: share of events dated 1-5 simulated minutes late")
+    ap.add_argument("--soak-old", type=float, default=0.001,
+                    help="soak phase: share of events dated in the previous, closed month")
+    ap.add_argument("--soak-sample", type=float, default=1.0, metavar="SECONDS",
+                    help="soak phase: RSS and recovery-snapshot sampling interval")
+    ap.add_argument("--soak-drain", type=float, default=5, metavar="SECONDS",
+                    help="soak phase: seconds sampled after production ends")
     ap.add_argument("--startup-timeout", type=float, default=90)
     ap.add_argument("--drain-timeout", type=float, default=20)
     ap.add_argument("--stop-timeout", type=float, default=15,
@@ -1007,9 +1653,17 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--workers must be positive")
     if args.latency_window <= 0:
         ap.error("--latency-window must be positive")
-    if args.clickhouse_path is not None and args.latency:
-        ap.error("--clickhouse-path applies to the throughput phase; --latency polls ClickHouse "
-                 "from this process, so it always serves it (ChdbHttpServer)")
+    if args.clickhouse_path is not None and (args.latency or args.soak):
+        ap.error("--clickhouse-path applies to the throughput phase; --latency and --soak query "
+                 "ClickHouse from this process, so it always serves it (ChdbHttpServer)")
+    if args.soak_months < 2:
+        ap.error("--soak-months must be at least 2 (the ratios compare with the second month)")
+    if args.soak_rate <= 0 or args.soak_seconds_per_month <= 0 or args.soak_sample <= 0:
+        ap.error("--soak-rate, --soak-seconds-per-month and --soak-sample must be positive")
+    if min(args.soak_late, args.soak_old) < 0 or args.soak_late + args.soak_old > 1:
+        ap.error("--soak-late and --soak-old are shares between 0 and 1")
+    if args.soak_drain < 0:
+        ap.error("--soak-drain must not be negative")
     try:
         kafka, redis_url = service_addresses(args.kafka_bootstrap, args.redis_url)
     except BenchFailed as exc:
@@ -1037,11 +1691,18 @@ def main(argv: list[str] | None = None) -> int:
         problems.extend(latency_phase(args, res, cmd_base, figures))
         print_latency(figures)
 
+    def soak() -> None:
+        problems.extend(soak_phase(args, res, cmd_base, figures))
+        print_soak(figures)
+
     phases: list[tuple[str, Callable[[], None]]] = []
-    if not args.latency:
-        phases.append(("throughput", throughput))
-    if not args.skip_latency:
-        phases.append(("latency", latency))
+    if args.soak:
+        phases.append(("soak", soak))
+    else:
+        if not args.latency:
+            phases.append(("throughput", throughput))
+        if not args.skip_latency:
+            phases.append(("latency", latency))
     try:
         for name, run in phases:
             try:
