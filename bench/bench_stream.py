@@ -1344,7 +1344,9 @@ def soak_phase(args: argparse.Namespace, res: Resources, cmd_base: list[str],
             if waited >= args.soak_drain and (s["counted"] or 0) >= producer.total:
                 break
             if waited > args.soak_drain + args.drain_timeout:
-                problems.append(f"the stream counted {s['counted']:,} of {producer.total:,} "
+                # None: its metrics endpoint did not answer (a stream busy snapshotting).
+                seen = "?" if s["counted"] is None else f"{s['counted']:,}"
+                problems.append(f"the stream counted {seen} of {producer.total:,} "
                                 f"events {waited:.0f} s after production ended")
                 break
             time.sleep(args.soak_sample)
