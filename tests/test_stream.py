@@ -15,6 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ class StreamRun:
         self.topic = topic
         self.prefix = f"out-{uuid.uuid4().hex[:8]}."
         self.recovery = tmp / "recovery"  # output topics are created by the stream itself
+        self.extra_env: dict[str, str] = {}
 
     def env(self, workers: int = 1) -> dict[str, str]:
         return {
@@ -68,6 +70,7 @@ class StreamRun:
             "METERWAX_TOPIC_PREFIX": self.prefix,
             "METERWAX_REDIS_NAMESPACE": self.prefix.rstrip("."),
             "METERWAX_WORKERS": str(workers),
+            **self.extra_env,
         }
 
     def start(self, workers: int = 1, *extra: str) -> subprocess.Popen[bytes]:
@@ -220,6 +223,37 @@ def test_killed_mid_stream_and_restarted_loses_and_doubles_nothing(
     result, expected = engine_view(catalog, lines)
     _assert_outputs_equal(run, clickhouse, result, expected)
     _running_charges_match(run, catalog, result)
+
+
+def test_killed_across_period_retirements_loses_and_doubles_nothing(
+        catalog, kafka_service, redis_service, clickhouse, tmp_path) -> None:
+    """A one-day horizon retires October on 2 November, while the workload still sends October
+    usage: the resumed run must retire at the same input positions, refuse the same events as
+    LATE_BEYOND_RETENTION, and drop the retired months' journals with the same final values."""
+    lines = list(generate(catalog, 90_000, seed=5))
+    horizon = timedelta(days=1)
+    topic = kafka_service.new_topic("usage", partitions=1)
+    kafka_service.produce(topic, lines)
+    run = StreamRun(kafka_service, redis_service, clickhouse, tmp_path, topic)
+    run.extra_env = {"METERWAX_DEDUP_TTL": "1d"}
+    proc = run.start()
+    deadline = time.monotonic() + 120
+    while not _has_output(run, "invoice-candidates"):  # October closed: retirement is next
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run finished before it could be killed: use more events"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run.run()
+    result, expected = engine_view(catalog, lines, IngestConfig(retention=horizon))
+    late = [e for e in result.exceptions if e.reason == "LATE_BEYOND_RETENTION"]
+    assert late, "the workload must send usage past the horizon"
+    _assert_outputs_equal(run, clickhouse, result, expected)
+    dead = run.kafka.consume_all(run.prefix + "dead-letter")
+    refused = {int(dict(h)["meterwax.source.offset"]) for _p, _o, _k, _v, h in dead
+               if dict(h)["meterwax.reason"] == b"LATE_BEYOND_RETENTION"}
+    assert refused == {e.position["line"] - 1 for e in late}  # file lines are 1-based
 
 
 def test_redis_restarted_mid_run(catalog, kafka_service, redis_service, clickhouse,
