@@ -12,7 +12,9 @@ Every claim also says when its identity may be forgotten: the end of the event's
 before `through` (operators/ingest.py): an event of such a period is refused before dedup is
 asked (LATE_BEYOND_RETENTION), so no later claim can need those identities. The memory store
 forgets them then, which bounds it by the periods in flight, not the length of the input; Redis
-forgets by its own TTL, which this horizon defaults to.
+forgets by its own TTL, which this horizon defaults to. A duplicate dated in a later period than
+the first occurrence keeps the identity until that later period retires too: forgetting it with
+the first one's period would let a third copy, dated in the later period, be rated again.
 
 Implementations: `MemoryDedup` here (file mode, tests); a Redis one beside the Kafka source.
 """
@@ -42,6 +44,9 @@ class MemoryDedup:
         # period end (epoch seconds) -> the identities first claimed for that period. Forgetting
         # is by whole periods, so a list per period costs one reference per identity.
         self.by_expiry: dict[int, list[str]] = {}
+        # identity -> the latest period end of a duplicate dated after its first occurrence's
+        # period: the few identities whose memory a duplicate extended.
+        self.until: dict[str, int] = {}
 
     def claim(self, items: Sequence[tuple[str, Origin]],
               expires: Sequence[int] | None = None) -> list[bool]:
@@ -60,26 +65,37 @@ class MemoryDedup:
                     bucket.append(identity)
                 out.append(True)
             else:
-                out.append(seen == origin)
+                same = seen == origin
+                if not same and expires is not None:
+                    at = expires[n]
+                    if at > self.until.get(identity, -1):
+                        self.until[identity] = at
+                out.append(same)
         return out
 
     def expire(self, through: int) -> None:
-        first = self.first
-        for at in [at for at in self.by_expiry if at <= through]:
-            for identity in self.by_expiry.pop(at):
-                first.pop(identity, None)
+        first, until, by_expiry = self.first, self.until, self.by_expiry
+        for at in sorted(at for at in by_expiry if at <= through):
+            for identity in by_expiry.pop(at):
+                later = until.pop(identity, None)
+                if later is not None and later > through:
+                    by_expiry.setdefault(later, []).append(identity)  # kept until then
+                else:
+                    first.pop(identity, None)
 
-    def snapshot(self) -> tuple[dict[str, Origin], dict[int, list[str]]]:
-        return dict(self.first), {at: list(ids) for at, ids in self.by_expiry.items()}
+    def snapshot(self) -> tuple[dict[str, Origin], dict[int, list[str]], dict[str, int]]:
+        return (dict(self.first), {at: list(ids) for at, ids in self.by_expiry.items()},
+                dict(self.until))
 
     @classmethod
     def restore(cls, snapshot: Any) -> MemoryDedup:
         """From `snapshot()`, or from a snapshot of the builds before expiry (the dict alone)."""
         store = cls()
         if isinstance(snapshot, tuple):
-            first, by_expiry = snapshot
+            first, by_expiry, *until = snapshot
             store.first = dict(first)
             store.by_expiry = {at: list(ids) for at, ids in by_expiry.items()}
+            store.until = dict(until[0]) if until else {}
         elif snapshot:
             store.first = dict(snapshot)
         return store

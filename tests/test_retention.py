@@ -279,3 +279,24 @@ def test_a_journal_snapshot_from_before_retirement_resumes() -> None:
     logic = JournalLogic(catalog, ENCODER.encode(result.candidates))
     assert set(logic.candidates) == {c.invoice_candidate_id for c in result.candidates}
     assert logic.retired == set()
+
+
+def test_a_later_dated_duplicate_keeps_the_identity_until_its_own_period_retires() -> None:
+    """The first copy is dated in October, a second in November: forgetting the identity with
+    October would let a third copy, dated in November, be rated a second time."""
+    cat = simple_catalog()
+    result = run(cat, [
+        event("x", time="2026-10-30T10:00:00Z"),
+        event("x", time="2026-11-01T10:00:00Z"),  # a duplicate, dated in November
+        event("y", time="2026-11-10T00:00:00Z"),  # retires October (3-day horizon)
+        event("x", time="2026-11-02T10:00:00Z"),  # still a duplicate
+    ], batch_size=1, retention=DAYS3)
+    assert buckets(result) == {"rated": 2, "duplicate": 2}
+    store = MemoryDedup()
+    oct_end, nov_end = (int(Month(2026, m).end.timestamp()) for m in (10, 11))
+    store.claim([("x", ("f", 0, 1)), ("x", ("f", 0, 2))], [oct_end, nov_end])
+    store.expire(oct_end)
+    assert "x" in store.first
+    assert MemoryDedup.restore(store.snapshot()).by_expiry == store.by_expiry
+    store.expire(nov_end)
+    assert store.first == {} and store.until == {}
