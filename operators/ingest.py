@@ -1,8 +1,16 @@
 """Ingest: from raw input lines to one bucket per event, and rating ops per subscription.
 
 Each event lands in exactly one bucket, tested in this order: INVALID_JSON, INVALID_EVENT
-(both judged by operators/envelope.py), FUTURE_EVENT, LATE_BEYOND_RETENTION, duplicate,
-unmetered, UNKNOWN_SUBJECT, NO_ACTIVE_SUBSCRIPTION, INVALID_VALUE, PERIOD_LIMIT_EXCEEDED, rated.
+(both judged by operators/envelope.py), FUTURE_EVENT, LATE_BEYOND_RETENTION, unmetered,
+UNKNOWN_SUBJECT, NO_ACTIVE_SUBSCRIPTION, INVALID_VALUE, unmetered (no meter of the type in the
+plan), duplicate, PERIOD_LIMIT_EXCEEDED, rated.
+
+Only an event that gets as far as dedup claims its identity: a rejected event claims nothing, so
+a copy of it is judged afresh. Finance can fix the master data and replay it, and a corrupted
+copy arriving first cannot make the good one a "duplicate". Everything before dedup is judged
+from the event and the contracts alone, so it can run for the whole batch before the one dedup
+round trip; PERIOD_LIMIT_EXCEEDED depends on what was accepted before, so it comes after
+(Ingestor._admit).
 
 Retention: a period closes once the watermark passes its end plus the allowed lateness, and is
 retired once it passes that plus the retention horizon (default the dedup TTL, 35 days). Its
@@ -77,6 +85,11 @@ _UNBOUNDED, _BY_VALUE, _BY_SUM, _BY_COUNT = 0, 1, 2, 3
 # at or above it needs no counting.
 _MAX_EVENTS = Decimal(10) ** 15
 _Limits = tuple[tuple[Decimal, int], ...]  # (cap, how it is bounded) per routed meter
+# An event judged rateable, waiting for dedup's answer (Ingestor._judge, Ingestor._admit):
+# (position, raw, event, customer, subscription, values of the routed meters, their limits,
+# (period key, period start, period end)).
+_Judged = tuple[int, bytes, CloudEvent, Customer, Subscription,
+                list[tuple[Meter, Decimal | str]], _Limits | None, tuple[str, int, int]]
 
 
 
@@ -256,7 +269,7 @@ class Ingestor:
         Parts end only at such events, which come about once a month."""
         stats = out.stats
         source_name, partition = self.source_name, self.partition
-        decoded: list[tuple[int, bytes, CloudEvent]] = []
+        decoded: list[_Judged] = []  # events that reach dedup, in input order
         claims: list[tuple[str, Origin]] = []  # (identity, origin) of each decoded event
         expires: list[int] = []  # and the end of its period (operators/dedup.py)
         retired_end = self._retired_end
@@ -298,11 +311,19 @@ class Ingestor:
                 self._exception(out, position, raw, LATE_BEYOND_RETENTION,
                                 self._beyond_retention(at), event)
                 continue
-            decoded.append((position, raw, event))
-            source = event.source
-            claims.append((f"{len(source)}:{source}{event.id}", (source_name, partition, position)))
             period_end = self._month(at)[2]
-            expires.append(period_end)
+            try:
+                judged = self._judge(out, position, raw, event)
+            except Exception as exc:  # the crash-safe boundary (module docstring)
+                self._internal(out, position, raw, "classifying", exc, event)
+                judged = None
+            if judged is not None:
+                # Only an event that would be rated claims its identity (module docstring).
+                decoded.append(judged)
+                source = event.source
+                claims.append((f"{len(source)}:{source}{event.id}",
+                               (source_name, partition, position)))
+                expires.append(period_end)
             if lowering and period_end < earliest_end:
                 earliest_end = period_end
                 bound = datetime.fromtimestamp(period_end, UTC) + self._retire_after
@@ -313,17 +334,17 @@ class Ingestor:
         stats.blank += blank
         stats.read += index - start - blank
 
-        firsts = self.dedup.claim(claims, expires)
-        classify = self._classify
+        firsts = self.dedup.claim(claims, expires) if claims else []
+        admit = self._admit
         duplicates = 0
-        for (position, raw, event), first in zip(decoded, firsts, strict=True):
+        for judged, first in zip(decoded, firsts, strict=True):
             if first:
                 rated, late = stats.rated, stats.late_after_close
                 try:
-                    classify(out, position, raw, event)
+                    admit(out, judged)
                 except Exception as exc:  # the crash-safe boundary
                     stats.rated, stats.late_after_close = rated, late
-                    self._internal(out, position, raw, "classifying", exc, event)
+                    self._internal(out, judged[0], judged[1], "classifying", exc, judged[2])
             else:
                 duplicates += 1
         stats.duplicates += duplicates
@@ -399,38 +420,36 @@ class Ingestor:
             self._last_sub[customer.id] = sub
         return sub
 
-    def _classify(self, out: IngestOutput, position: int, raw: bytes, event: CloudEvent) -> None:
+    def _judge(self, out: IngestOutput, position: int, raw: bytes, event: CloudEvent
+               ) -> _Judged | None:
+        """What an event is, from the event and the contracts alone: unmetered, UNKNOWN_SUBJECT,
+        NO_ACTIVE_SUBSCRIPTION, INVALID_VALUE (against every meter of its type, whichever the
+        plan prices: validity is a property of the telemetry and the meter definitions, so a
+        contract change must not change it), or unmetered again when the plan prices none of
+        its meters. Rejected or unmetered, it is recorded here and claims nothing, so a copy is
+        judged afresh (after the master data is fixed, say); otherwise the event to admit."""
         catalog = self.catalog
         event_type = event.type
-        if event_type not in catalog.meters_by_event_type:
+        type_meters = catalog.meters_by_event_type.get(event_type)
+        if type_meters is None:
             out.stats.unmetered += 1
-            return
+            return None
         customer = catalog.customer_by_subject.get(event.subject)
         if customer is None:
             self._exception(out, position, raw, UNKNOWN_SUBJECT,
                             f"subject {event.subject!r} belongs to no customer in the catalog",
                             event)
-            return
+            return None
         at = event.time  # UTC: operators/envelope.judge converted it
         sub = self._subscription_at(customer, at)
         if sub is None:
             self._exception(out, position, raw, NO_ACTIVE_SUBSCRIPTION,
                             f"customer {customer.id!r} has no subscription active at "
                             f"{at.isoformat()}", event)
-            return
-        route = self._routes.get((sub.plan_id, event_type))
-        if route is None:
-            route = self._route(sub.plan_id, event_type)
-        meters, limits = route
-        if not meters:
-            stats = out.stats
-            # A metered type, but the subscription's plan prices none of its meters.
-            stats.unmetered += 1
-            stats.unmetered_not_in_plan += 1
-            return
+            return None
         values: list[tuple[Meter, Decimal | str]] = []
         data = event.data
-        for meter in meters:
+        for meter in type_meters:
             aggregation = meter.aggregation
             try:
                 if aggregation == "count":
@@ -442,9 +461,31 @@ class Ingestor:
             except InvalidValue as exc:
                 self._exception(out, position, raw, INVALID_VALUE,
                                 f"meter {meter.id!r}: {exc}", event)
-                return
+                return None
             values.append((meter, value))
-        month = self._month(at)
+        route = self._routes.get((sub.plan_id, event_type))
+        if route is None:
+            route = self._route(sub.plan_id, event_type)
+        meters, limits = route
+        if not meters:
+            stats = out.stats
+            # A metered type, but the subscription's plan prices none of its meters.
+            stats.unmetered += 1
+            stats.unmetered_not_in_plan += 1
+            return None
+        if len(meters) != len(values):
+            values = [(m, v) for m, v in values if m in meters]
+        return (position, raw, event, customer, sub, values, limits, self._month(at))
+
+    def _admit(self, out: IngestOutput, judged: _Judged) -> None:
+        """A first occurrence: rated, unless it would take its period past what the store
+        holds (PERIOD_LIMIT_EXCEEDED). That limit depends on the usage accepted before the event
+        in input order, which only exists once dedup has answered, so it is the one rejection
+        judged after dedup, and its identity stays claimed: a copy is a duplicate. Only a
+        hostile or broken producer reaches 10^20; a retry path for it is not worth a second
+        round trip to the dedup store per batch."""
+        position, raw, event, customer, sub, values, limits, month = judged
+        at = event.time
         bounds: list[tuple[tuple[str, str, str], Decimal]] = []
         if limits is not None:
             over = self._over_limit(sub, month[0], values, limits, bounds)
@@ -458,7 +499,7 @@ class Ingestor:
                 totals[key] = bound
         if self.config.ledger:
             out.accepted.append(AcceptedEvent(
-                event_source=event.source, event_id=event.id, event_type=event_type,
+                event_source=event.source, event_id=event.id, event_type=event.type,
                 subject=event.subject, time=at, customer_id=customer.id,
                 subscription_id=sub.id, period=month[0],
                 origin_source=self.source_name, origin_partition=self.partition,

@@ -69,7 +69,6 @@ from schemas.records import (
     INTERNAL_ERROR,
     INVALID_EVENT,
     INVALID_JSON,
-    LATE_BEYOND_RETENTION,
     PERIOD_LIMIT_EXCEEDED,
     REASONS,
     ExceptionRecord,
@@ -765,14 +764,18 @@ def test_fuzzed_stream_fed_twice_dedups_to_the_same_outputs(seed: int, ops: list
     twice = run([raw for raw in lines for _ in range(2)])
     assert_same_outputs(twice, once)
     assert twice.stats.rated == once.stats.rated
-    # Lines rejected before dedup (not events, not yet due, or dated in a retired period) claim
-    # no identity: their copies are rejected again. Every other copy is a duplicate.
-    early = (INVALID_JSON, INVALID_EVENT, FUTURE_EVENT, LATE_BEYOND_RETENTION)
-    judged = once.stats.read - sum(once.stats.exceptions[r] for r in early)
-    assert twice.stats.duplicates == once.stats.duplicates + judged
+    # Only lines that reach dedup claim an identity: their copies are duplicates. Every line
+    # rejected or unmetered before it claims nothing, so its copy lands where it did. Only
+    # PERIOD_LIMIT_EXCEEDED (and an internal error while admitting) comes after dedup.
+    o, t = once.stats, twice.stats
+    after = (PERIOD_LIMIT_EXCEEDED,)
+    reached = o.rated + o.duplicates + sum(o.exceptions[r] for r in after)
+    assert t.duplicates == o.duplicates + reached
+    assert t.unmetered == 2 * o.unmetered
+    assert o.exceptions[INTERNAL_ERROR] == 0  # else its side of dedup would be unknown here
     for reason in REASONS:
-        factor = 2 if reason in early else 1
-        assert twice.stats.exceptions[reason] == factor * once.stats.exceptions[reason], reason
+        factor = 1 if reason in after else 2
+        assert t.exceptions[reason] == factor * o.exceptions[reason], reason
 
 
 def test_fuzzer_mutants_reach_every_bucket() -> None:
