@@ -31,6 +31,8 @@ from operators.limits import (
     MIN_TIME,
 )
 from operators.periods import Month
+from operators.retry import RetryFilter
+from schemas.records import REASONS
 
 if TYPE_CHECKING:
     from flows.kafka_io import KafkaSettings
@@ -517,6 +519,46 @@ class StreamSettings:
             addresses=addresses, stop_at_end=stop_at_end, kafka_security=security,
             metrics_port=metrics_port,
         )
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    """`meterwax exceptions retry`: where the dead letters are, where to send them, and which.
+    Read like `stream`'s: flags, then the same METERWAX_* variables (a deployment's env file
+    serves both), every problem reported at once."""
+
+    kafka_bootstrap: str
+    input_topic: str
+    topics: Topics
+    select: RetryFilter
+    dry_run: bool = False
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
+
+    def kafka(self) -> KafkaSettings:
+        from flows.kafka_io import KafkaSettings
+
+        return KafkaSettings(self.kafka_bootstrap, self.kafka_security.properties())
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any],
+                     environ: Mapping[str, str] | None = None) -> RetrySettings:
+        opts = Options(values, os.environ if environ is None else environ,
+                       blank_is_default=True)
+        required = {name: opts.required(name) for name in ("kafka_bootstrap", "input_topic")}
+        reason = opts.value("reason", one_of(REASONS), None)
+        since = opts.value("since", parse_instant, None)
+        until = opts.value("until", parse_instant, None)
+        if since is not None and until is not None and until <= since:
+            opts.add("until", f"must be after --since ({since.isoformat()})")
+        security = read_kafka_security(opts)
+        if opts.problems:
+            raise SettingsError(opts.problems)
+        return cls(
+            kafka_bootstrap=required["kafka_bootstrap"], input_topic=required["input_topic"],
+            topics=Topics.with_prefix(opts.text("topic_prefix", "meterwax.") or ""),
+            select=RetryFilter(reason=reason, subject=opts.text("subject") or None,
+                               since=since, until=until),
+            dry_run=opts.switch("dry_run"), kafka_security=security)
 
 
 def _cluster(opts: Options) -> tuple[tuple[str, ...], int | None]:

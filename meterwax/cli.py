@@ -171,6 +171,30 @@ def _parser() -> argparse.ArgumentParser:
                         help="read every partition to its current end, then stop (backfills)")
     _kafka_security(stream)
 
+    exceptions = sub.add_parser(
+        "exceptions", help="work the rejected events (the dead-letter topic)",
+        description="Work the rejected events a stream left on its dead-letter topic.")
+    actions = exceptions.add_subparsers(dest="action", required=True)
+    retry = actions.add_parser(
+        "retry", help="send matching dead letters' original bytes to the input topic again",
+        description="Re-publish the original bytes of every matching dead letter to the input "
+                    "topic, with a meterwax.retry-of header naming the dead letter, and print "
+                    "how many were sent. The stream judges them afresh: fix the master data "
+                    "first. Retrying twice is safe: an event rated by the first retry is a "
+                    "duplicate the second time. Settings are read like `stream`'s (flags, then "
+                    "METERWAX_* variables).")
+    retry.add_argument("--kafka-bootstrap", dest="kafka_bootstrap")
+    retry.add_argument("--input-topic", dest="input_topic")
+    retry.add_argument("--topic-prefix", dest="topic_prefix",
+                       help="the stream's output-topic prefix (default meterwax.)")
+    retry.add_argument("--reason", help="only dead letters rejected for this reason")
+    retry.add_argument("--subject", help="only events with this subject")
+    retry.add_argument("--since", metavar="RFC3339", help="only those rejected at or after")
+    retry.add_argument("--until", metavar="RFC3339", help="only those rejected before")
+    retry.add_argument("--dry-run", dest="dry_run", action="store_true",
+                       help="count what would be sent, send nothing")
+    _kafka_security(retry)
+
     serve = sub.add_parser(
         "serve-clickhouse", help="serve an embedded store over ClickHouse's HTTP interface",
         description="Serve a run's embedded store over ClickHouse's HTTP interface "
@@ -237,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "sql":
             return _sql(args.out, args.query)
+        if args.command == "exceptions":
+            return _exceptions_retry(args)
         if args.command == "stream":
             return _stream(args)
         if args.command == "serve-clickhouse":
@@ -329,12 +355,20 @@ def _caused_by_interrupt(exc: BaseException) -> bool:
     return False
 
 
-def _stream(args: argparse.Namespace) -> int:
+def _settings(read: Callable[[Mapping[str, object]], T], args: argparse.Namespace) -> T | None:
+    """Settings read from the flags and METERWAX_* variables, or None once every problem is
+    printed (the caller exits with EXIT_USAGE)."""
     try:
-        settings = StreamSettings.from_mapping(vars(args))
+        return read(vars(args))
     except SettingsError as exc:
         for problem in exc.problems:
             print(f"meterwax: {problem}", file=sys.stderr)
+        return None
+
+
+def _stream(args: argparse.Namespace) -> int:
+    settings = _settings(StreamSettings.from_mapping, args)
+    if settings is None:
         return EXIT_USAGE
     # Imported only now: Bytewax and Kafka are not needed to judge the settings.
     from flows import metrics
@@ -343,6 +377,23 @@ def _stream(args: argparse.Namespace) -> int:
     if settings.metrics_port:
         metrics.serve(settings.metrics_port)
     run_stream(settings, on_stats=metrics.record)
+    return 0
+
+
+def _exceptions_retry(args: argparse.Namespace) -> int:
+    from flows.settings import RetrySettings
+
+    settings = _settings(RetrySettings.from_mapping, args)
+    if settings is None:
+        return EXIT_USAGE
+    from meterwax.retry import retry_dead_letters
+
+    report = retry_dead_letters(settings)
+    sent = (f"would send {report.matched}" if settings.dry_run else f"sent {report.sent}")
+    print(f"{report.read} dead letter(s) read from {settings.topics.dead_letter}; "
+          f"{report.matched} matched; {sent} to {settings.input_topic}")
+    for reason, n in sorted(report.by_reason.items()):
+        print(f"  {reason}: {n}")
     return 0
 
 

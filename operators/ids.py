@@ -6,6 +6,7 @@ second worker produces the same id for the same thing, and nothing else in the c
 
     input partition        <source>:<number>                   file:0, usage-events:3
     exception              <source>:<number>:<offset or line>  file:0:17
+    retried dead letter    <dead-letter topic>:<partition>:<offset>
     rating failure         <subscription>:rating-failure-<n>
     rated window row       <subscription>:<meter>:<window start, epoch seconds>
     correction row         <window row>:c<rating seq>          sub-acme-1:tokens:1790812800:c57
@@ -38,6 +39,11 @@ def parse_partition(name: str) -> tuple[str, int]:
 
 def exception_id(source: str, partition: int, position: int) -> str:
     return f"{source}:{partition}:{position}"
+
+
+def dead_letter_ref(topic: str, partition: int, offset: int) -> str:
+    """What a retried event's `meterwax.retry-of` header names: the dead letter it came from."""
+    return f"{topic}:{partition}:{offset}"
 
 
 def rating_failure_id(subscription_id: str, n: int) -> str:

@@ -138,3 +138,104 @@ def ensure_topics(settings: KafkaConfig, compacted: Sequence[str], plain: Sequen
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
     return created
+
+
+# -- reading a topic once, and publishing a batch (`meterwax exceptions retry`) -----------------
+
+
+class Record(msgspec.Struct, gc=False):
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: dict[str, bytes]
+    timestamp_ms: int | None  # the broker's or producer's timestamp, when it has one
+
+
+def read_topic(settings: KafkaConfig, topic: str, timeout: float = 30.0) -> list[Record]:
+    """Every record of `topic`, each partition read from its start to its end as of the call
+    (a bounded read: records produced meanwhile are left for the next one)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(settings.config(**{"group.id": "meterwax-tools",
+                                           "enable.auto.commit": False}))
+    try:
+        meta = consumer.list_topics(topic=topic, timeout=timeout).topics.get(topic)
+        if meta is None or meta.error is not None:
+            msg = f"topic {topic!r} cannot be read: {meta.error if meta else 'missing'}"
+            raise KafkaDeliveryError(msg)
+        ends: dict[int, int] = {}
+        assignment = []
+        for partition in sorted(meta.partitions):
+            tp = TopicPartition(topic, partition)
+            low, high = consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
+            if high > low:
+                ends[partition] = high
+                assignment.append(TopicPartition(topic, partition, low))
+        out: list[Record] = []
+        if not assignment:
+            return out
+        consumer.assign(assignment)
+        done: set[int] = set()
+        while len(done) < len(ends):
+            batch = consumer.consume(1000, timeout)
+            if not batch:
+                msg = f"topic {topic!r}: no record for {timeout:.0f} s before its end offsets"
+                raise KafkaDeliveryError(msg)
+            for m in batch:
+                err = m.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise KafkaException(err)
+                partition, offset = m.partition(), m.offset()
+                assert partition is not None and offset is not None  # a delivered record
+                if partition in done or offset >= ends[partition]:
+                    done.add(partition)
+                    continue
+                kind, ts = m.timestamp()
+                key, value = m.key(), m.value()
+                headers = {str(k): (v.encode() if isinstance(v, str) else v or b"")
+                           for k, v in list(m.headers() or [])}
+                out.append(Record(topic, partition, offset,
+                                  key.encode() if isinstance(key, str) else key,
+                                  value.encode() if isinstance(value, str) else value or b"",
+                                  headers, ts if kind else None))
+                if offset + 1 >= ends[partition]:
+                    done.add(partition)
+        return out
+    finally:
+        consumer.close()
+
+
+def publish(settings: KafkaConfig, topic: str,
+            records: Sequence[tuple[bytes | None, bytes, list[Header]]]) -> int:
+    """Send (key, value, headers) records to `topic` with the idempotent producer and wait for
+    every acknowledgement; returns how many the broker acknowledged, and raises if any was
+    refused (those are listed), so a caller never reports a retry that did not happen."""
+    producer = Producer(settings.config(**{"enable.idempotence": True, "linger.ms": 5}))
+    errors: list[str] = []
+    acked = 0
+
+    def delivered(err: Any, _msg: Any) -> None:
+        nonlocal acked
+        if err is None:
+            acked += 1
+        elif len(errors) < 5:
+            errors.append(str(err))
+
+    for key, value, headers in records:
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key, headers=headers or None,
+                                 on_delivery=delivered)
+                break
+            except BufferError:
+                producer.poll(0.1)
+    remaining = producer.flush(60)
+    if remaining or errors:
+        msg = (f"{acked} of {len(records)} record(s) acknowledged by {topic!r}; "
+               f"{remaining} undelivered after 60 s; errors: {'; '.join(errors)}")
+        raise KafkaDeliveryError(msg)
+    return acked

@@ -234,3 +234,23 @@ def test_secret_shows_nothing() -> None:
     secret = Secret(PASSWORD)
     assert repr(secret) == str(secret) == f"{secret}" == "***"
     assert secret.reveal() == PASSWORD
+
+
+def test_retry_settings_read_like_the_stream_and_report_every_problem() -> None:
+    from flows.settings import RetrySettings
+
+    with pytest.raises(SettingsError) as err:
+        RetrySettings.from_mapping({"reason": "NOPE", "since": "yesterday",
+                                    "kafka_security_protocol": "SASL_SSL"}, environ={})
+    problems = err.value.problems
+    assert [p.split(":")[0] for p in problems] == [
+        "--kafka-bootstrap", "--input-topic", "--reason", "--since", "--kafka-sasl-mechanism",
+        "--kafka-sasl-username", "--kafka-sasl-password"], problems
+    settings = RetrySettings.from_mapping(
+        {"reason": "UNKNOWN_SUBJECT", "subject": "acme-prod"},
+        environ={"METERWAX_KAFKA_BOOTSTRAP": "k:9092", "METERWAX_INPUT_TOPIC": "usage",
+                 "METERWAX_TOPIC_PREFIX": "prod."})
+    assert (settings.kafka_bootstrap, settings.input_topic) == ("k:9092", "usage")
+    assert settings.topics.dead_letter == "prod.dead-letter"
+    assert (settings.select.reason, settings.select.subject) == ("UNKNOWN_SUBJECT", "acme-prod")
+    assert not settings.dry_run

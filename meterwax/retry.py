@@ -1,0 +1,44 @@
+"""`meterwax exceptions retry`: read the dead-letter topic once, send the matching dead letters'
+original bytes to the input topic again (operators/retry.py says why that is safe)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from flows.settings import RetrySettings
+from operators import ids
+from operators.retry import input_key
+from sinks.kafka import Header, publish, read_topic
+
+RETRY_HEADER = "meterwax.retry-of"  # the dead letter a retried event came from (ids.py)
+
+
+@dataclass
+class RetryReport:
+    read: int = 0
+    matched: int = 0
+    sent: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)  # matched, per reason
+
+
+def retry_dead_letters(settings: RetrySettings) -> RetryReport:
+    kafka = settings.kafka()
+    topic = settings.topics.dead_letter
+    report = RetryReport()
+    batch: list[tuple[bytes | None, bytes, list[Header]]] = []
+    for record in read_topic(kafka, topic):
+        report.read += 1
+        reason = record.headers.get("meterwax.reason", b"").decode("utf-8", "replace") or None
+        rejected_at = (datetime.fromtimestamp(record.timestamp_ms / 1000, UTC)
+                       if record.timestamp_ms is not None else None)
+        if not settings.select.matches(reason, record.value, rejected_at):
+            continue
+        report.matched += 1
+        label = reason or "(no reason)"
+        report.by_reason[label] = report.by_reason.get(label, 0) + 1
+        ref = ids.dead_letter_ref(record.topic, record.partition, record.offset)
+        batch.append((input_key(record.value), record.value, [(RETRY_HEADER, ref.encode())]))
+    if batch and not settings.dry_run:
+        report.sent = publish(kafka, settings.input_topic, batch)
+    return report
