@@ -21,6 +21,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 
 from flows.sources import Chunk
+from operators.retry import RETRY_HEADER
 from sinks.kafka import KafkaDeliveryError
 
 
@@ -63,6 +64,7 @@ class _PartitionReader(StatefulSourcePartition[Chunk, int]):
         if self.end is not None and self.next_offset >= self.end:
             raise StopIteration
         lines: list[tuple[int, bytes]] = []
+        retried: list[int] = []  # offsets of events retried from a dead letter
         for msg in self.consumer.consume(self.chunk, 0.05):
             err = msg.error()
             if err is not None:
@@ -75,7 +77,12 @@ class _PartitionReader(StatefulSourcePartition[Chunk, int]):
                 continue  # produced after a bounded run started: not part of it
             lines.append((offset, msg.value() or b""))
             self.next_offset = offset + 1
-        return [(self.name, lines)] if lines else []
+            headers = msg.headers()
+            if headers and any(h[0] == RETRY_HEADER for h in headers):
+                retried.append(offset)
+        if not lines:
+            return []
+        return [(self.name, lines, retried)] if retried else [(self.name, lines)]
 
     def snapshot(self) -> int:
         return self.next_offset

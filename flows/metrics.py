@@ -15,6 +15,10 @@ EVENTS = Counter("meterwax_events_total", "Events read, by the bucket they lande
 LATE = Counter("meterwax_late_after_close_total",
                "Rated events for a period whose invoice candidate was already issued")
 BLANK = Counter("meterwax_blank_lines_total", "Blank input messages skipped")
+# The backlog of rejected usage being worked: retried events by where they landed this time.
+RETRIED = Counter("meterwax_retried_events_total",
+                  "Events sent again from a dead letter, by the bucket they landed in",
+                  ["outcome"])
 # Page on any increase: the flow goes on without the event (see operators/ingest.py), but an
 # INTERNAL_ERROR is a bug or an input nobody foresaw, and its usage is not billed until fixed.
 INTERNAL = Counter("meterwax_internal_errors_total",
@@ -32,6 +36,8 @@ def record(batches: Sequence[IngestStats]) -> None:
                 EVENTS.labels(reason).inc(n)
         LATE.inc(s.late_after_close)
         BLANK.inc(s.blank)
+        for outcome, n in s.retried.items():
+            RETRIED.labels(outcome).inc(n)
         internal = s.exceptions.get(INTERNAL_ERROR, 0)
         if internal:
             INTERNAL.labels("ingest").inc(internal)

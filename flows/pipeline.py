@@ -148,8 +148,8 @@ class IngestLogic(StatefulBatchLogic[Chunk, IngestItem, Any]):
     def on_batch(self, values: list[Chunk]) -> tuple[Iterable[IngestItem], bool]:
         ingestor = self.ingestor or self._build(values[0][0], None, None)
         emitted: list[IngestItem] = []
-        for _, lines in values:
-            self._emit(ingestor.process(lines), emitted)
+        for chunk in values:
+            self._emit(ingestor.process(chunk[1], chunk[2] if len(chunk) > 2 else ()), emitted)
         return emitted, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[IngestItem], bool]:

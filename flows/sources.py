@@ -16,7 +16,9 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from operators.limits import MAX_LINE_BYTES
 
-Chunk = tuple[str, list[tuple[int, bytes]]]  # (partition name, [(line number, raw line)])
+# (partition name, [(line number or offset, raw line)]), and from Kafka, when some of the lines
+# are events retried from a dead letter (`meterwax exceptions retry`), their offsets.
+Chunk = tuple[str, list[tuple[int, bytes]]] | tuple[str, list[tuple[int, bytes]], list[int]]
 
 _READ_BYTES = 1 << 18
 _BOM = b"\xef\xbb\xbf"

@@ -8,10 +8,8 @@ from datetime import UTC, datetime
 
 from flows.settings import RetrySettings
 from operators import ids
-from operators.retry import input_key
+from operators.retry import RETRY_HEADER, input_key
 from sinks.kafka import Header, publish, read_topic
-
-RETRY_HEADER = "meterwax.retry-of"  # the dead letter a retried event came from (ids.py)
 
 
 @dataclass

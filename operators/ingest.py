@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import base64
 import heapq
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -144,6 +144,9 @@ class IngestStats:
     # reconciliation, computed independently of windows and rating.
     ingested: dict[tuple[str, str, str], Aggregate] = field(default_factory=dict)
     contributions: dict[str, int] = field(default_factory=dict)  # meter -> accepted values
+    # Events retried from a dead letter (`meterwax exceptions retry`), by the bucket they landed
+    # in this time: "rated", "duplicate", "unmetered", "blank" or an exception reason.
+    retried: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -247,18 +250,31 @@ class Ingestor:
         self._open_ops = {}
         return IngestOutput([], {}, IngestStats())
 
-    def process(self, batch: Sequence[tuple[int, bytes]]) -> IngestOutput:
+    def process(self, batch: Sequence[tuple[int, bytes]],
+                retried: Collection[int] = ()) -> IngestOutput:
+        """`retried`: the positions in `batch` of events sent again from a dead letter; each is
+        judged like any other, and where it landed is counted in `IngestStats.retried`."""
         out = self._new_output()
         # Read once per batch: the horizon only has to be right to within a batch.
         now = self.config.clock()
         start, end = 0, len(batch)
+        if retried:
+            wanted = set(retried)
+            for index, (position, _) in enumerate(batch):
+                if position in wanted and index >= start:
+                    while start < index:
+                        start = self._part(out, batch, start, now, index)
+                    before = _counts(out.stats)
+                    start = self._part(out, batch, index, now, index + 1)
+                    outcome = _landed(before, _counts(out.stats))
+                    out.stats.retried[outcome] = out.stats.retried.get(outcome, 0) + 1
         while start < end:
             start = self._part(out, batch, start, now)
         self._tally(out)
         return out
 
     def _part(self, out: IngestOutput, batch: Sequence[tuple[int, bytes]], start: int,
-              now: datetime) -> int:
+              now: datetime, stop: int | None = None) -> int:
         """Judge `batch` from `start` up to and including the first event that could retire a
         period (`_split_at`); return where the next part starts.
 
@@ -280,7 +296,7 @@ class Ingestor:
         lowering = self.state.closed_through is None
         earliest_end = MAX_TS
         blank = 0
-        stop = len(batch)
+        stop = len(batch) if stop is None else stop
         index = start
         while index < stop:
             position, raw = batch[index]
@@ -729,6 +745,19 @@ class Ingestor:
             if self.state.closed_through is None or self.state.closed_through < last:
                 self._close(out, last, wm)
         return out
+
+
+def _counts(s: IngestStats) -> tuple[int, ...]:
+    return (s.rated, s.duplicates, s.unmetered, s.blank, *s.exceptions.values())
+
+
+_COUNTED = ("rated", "duplicate", "unmetered", "blank", *REASONS)
+
+
+def _landed(before: tuple[int, ...], after: tuple[int, ...]) -> str:
+    """The bucket one event landed in: the one counter that moved while it was judged."""
+    moved = [name for name, b, a in zip(_COUNTED, before, after, strict=True) if a != b]
+    return moved[0] if len(moved) == 1 else "unknown"  # never raise from here (the boundary)
 
 
 def _clip(text: str, limit: int = 200) -> str:

@@ -46,6 +46,8 @@ class StatsTotal(IngestStats):
                 mine.merge(agg)
         for meter, n in s.contributions.items():
             self.contributions[meter] = self.contributions.get(meter, 0) + n
+        for outcome, n in s.retried.items():
+            self.retried[outcome] = self.retried.get(outcome, 0) + n
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +136,7 @@ def reconcile(catalog: Catalog, stats: StatsTotal, rated: dict[RatedKey, RatedSu
             exceptions_total=exc_total,
             late_after_close=stats.late_after_close,
             buckets_total=bucketed,
+            retried=dict(sorted(stats.retried.items())),
         ),
         rating_failures=rating_failures,
         meters={

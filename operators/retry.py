@@ -15,6 +15,10 @@ from datetime import datetime
 
 import msgspec
 
+# The Kafka header of a retried event: the dead letter it came from (operators/ids.dead_letter_ref).
+# Ingest counts where such events land (IngestStats.retried).
+RETRY_HEADER = "meterwax.retry-of"
+
 
 class _Envelope(msgspec.Struct):
     # Lenient on purpose: a dead letter may be anything, and only these attributes matter.

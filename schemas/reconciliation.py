@@ -24,6 +24,9 @@ class EventBuckets(msgspec.Struct, frozen=True):
     exceptions_total: int
     late_after_close: int
     buckets_total: int
+    # Events sent again from a dead letter, by where they landed this time (rated, duplicate,
+    # unmetered or an exception reason): how the backlog of rejected usage is being worked.
+    retried: dict[str, int] = {}
 
 
 class MeterTotals(msgspec.Struct, frozen=True):

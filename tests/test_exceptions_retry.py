@@ -14,6 +14,7 @@ import pytest
 from test_stream import CATALOG, ROOT, StreamRun, clickhouse, ledger_rows  # noqa: F401
 
 from operators.retry import RetryFilter, input_key, subject_of
+from schemas.records import ENCODER
 
 pytestmark = pytest.mark.services
 
@@ -101,3 +102,101 @@ def test_the_filter_reads_reason_subject_and_rejection_time() -> None:
     assert window.matches("X", raw, at)
     assert not window.matches("X", raw, datetime(2026, 11, 2, tzinfo=UTC))  # half-open
     assert not window.matches("X", raw, None)
+
+
+def test_ingest_counts_where_each_retried_event_landed_without_changing_any_output() -> None:
+    from conftest import config, simple_catalog
+
+    from operators.dedup import MemoryDedup
+    from operators.ingest import Ingestor
+
+    cat = simple_catalog()
+    batch = list(enumerate([
+        ev("a", "s1", "2026-10-05T10:00:00Z"),
+        ev("b", "ghost", "2026-10-05T10:01:00Z"),  # UNKNOWN_SUBJECT
+        ev("a", "s1", "2026-10-05T10:02:00Z"),  # a duplicate of a
+        b"",
+        ev("c", "s1", "2026-10-05T10:03:00Z"),
+        b"{not json",
+    ], start=1))
+    plain = Ingestor(cat, config(), MemoryDedup(), "t", 0).process(batch)
+    marked = Ingestor(cat, config(), MemoryDedup(), "t", 0).process(batch, retried=[2, 3, 4, 5, 6])
+    assert marked.stats.retried == {"UNKNOWN_SUBJECT": 1, "duplicate": 1, "blank": 1, "rated": 1,
+                                    "INVALID_JSON": 1}
+    assert plain.stats.retried == {}
+
+    def view(out: Any) -> tuple[Any, ...]:
+        st = out.stats
+        return (ENCODER.encode(out.exceptions), {k: repr(v) for k, v in out.ops.items()},
+                (st.read, st.blank, st.duplicates, st.unmetered, st.rated, dict(st.exceptions)))
+
+    assert view(marked) == view(plain)
+
+
+def test_the_kafka_reader_marks_retried_messages(kafka_service) -> None:
+    from flows.kafka_io import KafkaChunkSource, KafkaSettings
+    from operators.retry import RETRY_HEADER
+
+    topic = kafka_service.new_topic("usage", partitions=1)
+    kafka_service.produce(topic, [b"x", b"y", b"z"],
+                          headers=[None, [(RETRY_HEADER, b"dl:0:7")], []])
+    source = KafkaChunkSource(KafkaSettings(kafka_service.bootstrap), topic, stop_at_end=True)
+    part = source.build_part("input", f"{topic}:0", None)
+    chunks: list[Any] = []
+    try:
+        while True:
+            chunks += part.next_batch()
+    except StopIteration:
+        pass
+    finally:
+        part.close()
+    lines = [line for chunk in chunks for line in chunk[1]]
+    assert lines == [(0, b"x"), (1, b"y"), (2, b"z")]
+    assert [o for chunk in chunks if len(chunk) > 2 for o in chunk[2]] == [1]
+
+
+def test_killed_while_rating_retried_events_loses_and_doubles_nothing(
+        kafka_service, redis_service, clickhouse, tmp_path: Path) -> None:  # noqa: F811
+    import signal
+    import time
+
+    topic = kafka_service.new_topic("usage", partitions=1)
+    n = 30_000
+    lines = [ev(f"n{i}", "newco-main", f"2026-10-05T10:{i % 60:02d}:{(i // 60) % 60:02d}Z")
+             for i in range(n)] + [ev("a1", "acme-prod", "2026-10-06T00:00:00Z")]
+    kafka_service.produce(topic, lines)
+    run = StreamRun(kafka_service, redis_service, clickhouse, tmp_path, topic)
+    run.run()
+    assert ledger_rows(clickhouse) == (1, 1)
+    fixed = tmp_path / "catalog.yaml"
+    fixed.write_text(Path(CATALOG).read_text() + NEWCO)
+    run.extra_env = {"METERWAX_CATALOG": str(fixed)}
+    sent = retry(run, "--reason", "UNKNOWN_SUBJECT")
+    assert sent.returncode == 0 and f"sent {n} to" in sent.stdout, sent.stdout + sent.stderr
+
+    proc = run.start()
+    deadline = time.monotonic() + 120
+    while ledger_rows(clickhouse)[0] <= 1:  # the retried events are being rated: kill now
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run finished before it could be killed: use more events"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ledger_rows(clickhouse)[0] < n + 1, "killed too late to prove anything"
+    run.run()  # resumes from the recovery store
+    assert ledger_rows(clickhouse) == (n + 1, n + 1)
+    assert rated_events(clickhouse) == n + 1  # and rated once each
+    again = retry(run, "--reason", "UNKNOWN_SUBJECT")
+    assert again.returncode == 0, again.stderr
+    run.run()
+    assert ledger_rows(clickhouse) == (n + 1, n + 1)  # every retry again is a duplicate
+    assert rated_events(clickhouse) == n + 1
+
+
+def rated_events(server: Any) -> int:
+    import clickhouse_connect
+
+    client = clickhouse_connect.get_client(dsn=server.url, compress=False)
+    return int(client.query("SELECT sum(event_count) FROM meterwax.rated_windows FINAL")
+               .result_rows[0][0])

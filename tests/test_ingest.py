@@ -472,6 +472,7 @@ def test_mixed_stream_reconciles_bucket_by_bucket() -> None:
         "exceptions_total": 5,
         "late_after_close": 0,
         "buckets_total": 9,
+        "retried": {},
     }
 
 
