@@ -327,9 +327,10 @@ class Ingestor:
                 self._exception(out, position, raw, LATE_BEYOND_RETENTION,
                                 self._beyond_retention(at), event)
                 continue
-            period_end = self._month(at)[2]
+            month = self._month(at)
+            period_end = month[2]
             try:
-                judged = self._judge(out, position, raw, event)
+                judged = self._judge(out, position, raw, event, month)
             except Exception as exc:  # the crash-safe boundary (module docstring)
                 self._internal(out, position, raw, "classifying", exc, event)
                 judged = None
@@ -436,8 +437,8 @@ class Ingestor:
             self._last_sub[customer.id] = sub
         return sub
 
-    def _judge(self, out: IngestOutput, position: int, raw: bytes, event: CloudEvent
-               ) -> _Judged | None:
+    def _judge(self, out: IngestOutput, position: int, raw: bytes, event: CloudEvent,
+               month: tuple[str, int, int]) -> _Judged | None:
         """What an event is, from the event and the contracts alone: unmetered, UNKNOWN_SUBJECT,
         NO_ACTIVE_SUBSCRIPTION, INVALID_VALUE (against every meter of its type, whichever the
         plan prices: validity is a property of the telemetry and the meter definitions, so a
@@ -491,7 +492,7 @@ class Ingestor:
             return None
         if len(meters) != len(values):
             values = [(m, v) for m, v in values if m in meters]
-        return (position, raw, event, customer, sub, values, limits, self._month(at))
+        return (position, raw, event, customer, sub, values, limits, month)
 
     def _admit(self, out: IngestOutput, judged: _Judged) -> None:
         """A first occurrence: rated, unless it would take its period past what the store

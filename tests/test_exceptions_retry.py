@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_stream import CATALOG, ROOT, StreamRun, clickhouse, ledger_rows  # noqa: F401
+from test_stream import (  # noqa: F401
+    CATALOG,
+    ROOT,
+    StreamRun,
+    clickhouse,
+    kill_when,
+    ledger_rows,
+)
 
 from operators.retry import RetryFilter, input_key, subject_of
 from schemas.records import ENCODER
@@ -157,9 +164,6 @@ def test_the_kafka_reader_marks_retried_messages(kafka_service) -> None:
 
 def test_killed_while_rating_retried_events_loses_and_doubles_nothing(
         kafka_service, redis_service, clickhouse, tmp_path: Path) -> None:  # noqa: F811
-    import signal
-    import time
-
     topic = kafka_service.new_topic("usage", partitions=1)
     n = 30_000
     lines = [ev(f"n{i}", "newco-main", f"2026-10-05T10:{i % 60:02d}:{(i // 60) % 60:02d}Z")
@@ -174,15 +178,8 @@ def test_killed_while_rating_retried_events_loses_and_doubles_nothing(
     sent = retry(run, "--reason", "UNKNOWN_SUBJECT")
     assert sent.returncode == 0 and f"sent {n} to" in sent.stdout, sent.stdout + sent.stderr
 
-    proc = run.start()
-    deadline = time.monotonic() + 120
-    while ledger_rows(clickhouse)[0] <= 1:  # the retried events are being rated: kill now
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    assert proc.poll() is None, "the run finished before it could be killed: use more events"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    # the retried events are being rated: kill now
+    kill_when(run.start(), lambda: ledger_rows(clickhouse)[0] > 1)
     assert ledger_rows(clickhouse)[0] < n + 1, "killed too late to prove anything"
     run.run()  # resumes from the recovery store
     assert ledger_rows(clickhouse) == (n + 1, n + 1)

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -202,23 +202,28 @@ def _has_output(run: StreamRun, name: str) -> bool:
         return False
 
 
+def kill_when(proc: subprocess.Popen[bytes], ready: Callable[[], bool], pause: float = 0.2,
+              settle: float = 0.0) -> None:
+    """SIGKILL the running stream once `ready()`, failing if it ended or took over 120 s."""
+    deadline = time.monotonic() + 120
+    while not ready():
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+        assert time.monotonic() < deadline
+        time.sleep(pause)
+    time.sleep(settle)
+    assert proc.poll() is None, "the run finished before it could be killed: use more events"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 def test_killed_mid_stream_and_restarted_loses_and_doubles_nothing(
         catalog, kafka_service, redis_service, clickhouse, tmp_path) -> None:
     lines = dirty_lines() + list(generate(catalog, 90_000, seed=5))
     topic = kafka_service.new_topic("usage", partitions=1)
     kafka_service.produce(topic, lines)
     run = StreamRun(kafka_service, redis_service, clickhouse, tmp_path, topic)
-    proc = run.start()
-    deadline = time.monotonic() + 120
     # wait until the first epochs have committed output, then kill without warning
-    while not _has_output(run, "dead-letter"):
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
-        assert time.monotonic() < deadline
-        time.sleep(0.5)
-    time.sleep(1.0)
-    assert proc.poll() is None, "the run finished before it could be killed: use more events"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(run.start(), lambda: _has_output(run, "dead-letter"), pause=0.5, settle=1.0)
     run.run()  # resumes from the recovery store and reads to the end
     result, expected = engine_view(catalog, lines)
     _assert_outputs_equal(run, clickhouse, result, expected)
@@ -236,15 +241,8 @@ def test_killed_across_period_retirements_loses_and_doubles_nothing(
     kafka_service.produce(topic, lines)
     run = StreamRun(kafka_service, redis_service, clickhouse, tmp_path, topic)
     run.extra_env = {"METERWAX_DEDUP_TTL": "1d"}
-    proc = run.start()
-    deadline = time.monotonic() + 120
-    while not _has_output(run, "invoice-candidates"):  # October closed: retirement is next
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    assert proc.poll() is None, "the run finished before it could be killed: use more events"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    # October closed: its retirement is next
+    kill_when(run.start(), lambda: _has_output(run, "invoice-candidates"))
     run.run()
     result, expected = engine_view(catalog, lines, IngestConfig(retention=horizon))
     late = [e for e in result.exceptions if e.reason == "LATE_BEYOND_RETENTION"]
