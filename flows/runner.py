@@ -35,7 +35,6 @@ from operators.clock import fixed_clock, system_clock
 from operators.erp import ErpOutput, build_erp
 from operators.ingest import IngestConfig, IngestStats
 from operators.limits import DEFAULT_MAX_FUTURE, DEFAULT_RETENTION
-from operators.periods import Month
 from operators.reconcile import RatedKey, RatedSummary, StatsTotal, reconcile
 from schemas.reconciliation import Reconciliation, RunFacts
 from schemas.records import ExceptionRecord, InvoiceCandidate
@@ -51,7 +50,6 @@ class RunOptions:
     out_dir: str
     window: timedelta = timedelta(minutes=1)
     allowed_lateness: timedelta = timedelta(hours=1)
-    bill_from: Month | None = None
     workers: int = 1
     chunk_lines: int = 2000
     max_future: timedelta = DEFAULT_MAX_FUTURE
@@ -61,7 +59,7 @@ class RunOptions:
 
     def ingest_config(self) -> IngestConfig:
         return IngestConfig(window=self.window, allowed_lateness=self.allowed_lateness,
-                            bill_from=self.bill_from, max_future=self.max_future,
+                            max_future=self.max_future,
                             retention=self.retention,
                             clock=system_clock if self.now is None else fixed_clock(self.now))
 

@@ -39,13 +39,11 @@ from flows.settings import (
     int_between,
     parse_duration,
     parse_instant,
-    parse_month,
     parse_positive_duration,
     parse_window,
 )
 from operators.catalog import Catalog, CatalogError, load_catalog
 from operators.limits import DEFAULT_MAX_FUTURE
-from operators.periods import Month
 
 T = TypeVar("T")
 
@@ -95,18 +93,21 @@ class Common:
     allowed_lateness: timedelta
     max_future: timedelta
     dedup_ttl: timedelta
-    bill_from: Month | None
     workers: int
     now: datetime | None
 
 
 def _common_values(c: Checks, args: argparse.Namespace) -> Common:
+    if args.bill_from is not None:
+        # Removed rather than kept as a second way to say it: the first billed month is a
+        # contract fact, published with the catalog (and live in stream mode).
+        c.add("bill_from", 'was removed: set `billing_start: "YYYY-MM"` at the top of the '
+                           "catalog instead")
     return Common(
         window=c.value("window", parse_window, DEFAULT_WINDOW),
         allowed_lateness=c.value("allowed_lateness", parse_duration, DEFAULT_LATENESS),
         max_future=c.value("max_future", parse_duration, DEFAULT_MAX_FUTURE),
         dedup_ttl=c.value("dedup_ttl", parse_positive_duration, DEFAULT_DEDUP_TTL),
-        bill_from=c.value("bill_from", parse_month, None),
         workers=c.value("workers", int_between(1, MAX_WORKERS), 1),
         now=c.value("now", parse_instant, None),
     )
@@ -238,8 +239,7 @@ def _common(p: argparse.ArgumentParser,
                         "identities are remembered (default 35d; later usage is "
                         "LATE_BEYOND_RETENTION)")
     p.add_argument("--now", default=None, metavar="RFC3339", help=now_help)
-    p.add_argument("--bill-from", default=None, metavar="YYYY-MM",
-                   help="first month to bill (default: the month of the earliest rated event)")
+    p.add_argument("--bill-from", default=None, help=argparse.SUPPRESS)
     p.add_argument("-w", "--workers", default=None, metavar="N",
                    help=f"Bytewax worker threads (default 1, at most {MAX_WORKERS})")
 
@@ -292,7 +292,7 @@ def _run(args: argparse.Namespace) -> int:
 
     opts = RunOptions(catalog=args.catalog, events=args.events, out_dir=args.out,
                       window=common.window, allowed_lateness=common.allowed_lateness,
-                      bill_from=common.bill_from, workers=common.workers,
+                      workers=common.workers,
                       max_future=common.max_future, retention=common.dedup_ttl,
                       now=common.now)
     result = _finished(args.out, lambda: run_file(opts, catalog=catalog))
@@ -317,7 +317,6 @@ def _demo(args: argparse.Namespace) -> int:
     opts = DemoOptions(size=size, seed=seed, out=args.out, catalog=catalog_path,
                        window=common.window, allowed_lateness=common.allowed_lateness,
                        max_future=common.max_future, retention=common.dedup_ttl,
-                       bill_from=common.bill_from,
                        workers=common.workers, now=common.now)
     return _finished(args.out, lambda: run_demo(opts, catalog=catalog))
 

@@ -21,7 +21,6 @@ from meterwax.report import print_run_summary
 from meterwax.workload import Workload
 from operators.catalog import Catalog, load_catalog
 from operators.limits import DEFAULT_MAX_FUTURE, DEFAULT_RETENTION
-from operators.periods import Month
 
 # The generated events span [workload.START, workload.END); judging them as of the end makes
 # the demo give the same result whatever today's date (none is in the future, none is stale).
@@ -38,7 +37,6 @@ class DemoOptions:
     allowed_lateness: timedelta = timedelta(hours=1)
     max_future: timedelta = DEFAULT_MAX_FUTURE
     retention: timedelta = DEFAULT_RETENTION
-    bill_from: Month | None = None
     workers: int = 1
     now: datetime | None = None  # None: DATA_END
 
@@ -103,7 +101,7 @@ def run_demo(opts: DemoOptions, catalog: Catalog | None = None) -> int:
         ticker.start()
         run_opts = RunOptions(catalog=catalog_path, events=str(final_events), out_dir=str(out),
                               window=opts.window, allowed_lateness=opts.allowed_lateness,
-                              bill_from=opts.bill_from, workers=opts.workers,
+                              workers=opts.workers,
                               max_future=opts.max_future, retention=opts.retention,
                               now=DATA_END if opts.now is None else opts.now)
         try:

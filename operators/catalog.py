@@ -37,6 +37,7 @@ from operators.limits import (
     MIN_TIME,
 )
 from operators.money import MAX_SCALE, MINOR_UNITS, MoneyError, parse_decimal
+from operators.periods import Month
 
 AGGREGATIONS = ("count", "sum", "max", "unique_count", "latest")
 MODELS = ("per_unit", "graduated", "volume", "package", "percentage")
@@ -47,6 +48,8 @@ GL_ROLES = ("receivable", "usage_revenue", "subscription_revenue", "deferred_rev
 # The keys each kind of mapping may hold: anything else is a problem, with the nearest valid key
 # suggested. Kept next to the parser below, which reads exactly these.
 SECTIONS = ("legal_entities", "meters", "plans", "customers")
+# Top-level settings, each optional.
+SETTINGS = ("billing_start",)
 LEGAL_ENTITY_KEYS = ("id", "gl_accounts", "currencies")
 METER_KEYS = ("id", "event_type", "aggregation", "value")
 PLAN_KEYS = ("id", "currency", "fixed_fees", "charges")
@@ -85,6 +88,7 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _CLEAN = re.compile("[^\\s\x00-\x1f\x7f-\x9f\u2028\u2029](?:[^\x00-\x1f\x7f-\x9f\u2028\u2029]*"
                     "[^\\s\x00-\x1f\x7f-\x9f\u2028\u2029])?")
 _INTERNAL = "the catalog could not be checked"
+_MONTH = re.compile(r"\d{4}-\d{2}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +182,10 @@ class Catalog:
     meters: Mapping[str, Meter]
     plans: Mapping[str, Plan]
     customers: Mapping[str, Customer]
+    # The first month meterwax bills (UTC). Months before it were billed by whatever came
+    # before this deployment: they are excluded, and listed by reconciliation. None: every
+    # subscription is billed from its start.
+    billing_start: Month | None = None
     subscriptions: Mapping[str, Subscription] = field(init=False)
     customer_by_subject: Mapping[str, Customer] = field(init=False)
     meters_by_event_type: Mapping[str, tuple[Meter, ...]] = field(init=False)
@@ -210,6 +218,33 @@ class Catalog:
 
     def plan_of(self, sub: Subscription) -> Plan:
         return self.plans[sub.plan_id]
+
+    def first_billed_month(self) -> Month | None:
+        """`billing_start`, or else the month of the earliest subscription start (None: no
+        subscription). Never inferred from the usage seen: a subscription that started on 1
+        September with its first event in October still owes September's fixed fee."""
+        if self.billing_start is not None:
+            return self.billing_start
+        starts = [s.start for s in self.subscriptions.values()]
+        return Month.of(min(starts)) if starts else None
+
+    def excluded_months(self) -> list[tuple[str, str, str]]:
+        """(customer, subscription, period) of every subscription-month before
+        `billing_start`: what this deployment does not bill, for reconciliation to list."""
+        first = self.billing_start
+        if first is None:
+            return []
+        out: list[tuple[str, str, str]] = []
+        for sub in self.subscriptions.values():
+            if sub.start >= first.start:
+                continue
+            last = first if sub.end is None or sub.end > first.start else Month.of(
+                sub.end - timedelta(microseconds=1)).next()
+            month = Month.of(sub.start)
+            while month < last:
+                out.append((sub.customer_id, sub.id, month.key))
+                month = month.next()
+        return sorted(out)
 
 
 def load_catalog(path: str) -> Catalog:
@@ -474,7 +509,7 @@ class _Parser:
         for section in SECTIONS:
             if section not in doc:
                 self.err(section, "section is required")
-        self.keys(doc, SECTIONS, "", what="section")
+        self.keys(doc, SECTIONS + SETTINGS, "", what="section")
         # Ids declared in each section, valid or not: a reference to a declared-but-broken
         # definition is not reported again as "unknown" (one problem, one message).
         self.declared: dict[str, set[str]] = {}
@@ -487,12 +522,26 @@ class _Parser:
         meters = self.meters(doc)
         plans = self.plans(doc)
         customers = self.customers(doc)
+        billing_start = self.month(doc, "billing_start")
         if self.count > len(self.problems):
             self.problems.append(f"catalog: {self.count - len(self.problems)} more problem(s) "
                                  "not listed")
         if self.problems:
             raise CatalogError(self.problems)
-        return Catalog(entities, meters, plans, customers)
+        return Catalog(entities, meters, plans, customers, billing_start)
+
+    def month(self, doc: Mapping[str, Any], key: str) -> Month | None:
+        value = doc.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not _MONTH.fullmatch(value):
+            self.err(key, f"must be a quoted month \"YYYY-MM\" (UTC), got {show(value)}")
+            return None
+        month = Month.parse(value)
+        if not MIN_TIME.year <= month.year < MAX_TIME.year or not 1 <= month.month <= 12:
+            self.err(key, f"{value} is not a month within {_RANGE}")
+            return None
+        return month
 
     def legal_entities(self, doc: Mapping[str, Any]) -> dict[str, LegalEntity]:
         out: dict[str, LegalEntity] = {}

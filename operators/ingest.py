@@ -1,7 +1,8 @@
 """Ingest: from raw input lines to one bucket per event, and rating ops per subscription.
 
 Each event lands in exactly one bucket, tested in this order: INVALID_JSON, INVALID_EVENT
-(both judged by operators/envelope.py), FUTURE_EVENT, LATE_BEYOND_RETENTION, unmetered,
+(both judged by operators/envelope.py), FUTURE_EVENT, LATE_BEYOND_RETENTION,
+BEFORE_BILLING_START, unmetered,
 UNKNOWN_SUBJECT, NO_ACTIVE_SUBSCRIPTION, INVALID_VALUE, unmetered (no meter of the type in the
 plan), duplicate, PERIOD_LIMIT_EXCEEDED, rated.
 
@@ -65,6 +66,7 @@ from operators.protocol import Close, Op, Retire, Tick, Usage
 from operators.values import InvalidValue, distinct_key, quantity
 from schemas.events import CloudEvent
 from schemas.records import (
+    BEFORE_BILLING_START,
     FUTURE_EVENT,
     INTERNAL_ERROR,
     INVALID_VALUE,
@@ -97,9 +99,6 @@ _Judged = tuple[int, bytes, CloudEvent, Customer, Subscription,
 class IngestConfig:
     window: timedelta = timedelta(minutes=1)
     allowed_lateness: timedelta = timedelta(hours=1)
-    # First month to bill. None: the month of the earliest accepted event, fixed at the first
-    # period close. meterwax bills what it saw; months before it were billed elsewhere.
-    bill_from: Month | None = None
     # Emit every accepted event (IngestOutput.accepted) for the ClickHouse usage ledger.
     ledger: bool = False
     # Events dated more than this ahead of `clock()` are FUTURE_EVENT: they do not move the
@@ -183,8 +182,10 @@ class Ingestor:
         self.partition = partition
         self.position_key = position_key
         self.state = state or IngestState()
-        if self.state.bill_from is None and config.bill_from is not None:
-            self.state.bill_from = config.bill_from
+        if self.state.bill_from is None:
+            # The catalog's `billing_start`, or every subscription's start: never the usage
+            # seen, so a month without events still bills its fixed fee (Catalog).
+            self.state.bill_from = catalog.first_billed_month()
         self._window_s = int(config.window.total_seconds())
         self._month_cache: dict[tuple[int, int], tuple[str, int, int]] = {}
         # (plan, event type) -> the meters the plan charges, and how each one's period is
@@ -202,11 +203,12 @@ class Ingestor:
         # Events dated before this are in a retired period (LATE_BEYOND_RETENTION).
         retired = self.state.retired_through
         self._retired_end: datetime | None = retired.end if retired else None
-        # Period keys ("YYYY-MM") of closed_through and bill_from, compared with every accepted
-        # event's period: kept as text rather than rebuilt from the Months per event, and updated
-        # where the state changes (`_close` sets closed_through, `_accept` bill_from).
+        # The period key ("YYYY-MM") of closed_through, compared with every accepted event's
+        # period: kept as text rather than rebuilt from the Month per event (`_close` sets it).
         self._closed_key = self.state.closed_through.key if self.state.closed_through else None
-        self._bill_from_key = self.state.bill_from.key if self.state.bill_from else None
+        # Events dated before this are BEFORE_BILLING_START (the catalog's `billing_start`).
+        start = catalog.billing_start
+        self._billing_start: datetime | None = start.start if start else None
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -289,12 +291,9 @@ class Ingestor:
         claims: list[tuple[str, Origin]] = []  # (identity, origin) of each decoded event
         expires: list[int] = []  # and the end of its period (operators/dedup.py)
         retired_end = self._retired_end
+        billing_start = self._billing_start
         horizon = now + self.config.max_future
         split_at = self._split_at()
-        # Before the first close the first billed month can still move earlier, and with it the
-        # first period to retire: bound it by the earliest period seen.
-        lowering = self.state.closed_through is None
-        earliest_end = MAX_TS
         blank = 0
         stop = len(batch) if stop is None else stop
         index = start
@@ -327,6 +326,12 @@ class Ingestor:
                 self._exception(out, position, raw, LATE_BEYOND_RETENTION,
                                 self._beyond_retention(at), event)
                 continue
+            if billing_start is not None and at < billing_start:
+                self._exception(out, position, raw, BEFORE_BILLING_START,
+                                f"`time` {at.isoformat()} is before the catalog's billing_start "
+                                f"({Month.of(billing_start).key}): meterwax does not bill the "
+                                "months before it, so the event is not rated", event)
+                continue
             month = self._month(at)
             period_end = month[2]
             try:
@@ -341,11 +346,6 @@ class Ingestor:
                 claims.append((f"{len(source)}:{source}{event.id}",
                                (source_name, partition, position)))
                 expires.append(period_end)
-            if lowering and period_end < earliest_end:
-                earliest_end = period_end
-                bound = datetime.fromtimestamp(period_end, UTC) + self._retire_after
-                if split_at is None or bound < split_at:
-                    split_at = bound
             if split_at is not None and at > split_at:
                 break
         stats.blank += blank
@@ -575,7 +575,6 @@ class Ingestor:
         ts = int(at.timestamp())
         period, p_start, p_end = month
         closed = self._closed_key
-        bill_from = self._bill_from_key
         late = closed is not None and period <= closed
         wm = state.watermark
         advanced = wm is None or ts > wm
@@ -633,18 +632,8 @@ class Ingestor:
         stats.rated += 1
         if late:
             stats.late_after_close += 1
-        elif closed is None and (bill_from is None or period < bill_from):
-            state.bill_from = Month.parse(period)
-            bill_from = self._bill_from_key = period
-            self._next_close = -1
         if advanced:
             state.watermark = ts
-        if late and bill_from is not None and period < bill_from:
-            # A period before the first billed month was never closed for anyone, so no later
-            # close reaches it (a subscription that ended before bill_from gets none at all):
-            # close it for this subscription now, or its usage would never be invoiced.
-            assert closed is not None  # `late` says so
-            ops.append(Close(closed, bill_from, wm))
         if window_open:
             pending = state.pending
             if pending.get(sub_id, 0) < window_end:

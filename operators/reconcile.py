@@ -17,6 +17,7 @@ from operators.money import ZERO, fmt, round_money
 from schemas.reconciliation import (
     ErpSummary,
     EventBuckets,
+    ExcludedMonth,
     InvoicedSummary,
     MeterTotals,
     Reconciliation,
@@ -156,6 +157,10 @@ def reconcile(catalog: Catalog, stats: StatsTotal, rated: dict[RatedKey, RatedSu
         ),
         rated_windows=sum(r.windows for r in rated.values()),
         rated_corrections=sum(r.corrections for r in rated.values()),
+        billing_start=catalog.billing_start.key if catalog.billing_start else None,
+        excluded_by_billing_start=[
+            ExcludedMonth(customer_id=c, subscription_id=s, period=p)
+            for c, s, p in catalog.excluded_months()],
         erp=erp_summary,
     )
 

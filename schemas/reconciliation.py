@@ -102,6 +102,15 @@ class RunFacts(msgspec.Struct, frozen=True):
     rated_windows_store: str
 
 
+class ExcludedMonth(msgspec.Struct, frozen=True):
+    """A month a subscription was active in but this deployment does not bill: it is before the
+    catalog's `billing_start` (billed by whatever came before)."""
+
+    customer_id: str
+    subscription_id: str
+    period: str
+
+
 class Reconciliation(msgspec.Struct, frozen=True, omit_defaults=True):
     """`balanced` is true exactly when `problems` is empty; `problems` includes the ERP chain's
     when the ERP section is present."""
@@ -114,5 +123,8 @@ class Reconciliation(msgspec.Struct, frozen=True, omit_defaults=True):
     invoiced: InvoicedSummary
     rated_windows: int  # window rows in the store
     rated_corrections: int = 0  # correction rows (late usage rated on its own)
+    # The catalog's first billed month, and the subscription-months before it (not billed here).
+    billing_start: str | None = None
+    excluded_by_billing_start: list[ExcludedMonth] = []
     erp: ErpSummary | None = None
     run: RunFacts | None = None

@@ -22,16 +22,23 @@ FUTURE_EVENT: Final = "FUTURE_EVENT"  # dated too far ahead of the processing cl
 # Dated in a period retired past its retention horizon: its dedup record may be gone, so it can no
 # longer be told from a replayed duplicate, and rating it could count it twice.
 LATE_BEYOND_RETENTION: Final = "LATE_BEYOND_RETENTION"
+# Dated before the catalog's `billing_start`: a month this deployment does not bill.
+BEFORE_BILLING_START: Final = "BEFORE_BILLING_START"
 INVALID_VALUE: Final = "INVALID_VALUE"
 # Accepting the event would take its period's quantity or amount beyond what can be stored.
 PERIOD_LIMIT_EXCEEDED: Final = "PERIOD_LIMIT_EXCEEDED"
 # Anything unforeseen while judging or rating one event: the flow goes on without it.
 INTERNAL_ERROR: Final = "INTERNAL_ERROR"
-REASONS = (INVALID_JSON, INVALID_EVENT, FUTURE_EVENT, LATE_BEYOND_RETENTION, UNKNOWN_SUBJECT,
-           NO_ACTIVE_SUBSCRIPTION, INVALID_VALUE, PERIOD_LIMIT_EXCEEDED, INTERNAL_ERROR)
+# A published contracts record the flow did not apply (invalid, or it would alter usage already
+# rated): not an event, so `exceptions retry` never sends it; fix the catalog and publish again.
+CONTRACT_REFUSED: Final = "CONTRACT_REFUSED"
+REASONS = (INVALID_JSON, INVALID_EVENT, FUTURE_EVENT, LATE_BEYOND_RETENTION,
+           BEFORE_BILLING_START, UNKNOWN_SUBJECT, NO_ACTIVE_SUBSCRIPTION, INVALID_VALUE,
+           PERIOD_LIMIT_EXCEEDED, INTERNAL_ERROR, CONTRACT_REFUSED)
 Reason = Literal["INVALID_JSON", "INVALID_EVENT", "FUTURE_EVENT", "LATE_BEYOND_RETENTION",
-                 "UNKNOWN_SUBJECT", "NO_ACTIVE_SUBSCRIPTION", "INVALID_VALUE",
-                 "PERIOD_LIMIT_EXCEEDED", "INTERNAL_ERROR"]
+                 "BEFORE_BILLING_START", "UNKNOWN_SUBJECT", "NO_ACTIVE_SUBSCRIPTION",
+                 "INVALID_VALUE", "PERIOD_LIMIT_EXCEEDED", "INTERNAL_ERROR",
+                 "CONTRACT_REFUSED"]
 
 LineKind = Literal["fixed_fee", "usage", "minimum_true_up"]
 CandidateType = Literal["invoice", "adjustment"]

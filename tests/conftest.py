@@ -20,7 +20,6 @@ from operators.clock import fixed_clock
 from operators.engine import EngineResult, run_engine
 from operators.ingest import IngestConfig
 from operators.limits import DEFAULT_RETENTION
-from operators.periods import Month
 from schemas.reconciliation import Reconciliation
 from schemas.records import InvoiceCandidate, RatedWindow
 
@@ -179,10 +178,9 @@ TEST_NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
 
 def config(window: timedelta = timedelta(minutes=1), lateness: timedelta = timedelta(hours=1),
-           bill_from: Month | None = None, retention: timedelta = DEFAULT_RETENTION
-           ) -> IngestConfig:
-    return IngestConfig(window=window, allowed_lateness=lateness, bill_from=bill_from,
-                        retention=retention, clock=fixed_clock(TEST_NOW))
+           retention: timedelta = DEFAULT_RETENTION) -> IngestConfig:
+    return IngestConfig(window=window, allowed_lateness=lateness, retention=retention,
+                        clock=fixed_clock(TEST_NOW))
 
 
 def run(catalog: Catalog, lines: Iterable[bytes], batch_size: int = 1000,

@@ -28,11 +28,11 @@ from operators.clock import fixed_clock
 from operators.ingest import IngestConfig
 from operators.limits import MAX_ATTRIBUTE_CHARS, MAX_DEPTH, MAX_LINE_BYTES, RAW_KEEP_BYTES
 from schemas.records import (
+    BEFORE_BILLING_START,
     FUTURE_EVENT,
     INVALID_EVENT,
     INVALID_JSON,
     INVALID_VALUE,
-    NO_ACTIVE_SUBSCRIPTION,
     UNKNOWN_SUBJECT,
     ExceptionRecord,
 )
@@ -66,6 +66,8 @@ def _customer(cid: str, subjects: Sequence[str], sub_id: str, plan: str,
 
 
 CATALOG_DOC: dict[str, Any] = {
+    # globex starts in September; the events begin in October, which is where billing starts.
+    "billing_start": "2026-10",
     "legal_entities": [{
         "id": "le-us",
         "gl_accounts": {"receivable": "1200", "usage_revenue": "4000",
@@ -380,7 +382,7 @@ EDGES: list[tuple[str, bytes, str]] = [
     ("source-1024-chars", line(source="s" * MAX_ATTRIBUTE_CHARS), "rated"),
     ("subject-1024-chars", line(subject="s" * MAX_ATTRIBUTE_CHARS), UNKNOWN_SUBJECT),
     ("type-1024-chars", line(etype="t" * MAX_ATTRIBUTE_CHARS), "unmetered"),
-    ("time-1970-epoch", line(time="1970-01-01T00:00:00Z"), NO_ACTIVE_SUBSCRIPTION),
+    ("time-1970-epoch", line(time="1970-01-01T00:00:00Z"), BEFORE_BILLING_START),
     ("time-2199-in-range-via-offset", line(time="2200-01-01T00:30:00+01:00"), FUTURE_EVENT),
     ("time-exactly-at-the-horizon", line(time=rfc3339(HORIZON)), "rated"),
     ("escaped-key-without-a-duplicate", line().replace(b'"subject"', b'"subj\\u0065ct"'),

@@ -133,9 +133,10 @@ def test_dirty_workload_buckets_and_reconciles(catalog: Catalog, expected: Engin
     assert events.read == 29 and events.blank_lines_skipped == 1
     assert events.exceptions == {"INVALID_JSON": 2, "INVALID_EVENT": 1, "FUTURE_EVENT": 0,
                                     "LATE_BEYOND_RETENTION": 0,
+                                    "BEFORE_BILLING_START": 0,
                                     "UNKNOWN_SUBJECT": 1, "NO_ACTIVE_SUBSCRIPTION": 2,
                                     "INVALID_VALUE": 1, "PERIOD_LIMIT_EXCEEDED": 0,
-                                    "INTERNAL_ERROR": 0}
+                                    "INTERNAL_ERROR": 0, "CONTRACT_REFUSED": 0}
     # id 2 resent. Id 4's first occurrence was rejected for its subject, which claims nothing,
     # so its good copy is rated.
     assert events.duplicates == 1

@@ -11,6 +11,7 @@ import msgspec
 import pytest
 from conftest import (
     D,
+    buckets,
     candidate,
     candidate_ids,
     customer,
@@ -31,7 +32,6 @@ from conftest import (
 from operators.aggregators import Count
 from operators.catalog import Catalog, load_catalog, parse_catalog
 from operators.engine import EngineResult
-from operators.periods import Month
 from operators.protocol import Usage
 from operators.rating import SubscriptionRater
 from schemas.reconciliation import Reconciliation
@@ -329,22 +329,41 @@ def test_late_usage_in_a_free_tier_adjusts_the_quantity_only() -> None:
 def test_end_of_input_closes_every_period_through_the_watermark_including_empty_ones() -> None:
     cat = simple_catalog(start="2026-08-01T00:00:00Z", **MINIMUM_PLAN)
     result = run(cat, calls("2026-09-10T00:00:00Z", "2026-11-05T00:00:00Z"))
-    # August is before the first accepted event, so billed elsewhere; October had no usage but
-    # still bills its fee and the minimum; November is the watermark's own month.
-    assert candidate_ids(result) == ["sub-1:2026-09", "sub-1:2026-10", "sub-1:2026-11"]
+    # August had no event but is billed from the subscription's start; October had no usage
+    # either and still bills its fee and the minimum; November is the watermark's own month.
+    assert candidate_ids(result) == ["sub-1:2026-08", "sub-1:2026-09", "sub-1:2026-10",
+                                     "sub-1:2026-11"]
     assert lines_of(candidate(result, "sub-1:2026-10")) == {
         "fee:base": D("31.00"), "usage:calls": D("0.00"), "minimum:calls": D("50.00")}
     assert quantities_of(candidate(result, "sub-1:2026-10"))["usage:calls"] == D(0)
-    assert [c.subtotal for c in result.candidates] == [D("81.00")] * 3
+    assert [c.subtotal for c in result.candidates] == [D("81.00")] * 4
     balanced(cat, result)
 
 
-def test_bill_from_config_bills_months_before_the_first_event() -> None:
+def test_a_subscription_is_billed_from_its_start_not_from_its_first_event() -> None:
+    # Started 1 August, first event 10 September: August's fee and minimum are still owed.
     cat = simple_catalog(start="2026-08-01T00:00:00Z", **MINIMUM_PLAN)
-    result = run(cat, calls("2026-09-10T00:00:00Z"), bill_from=Month(2026, 8))
+    result = run(cat, calls("2026-09-10T00:00:00Z"))
     assert candidate_ids(result) == ["sub-1:2026-08", "sub-1:2026-09"]
     assert lines_of(candidate(result, "sub-1:2026-08")) == {
         "fee:base": D("31.00"), "usage:calls": D("0.00"), "minimum:calls": D("50.00")}
+    assert balanced(cat, result).excluded_by_billing_start == []
+
+
+def test_billing_start_excludes_the_months_before_it_and_reconciliation_lists_them() -> None:
+    doc = simple_doc(start="2026-07-15T00:00:00Z", **MINIMUM_PLAN)
+    doc["billing_start"] = "2026-09"
+    cat = parse_catalog(doc)
+    result = run(cat, calls("2026-08-20T00:00:00Z", "2026-09-10T00:00:00Z",
+                            "2026-09-11T00:00:00Z"))
+    assert candidate_ids(result) == ["sub-1:2026-09"]
+    assert buckets(result) == {"rated": 2, "BEFORE_BILLING_START": 1}
+    (exc,) = result.exceptions
+    assert "billing_start (2026-09)" in exc.error
+    report = balanced(cat, result)
+    assert report.billing_start == "2026-09"
+    assert [(m.subscription_id, m.period) for m in report.excluded_by_billing_start] == [
+        ("sub-1", "2026-07"), ("sub-1", "2026-08")]
 
 
 def test_no_accepted_event_bills_nothing() -> None:
@@ -389,7 +408,8 @@ def test_plan_change_routes_each_event_to_the_subscription_active_at_its_time() 
     cat = plan_change_catalog()
     result = run(cat, calls("2026-10-14T23:59:59Z", "2026-10-15T00:00:00Z",
                             "2026-10-20T00:00:00Z"))
-    assert sorted(candidate_ids(result)) == ["new:2026-10", "old:2026-10"]
+    # "old" started in September: billed from there, without an event in it.
+    assert sorted(candidate_ids(result)) == ["new:2026-10", "old:2026-09", "old:2026-10"]
     old, new = candidate(result, "old:2026-10"), candidate(result, "new:2026-10")
     # 31 * 14/31 = 14.00 and one call; 62 * 17/31 = 34.00 and two calls at 0.50
     assert lines_of(old) == {"fee:base": D("14.00"), "usage:calls": D("1.00")}
@@ -400,10 +420,10 @@ def test_plan_change_routes_each_event_to_the_subscription_active_at_its_time() 
     balanced(cat, result)
 
 
-def test_late_usage_for_a_subscription_that_ended_before_the_first_billed_month() -> None:
-    # Regression: the first accepted event is in October, so October is the first billed month.
-    # A September event arriving after October closed belongs to a subscription that ended in
-    # September: it must still be invoiced (here: September, for that subscription), never lost.
+def test_late_usage_for_a_subscription_that_ended_before_the_first_event() -> None:
+    # Regression: the first accepted event is in October, but both subscriptions started in
+    # September, so September is billed (closed with October); a September event arriving
+    # after that close, for a subscription that ended in September, is an adjustment, never lost.
     doc = simple_doc(fees=[{"id": "base", "amount": "30.00"}])
     doc["customers"] = [
         customer("a", ["sa"], [sub("sub-a", "p", "2026-09-01T00:00:00Z",
@@ -414,17 +434,20 @@ def test_late_usage_for_a_subscription_that_ended_before_the_first_billed_month(
     result = run(cat, [
         event("1", subject="sb", time="2026-10-05T00:00:00Z"),
         event("2", subject="sb", time="2026-11-05T00:00:00Z"),   # closes October
-        event("3", subject="sa", time="2026-09-10T00:00:00Z"),   # late, before bill_from
+        event("3", subject="sa", time="2026-09-10T00:00:00Z"),   # late: September issued
         event("4", subject="sb", time="2026-09-10T00:00:00Z"),
         event("5", subject="sb", time="2026-09-11T00:00:00Z"),   # September already issued
     ])
     assert result.stats.late_after_close == 3
     # sub-a was active 19 of 30 September days: 30 * 19/30 = 19.00
     assert lines_of(candidate(result, "sub-a:2026-09")) == {
-        "fee:base": D("19.00"), "usage:calls": D("1.00")}
+        "fee:base": D("19.00"), "usage:calls": D("0.00")}
+    assert lines_of(candidate(result, "sub-a:2026-09:adj-1")) == {"usage:calls": D("1.00")}
     assert lines_of(candidate(result, "sub-b:2026-09")) == {
-        "fee:base": D("30.00"), "usage:calls": D("1.00")}
+        "fee:base": D("30.00"), "usage:calls": D("0.00")}
+    # One adjustment per late window: each is rated the moment it arrives.
     assert lines_of(candidate(result, "sub-b:2026-09:adj-1")) == {"usage:calls": D("1.00")}
+    assert lines_of(candidate(result, "sub-b:2026-09:adj-2")) == {"usage:calls": D("1.00")}
     balanced(cat, result)
 
 
