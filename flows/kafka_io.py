@@ -20,7 +20,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from flows.sources import Chunk
+from flows.sources import Chunk, ContractsBatch
 from operators.retry import RETRY_HEADER
 from sinks.kafka import KafkaDeliveryError
 
@@ -39,29 +39,98 @@ class KafkaSettings:
         return f"KafkaSettings(bootstrap={self.bootstrap!r}, extra={hide_secrets(self.extra)!r})"
 
 
-class _PartitionReader(StatefulSourcePartition[Chunk, int]):
-    def __init__(self, settings: KafkaSettings, topic: str, partition: int, resume: int | None,
-                 chunk: int, stop_at_end: bool) -> None:
+# A reader's snapshot: the next input offset, or with live contracts (input offset, contracts
+# offset). A plain int is also what builds before live contracts wrote.
+Position = int | tuple[int, int]
+
+
+def _consumer(settings: KafkaSettings) -> Any:
+    return Consumer(settings.config(**{
+        "group.id": "meterwax-reader",  # required by librdkafka; assign() uses no group
+        "enable.auto.commit": False,
+        "fetch.min.bytes": 1,
+        # librdkafka's default (1000 ms) idles a fast reader about 1 s per 100k messages.
+        "fetch.queue.backoff.ms": 10,
+    }))
+
+
+class _PartitionReader(StatefulSourcePartition[Chunk, Position]):
+    """One input partition, and with `contracts` the whole (one-partition) contracts topic
+    alongside it: its records travel in this partition's chunk stream (flows/sources.py
+    ContractsBatch), so this partition's ingest applies each at one point of its input order,
+    and the snapshot holds both offsets, so recovery resumes both together. Before reading any
+    usage, the reader reads the contracts topic up to its end as of its start (the bootstrap),
+    so usage is never judged against less than what was published before the flow started."""
+
+    def __init__(self, settings: KafkaSettings, topic: str, partition: int,
+                 resume: Position | None, chunk: int, stop_at_end: bool,
+                 contracts: str | None = None) -> None:
         self.name = f"{topic}:{partition}"
         self.chunk = chunk
-        self.consumer = Consumer(settings.config(**{
-            "group.id": "meterwax-reader",  # required by librdkafka; assign() uses no group
-            "enable.auto.commit": False,
-            "fetch.min.bytes": 1,
-            # librdkafka's default (1000 ms) idles a fast reader about 1 s per 100k messages.
-            "fetch.queue.backoff.ms": 10,
-        }))
+        self.consumer = _consumer(settings)
+        resumed_contracts: int | None = None
+        if isinstance(resume, tuple):
+            resume, resumed_contracts = resume
         tp = TopicPartition(topic, partition)
         low, high = watermarks(self.consumer, tp)
         self.next_offset = resume if resume is not None else low
+        self.contracts = contracts
+        self.c_consumer: Any = None
+        self.c_next = 0
+        self.c_boot_end = 0
+        if contracts is not None:
+            self.c_consumer = _consumer(settings)
+            c_low, c_high = watermarks(self.c_consumer, TopicPartition(contracts, 0))
+            self.c_next = resumed_contracts if resumed_contracts is not None else c_low
+            self.c_boot_end = c_high
+            self.c_consumer.assign([TopicPartition(contracts, 0, max(self.c_next, c_low))])
         # A bounded run stops at the end offset as of its start. Not at an end-of-partition
         # event: librdkafka can report one early around a broker restart, which would end the
         # run with events unread.
         self.end = high if stop_at_end else None
         self.consumer.assign([TopicPartition(topic, partition, self.next_offset)])
 
+    def _contract_records(self, wait: bool) -> list[tuple[int, bytes | None, bytes | None]]:
+        """What the contracts topic holds past `c_next`: with `wait`, everything up to the
+        bootstrap end (blocking; a broker that has the records but sends none for 60 s is an
+        error); otherwise whatever has arrived, without waiting."""
+        out: list[tuple[int, bytes | None, bytes | None]] = []
+        deadline = time.monotonic() + 60
+        while True:
+            msgs = self.c_consumer.consume(1000, 0.5 if wait else 0)
+            for msg in msgs:
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise KafkaException(err)
+                offset = msg.offset()
+                assert offset is not None
+                key, value = msg.key(), msg.value()
+                out.append((offset, key.encode() if isinstance(key, str) else key,
+                            value.encode() if isinstance(value, str) else value))
+                self.c_next = offset + 1
+            if not wait or self.c_next >= self.c_boot_end:
+                return out
+            if msgs:
+                deadline = time.monotonic() + 60
+            elif time.monotonic() > deadline:
+                msg_ = (f"contracts topic {self.contracts!r}: no record for 60 s before offset "
+                        f"{self.c_boot_end}, its end when the flow started")
+                raise KafkaDeliveryError(msg_)
+
     def next_batch(self) -> list[Chunk]:
+        out: list[Chunk] = []
+        if self.c_consumer is not None:
+            booting = self.c_next < self.c_boot_end
+            records = self._contract_records(wait=booting)
+            if records or booting:
+                out.append((self.name, ContractsBatch(self.contracts or "", records)))
+            if booting:
+                return out  # usage from the next call on, after every bootstrap record
         if self.end is not None and self.next_offset >= self.end:
+            if out:
+                return out
             raise StopIteration
         lines: list[tuple[int, bytes]] = []
         retried: list[int] = []  # offsets of events retried from a dead letter
@@ -80,26 +149,31 @@ class _PartitionReader(StatefulSourcePartition[Chunk, int]):
             headers = msg.headers()
             if headers and any(h[0] == RETRY_HEADER for h in headers):
                 retried.append(offset)
-        if not lines:
-            return []
-        return [(self.name, lines, retried)] if retried else [(self.name, lines)]
+        if lines:
+            out.append((self.name, lines, retried) if retried else (self.name, lines))
+        return out
 
-    def snapshot(self) -> int:
+    def snapshot(self) -> Position:
+        if self.c_consumer is not None:
+            return (self.next_offset, self.c_next)
         return self.next_offset
 
     def close(self) -> None:
         self.consumer.close()
+        if self.c_consumer is not None:
+            self.c_consumer.close()
 
 
-class KafkaChunkSource(FixedPartitionedSource[Chunk, int]):
+class KafkaChunkSource(FixedPartitionedSource[Chunk, Position]):
     """Every partition of `topic`. `stop_at_end=True` reads each partition up to its end offset
     as of the run's start and stops (a bounded run: tests, backfills); otherwise it tails
-    forever."""
+    forever. `contracts`: the contracts topic each partition's reader also follows."""
 
     def __init__(self, settings: KafkaSettings, topic: str, chunk: int = 2000,
-                 stop_at_end: bool = False) -> None:
+                 stop_at_end: bool = False, contracts: str | None = None) -> None:
         self.settings, self.topic, self.chunk, self.stop_at_end = (
             settings, topic, chunk, stop_at_end)
+        self.contracts = contracts
 
     def list_parts(self) -> list[str]:
         admin = AdminClient(self.settings.config())
@@ -110,11 +184,11 @@ class KafkaChunkSource(FixedPartitionedSource[Chunk, int]):
             raise KafkaDeliveryError(msg)
         return [f"{self.topic}:{p}" for p in sorted(topic.partitions)]
 
-    def build_part(self, step_id: str, for_part: str, resume_state: int | None
+    def build_part(self, step_id: str, for_part: str, resume_state: Position | None
                    ) -> _PartitionReader:
         topic, _, partition = for_part.rpartition(":")
         return _PartitionReader(self.settings, topic, int(partition), resume_state, self.chunk,
-                                self.stop_at_end)
+                                self.stop_at_end, self.contracts)
 
 
 # Answers a broker gives while a new topic's partition leaders are still being elected.

@@ -18,6 +18,8 @@ and production.
 from __future__ import annotations
 
 import pickle
+import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,14 +31,21 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
-from flows.sources import Chunk
+from flows.sources import Chunk, ContractsBatch
 from operators import ids
-from operators.catalog import Catalog
+from operators.catalog import Catalog, CatalogError
+from operators.contracts import KINDS, ContractsError, catalog_of, decode_record, refusals
 from operators.dedup import DedupStore, MemoryDedup
 from operators.ingest import IngestConfig, Ingestor, IngestOutput, IngestState, IngestStats
-from operators.protocol import PeriodRetired, SubscriptionOps
+from operators.protocol import PeriodRetired, SubscriptionOps, Terms
 from operators.rating import SubscriptionRater
-from schemas.records import AcceptedEvent, ExceptionRecord, InvoiceCandidate, RatedWindow
+from schemas.records import (
+    CONTRACT_REFUSED,
+    AcceptedEvent,
+    ExceptionRecord,
+    InvoiceCandidate,
+    RatedWindow,
+)
 
 
 @dataclass(frozen=True)
@@ -116,15 +125,71 @@ class RatingStreams:
 # their first item (each item carries it) and keep it in their snapshot.
 
 
+class LiveCatalog:
+    """Stream mode: the newest catalog any ingest partition of this process has applied, for
+    the sinks that build outputs from the catalog (ERP payloads, journals, running charges).
+    Ingest and raters do not read it: they hold the contracts their own input order gives
+    them (recovered with their state)."""
+
+    def __init__(self, catalog: Catalog, version: int = 0) -> None:
+        self.current, self.version = catalog, version
+        self._changed = threading.Condition()
+
+    def update(self, version: int, catalog: Catalog) -> None:
+        with self._changed:
+            if version > self.version:
+                self.current, self.version = catalog, version
+                self._changed.notify_all()
+
+    def holding(self, subscriptions: Iterable[str], timeout: float = 60.0) -> Catalog:
+        """The current catalog once it holds every one of `subscriptions`. A window or
+        candidate can reach a sink of a process whose own input partitions have not yet read
+        the contract it was rated on (a cluster: each process reads the contracts topic
+        itself); that is a matter of milliseconds, so wait, and fail loudly past `timeout`."""
+        wanted = set(subscriptions)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                missing = wanted - self.current.subscriptions.keys()
+                if not missing:
+                    return self.current
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    msg = (f"subscriptions {sorted(missing)[:5]} are not in the contracts this "
+                           f"process has read (version {self.version}) after {timeout:.0f} s")
+                    raise LookupError(msg)
+                self._changed.wait(min(left, 1.0))
+
+
+class _Held(msgspec.Struct, array_like=True):
+    """The contracts an ingest partition applied: the specs in force and the topic offset to
+    read from next. Kept encoded in the snapshot (encoded again only when they change)."""
+
+    specs: dict[str, dict[str, Any]]
+    offset: int
+
+
+_HELD = msgspec.json.Decoder(_Held)
+
+
 class IngestLogic(StatefulBatchLogic[Chunk, IngestItem, Any]):
     def __init__(self, catalog: Catalog, config: IngestConfig,
                  dedup_factory: Callable[[Any], DedupStore], resume: Any,
-                 recoverable: bool = True) -> None:
+                 recoverable: bool = True, live: LiveCatalog | None = None) -> None:
         self.catalog, self.config, self.dedup_factory = catalog, config, dedup_factory
         self.recoverable = recoverable
+        self.live = live
         self.ingestor: Ingestor | None = None
+        # Stream mode: the contracts applied, and their encoded form for the snapshot.
+        self.held = _Held({}, 0)
+        self._held_blob = msgspec.json.encode(self.held)
         if resume is not None:
-            partition, state, dedup_snapshot = pickle.loads(resume)
+            partition, state, dedup_snapshot, *rest = pickle.loads(resume)
+            if rest and rest[0] is not None and live is not None:
+                self._held_blob = rest[0]
+                self.held = _HELD.decode(rest[0])
+                self.catalog = catalog_of(self.held.specs)
+                live.update(self.held.offset, self.catalog)
             self._build(partition, state, dedup_snapshot)
 
     def _build(self, partition: str, state: IngestState | None, dedup_snapshot: Any) -> Ingestor:
@@ -132,8 +197,87 @@ class IngestLogic(StatefulBatchLogic[Chunk, IngestItem, Any]):
         self.dedup = self.dedup_factory(dedup_snapshot)
         source, number = ids.parse_partition(partition)
         self.ingestor = Ingestor(self.catalog, self.config, self.dedup, source, number,
-                                 state=state)
+                                 state=state,
+                                 terms_version=self.held.offset if self.live else None)
         return self.ingestor
+
+    def _contracts(self, batch: ContractsBatch, ingestor: Ingestor, into: list[IngestItem]
+                   ) -> None:
+        """Apply published contracts (operators/contracts.py): whatever would not make a valid
+        catalog, or would alter usage already rated, is refused (CONTRACT_REFUSED) and the rest
+        applied, so the catalog in force is always one a file could hold."""
+        refused: list[ExceptionRecord] = []
+        raw: dict[str, tuple[int, bytes | None]] = {}  # key -> its last message in the batch
+        decoded: list[tuple[int, str, dict[str, Any] | None]] = []
+        last = self.held.offset
+        for offset, key, value in batch.records:
+            last = max(last, offset + 1)
+            try:
+                record_key, _, spec = decode_record(key, value)
+            except ContractsError as exc:
+                refused.append(_refusal(batch.topic, offset, key, value, str(exc)))
+                continue
+            decoded.append((offset, record_key, spec))
+            raw[record_key] = (offset, value)
+        specs = dict(self.held.specs)
+        for _, record_key, spec in decoded:
+            _put(specs, record_key, spec)
+        try:
+            catalog = catalog_of(specs)
+        except CatalogError:
+            # Key by key (each key's last record in the batch), so one bad record does not hold
+            # back the others: what others refer to first (settings, legal entities, meters,
+            # plans, then customers), and removals after, in the reverse order.
+            specs, catalog = dict(self.held.specs), self.catalog
+            final = {k: (off, spec) for off, k, spec in decoded}
+            rank = {kind: n for n, kind in enumerate(KINDS)}
+
+            def order(key: str) -> tuple[int, int, str]:
+                kind_rank = rank.get(key.partition("/")[0], 0)
+                removal = final[key][1] is None
+                return (int(removal), -kind_rank if removal else kind_rank, key)
+
+            for record_key in sorted(final, key=order):
+                offset, spec = final[record_key]
+                trial = dict(specs)
+                _put(trial, record_key, spec)
+                try:
+                    catalog = catalog_of(trial)
+                except CatalogError as exc:
+                    refused.append(_refusal(batch.topic, offset, record_key.encode(),
+                                            raw[record_key][1],
+                                            f"the catalog it would make is invalid: {exc}"))
+                    continue
+                specs = trial
+        why = refusals(self.catalog, catalog, ingestor.frozen())
+        if why:
+            for record_key in why:
+                _put(specs, record_key, self.held.specs.get(record_key))
+            try:
+                catalog = catalog_of(specs)
+                again = refusals(self.catalog, catalog, ingestor.frozen())
+            except CatalogError:
+                again = {"": "the rest of the batch depends on the refused records"}
+            if again:  # what is left depends on what was refused: apply nothing
+                why = {k: why.get(k) or again.get(k)
+                       or "published with records that were refused, so not applied either"
+                       for k in {k for _, k, _ in decoded}}
+                specs, catalog = dict(self.held.specs), self.catalog
+            for record_key, message in sorted(why.items()):
+                offset, value = raw.get(record_key, (last - 1, None))
+                refused.append(_refusal(batch.topic, offset, record_key.encode(), value,
+                                        f"not applied: {message}"))
+        old = self.catalog
+        changed = {s for s in catalog.subscriptions
+                   if s not in old.subscriptions or catalog.terms_of(s) != old.terms_of(s)}
+        self.catalog = catalog
+        self.held = _Held(specs, last)
+        self._held_blob = msgspec.json.encode(self.held)
+        self._emit(ingestor.set_catalog(catalog, last, changed), into)
+        if refused:
+            into.append(Rejected(refused))
+        if self.live is not None:
+            self.live.update(last, catalog)
 
     @staticmethod
     def _emit(out: IngestOutput, into: list[IngestItem]) -> None:
@@ -149,7 +293,12 @@ class IngestLogic(StatefulBatchLogic[Chunk, IngestItem, Any]):
         ingestor = self.ingestor or self._build(values[0][0], None, None)
         emitted: list[IngestItem] = []
         for chunk in values:
-            self._emit(ingestor.process(chunk[1], chunk[2] if len(chunk) > 2 else ()), emitted)
+            lines = chunk[1]
+            if type(lines) is ContractsBatch:
+                self._contracts(lines, ingestor, emitted)
+                continue
+            assert isinstance(lines, list)
+            self._emit(ingestor.process(lines, chunk[2] if len(chunk) > 2 else ()), emitted)
         return emitted, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[IngestItem], bool]:
@@ -161,7 +310,26 @@ class IngestLogic(StatefulBatchLogic[Chunk, IngestItem, Any]):
     def snapshot(self) -> Any:
         if self.ingestor is None or not self.recoverable:
             return None
-        return _frozen((self.partition, self.ingestor.state, self.dedup.snapshot()))
+        return _frozen((self.partition, self.ingestor.state, self.dedup.snapshot(),
+                        self._held_blob if self.live is not None else None))
+
+
+def _put(specs: dict[str, Any], key: str, spec: dict[str, Any] | None) -> None:
+    if spec is None:
+        specs.pop(key, None)
+    else:
+        specs[key] = spec
+
+
+def _refusal(topic: str, offset: int, key: bytes | None, value: bytes | None, why: str
+             ) -> ExceptionRecord:
+    text = value.decode("utf-8", "replace") if value is not None else None
+    shown_key = key.decode("utf-8", "replace")[:200] if key is not None else None
+    return ExceptionRecord(
+        exception_id=ids.contract_refusal_id(topic, offset), reason=CONTRACT_REFUSED,
+        error=f"contracts record {shown_key!r} at offset {offset}: {why}"[:4000],
+        position={"topic": topic, "partition": 0, "offset": offset, "key": shown_key},
+        raw=text[:65536] if text is not None else None)
 
 
 def memory_dedup(snapshot: Any) -> DedupStore:
@@ -181,7 +349,10 @@ class RateLogic(StatefulBatchLogic[SubscriptionOps, RatingItem, Any]):
     def on_batch(self, values: list[SubscriptionOps]) -> tuple[Iterable[RatingItem], bool]:
         rater = self.rater
         if rater is None:
-            rater = self.rater = SubscriptionRater(self.catalog, values[0].subscription_id,
+            # Stream mode: ingest sends a new rater its terms first (operators/protocol.py).
+            first = values[0].ops[0] if values[0].ops else None
+            catalog = first.terms.catalog() if isinstance(first, Terms) else self.catalog
+            rater = self.rater = SubscriptionRater(catalog, values[0].subscription_id,
                                                    self.config.window)
         windows: list[RatedWindow] = []
         candidates: list[InvoiceCandidate] = []
@@ -221,13 +392,14 @@ def _of_type(step: str, stream: Stream[Any], kind: type, unwrap: Callable[[Any],
 
 
 def ingest(catalog: Catalog, config: IngestConfig, chunks: Stream[Chunk],
-           dedup_factory: Callable[[Any], DedupStore], recoverable: bool) -> IngestStreams:
+           dedup_factory: Callable[[Any], DedupStore], recoverable: bool,
+           live: LiveCatalog | None = None) -> IngestStreams:
     """Judge every event, keyed by input partition so one partition is judged in input order
     (dedup's "first occurrence wins", the watermark)."""
     by_partition = op.key_on("key_partition", chunks, lambda chunk: chunk[0])
     judged = op.key_rm("ingest_unkey", op.stateful_batch(
         "ingest", by_partition,
-        lambda resume: IngestLogic(catalog, config, dedup_factory, resume, recoverable)))
+        lambda resume: IngestLogic(catalog, config, dedup_factory, resume, recoverable, live)))
     return IngestStreams(
         exceptions=_of_type("exceptions", judged, Rejected, lambda r: r.records),
         stats=_of_type("stats", judged, IngestStats, lambda s: s),
@@ -259,15 +431,20 @@ def _journal_items(item: RatingItem) -> JournalFeed | None:
 def build_flow(catalog: Catalog, config: IngestConfig, source: Source[Chunk], sinks: Sinks,
                dedup_factory: Callable[[Any], DedupStore] = memory_dedup,
                flow_id: str = "meterwax", recoverable: bool = True,
-               with_journal_feed: Callable[[Stream[JournalFeed]], None] | None = None
-               ) -> Dataflow:
+               with_journal_feed: Callable[[Stream[JournalFeed]], None] | None = None,
+               live: LiveCatalog | None = None) -> Dataflow:
     """`recoverable=False` (file mode, no recovery store) makes snapshots empty: Bytewax asks
     for them at every epoch end even when nothing will ever read them, and pickling all window
     state was 13% of a file run. `with_journal_feed` receives the candidates and retirements, in
     rating order, to attach stream mode's journal step to."""
     flow = Dataflow(flow_id)
-    judged = ingest(catalog, config, op.input("input", flow, source), dedup_factory,
-                    recoverable)
+    if live is not None:
+        # Live contracts: ingest starts from none and applies what the source reads from the
+        # contracts topic (a fresh start reads it whole before any usage); raters get their
+        # terms from ingest, and `catalog` is only their fallback.
+        catalog = live.current
+    judged = ingest(catalog_of({}) if live is not None else catalog, config,
+                    op.input("input", flow, source), dedup_factory, recoverable, live)
     _outputs("stats_out", judged.stats, sinks.stats)
     if sinks.ledger:
         _outputs("ledger_out", judged.ledger, sinks.ledger)

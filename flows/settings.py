@@ -32,7 +32,11 @@ from operators.limits import (
 )
 from operators.periods import Month
 from operators.retry import RetryFilter
-from schemas.records import REASONS
+from schemas.records import CONTRACT_REFUSED, REASONS
+
+# What `exceptions retry --reason` takes: every reason but CONTRACT_REFUSED, whose dead letters
+# are contracts records, not events (fix the catalog and publish it again instead).
+RETRYABLE = tuple(r for r in REASONS if r != CONTRACT_REFUSED)
 
 if TYPE_CHECKING:
     from flows.kafka_io import KafkaSettings
@@ -369,13 +373,16 @@ class Topics:
     schedules: str
     invoice_exceptions: str
     dead_letter: str
+    # The contracts in force: one compacted record per legal entity, meter, plan, customer and
+    # setting (operators/contracts.py), read by the stream and written by `contracts publish`.
+    contracts: str = "meterwax.contracts"
 
     @classmethod
     def with_prefix(cls, prefix: str) -> Topics:
         return cls(candidates=f"{prefix}invoice-candidates", ar_invoices=f"{prefix}ar-invoices",
                    journals=f"{prefix}journals", schedules=f"{prefix}revenue-schedules",
                    invoice_exceptions=f"{prefix}invoice-exceptions",
-                   dead_letter=f"{prefix}dead-letter")
+                   dead_letter=f"{prefix}dead-letter", contracts=f"{prefix}contracts")
 
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -446,7 +453,7 @@ def _is_address(address: str) -> bool:
 
 @dataclass(frozen=True)
 class StreamSettings:
-    catalog: str
+    catalog: str | None  # None: rate against what the contracts topic holds; else publish it first
     kafka_bootstrap: str
     input_topic: str
     redis_url: str
@@ -483,6 +490,12 @@ class StreamSettings:
         return KafkaSettings(self.kafka_bootstrap,
                              self.kafka_security.properties() + self.kafka_extra)
 
+    def contracts(self) -> ContractsSettings:
+        """The same deployment's settings for publishing contracts (`--catalog F`)."""
+        return ContractsSettings(kafka_bootstrap=self.kafka_bootstrap, topics=self.topics,
+                                 redis_url=self.redis_url, redis_namespace=self.redis_namespace,
+                                 kafka_security=self.kafka_security)
+
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any],
                      environ: Mapping[str, str] | None = None) -> StreamSettings:
@@ -492,16 +505,16 @@ class StreamSettings:
                        label=lambda name: name, blank_is_default=True)
         metrics_port = opts.value("metrics_port", parse_port, None)
         required = {name: opts.required(name) for name in (
-            "catalog", "kafka_bootstrap", "input_topic", "redis_url", "clickhouse",
-            "recovery_dir")}
+            "kafka_bootstrap", "input_topic", "redis_url", "clickhouse", "recovery_dir")}
+        catalog = opts.text("catalog") or None
         dedup_ttl = opts.value("dedup_ttl", parse_positive_duration, DEFAULT_DEDUP_TTL)
         window = opts.value("window", parse_window, DEFAULT_WINDOW)
         allowed_lateness = opts.value("allowed_lateness", parse_duration, DEFAULT_LATENESS)
         max_future = opts.value("max_future", parse_duration, DEFAULT_MAX_FUTURE)
         workers = opts.value("workers", parse_workers, 1)
         addresses, process_id = _cluster(opts)
-        if required["catalog"]:
-            problem = file_problem(required["catalog"])
+        if catalog:
+            problem = file_problem(catalog)
             if problem:
                 opts.add("catalog", problem)
         security = read_kafka_security(opts)
@@ -509,7 +522,7 @@ class StreamSettings:
         if opts.problems:
             raise SettingsError(opts.problems)
         return cls(
-            catalog=required["catalog"], kafka_bootstrap=required["kafka_bootstrap"],
+            catalog=catalog, kafka_bootstrap=required["kafka_bootstrap"],
             input_topic=required["input_topic"], redis_url=required["redis_url"],
             clickhouse=required["clickhouse"], recovery_dir=required["recovery_dir"],
             topics=Topics.with_prefix(opts.text("topic_prefix", "meterwax.") or ""),
@@ -545,7 +558,7 @@ class RetrySettings:
         opts = Options(values, os.environ if environ is None else environ,
                        blank_is_default=True)
         required = {name: opts.required(name) for name in ("kafka_bootstrap", "input_topic")}
-        reason = opts.value("reason", one_of(REASONS), None)
+        reason = opts.value("reason", one_of(RETRYABLE), None)
         since = opts.value("since", parse_instant, None)
         until = opts.value("until", parse_instant, None)
         if since is not None and until is not None and until <= since:
@@ -559,6 +572,47 @@ class RetrySettings:
             select=RetryFilter(reason=reason, subject=opts.text("subject") or None,
                                since=since, until=until),
             dry_run=opts.switch("dry_run"), kafka_security=security)
+
+
+@dataclass(frozen=True)
+class ContractsSettings:
+    """`meterwax contracts publish|show`: the contracts topic, and where the stream keeps its
+    running charges (read to refuse, before publishing, a change that would alter rated usage;
+    optional, since the flow refuses it anyway). Read like `stream`'s: flags, then the same
+    METERWAX_* variables, every problem reported at once."""
+
+    kafka_bootstrap: str
+    topics: Topics
+    redis_url: str | None = None
+    redis_namespace: str = "meterwax"
+    dry_run: bool = False
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
+
+    def __repr__(self) -> str:
+        return (f"ContractsSettings(kafka_bootstrap={self.kafka_bootstrap!r}, "
+                f"topics={self.topics!r}, redis_url="
+                f"{redact_url(self.redis_url) if self.redis_url else None!r}, "
+                f"redis_namespace={self.redis_namespace!r}, dry_run={self.dry_run!r})")
+
+    def kafka(self) -> KafkaSettings:
+        from flows.kafka_io import KafkaSettings
+
+        return KafkaSettings(self.kafka_bootstrap, self.kafka_security.properties())
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any],
+                     environ: Mapping[str, str] | None = None) -> ContractsSettings:
+        opts = Options(values, os.environ if environ is None else environ,
+                       blank_is_default=True)
+        bootstrap = opts.required("kafka_bootstrap")
+        security = read_kafka_security(opts)
+        if opts.problems:
+            raise SettingsError(opts.problems)
+        return cls(kafka_bootstrap=bootstrap,
+                   topics=Topics.with_prefix(opts.text("topic_prefix", "meterwax.") or ""),
+                   redis_url=opts.text("redis_url") or None,
+                   redis_namespace=opts.text("redis_namespace", "meterwax") or "",
+                   dry_run=opts.switch("dry_run"), kafka_security=security)
 
 
 def _cluster(opts: Options) -> tuple[tuple[str, ...], int | None]:

@@ -18,7 +18,18 @@ from operators.limits import MAX_LINE_BYTES
 
 # (partition name, [(line number or offset, raw line)]), and from Kafka, when some of the lines
 # are events retried from a dead letter (`meterwax exceptions retry`), their offsets.
-Chunk = tuple[str, list[tuple[int, bytes]]] | tuple[str, list[tuple[int, bytes]], list[int]]
+Chunk = (tuple[str, list[tuple[int, bytes]]] | tuple[str, list[tuple[int, bytes]], list[int]]
+         | tuple[str, "ContractsBatch"])
+
+
+@dataclass(frozen=True)
+class ContractsBatch:
+    """Messages of the contracts topic read by one input partition's reader (stream mode),
+    travelling in its chunk stream so its ingest applies them exactly between the usage read
+    before and after them. (offset, key, value), value None for a tombstone."""
+
+    topic: str
+    records: list[tuple[int, bytes | None, bytes | None]]
 
 _READ_BYTES = 1 << 18
 _BOM = b"\xef\xbb\xbf"

@@ -18,7 +18,7 @@ messages, sequence-guarded Redis hashes).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +30,14 @@ from bytewax.run import cli_main
 
 from flows.kafka_io import KafkaChunkSource
 from flows.metrics import record_exceptions
-from flows.pipeline import Sinks, build_flow
+from flows.pipeline import LiveCatalog, Sinks, build_flow
 from flows.runner import candidate_order
 
 # The settings live in flows.settings; SettingsError is re-exported for code that knew it here.
 from flows.settings import SettingsError as SettingsError
 from flows.settings import StreamSettings, Topics
-from operators.catalog import Catalog, load_catalog
+from operators.catalog import Catalog, CatalogError
+from operators.contracts import catalog_of
 from operators.erp import build_erp
 from operators.ingest import IngestConfig, IngestStats
 from operators.protocol import PeriodRetired
@@ -49,14 +50,21 @@ from schemas.records import (
     RatedWindow,
 )
 from sinks.adapters import CallbackSink, MappedSink
+from sinks.contracts import read_contracts
 from sinks.kafka import KafkaTopicsSink, Message, dead_letters, ensure_topics, keyed
 
 
-def erp_messages(catalog: Catalog, topics: Topics, candidates: Sequence[InvoiceCandidate]
-                 ) -> list[Message]:
+def _catalog_for(catalog: Catalog | LiveCatalog, subscriptions: Iterable[str]) -> Catalog:
+    return catalog.holding(subscriptions) if isinstance(catalog, LiveCatalog) else catalog
+
+
+def erp_messages(catalog: Catalog | LiveCatalog, topics: Topics,
+                 candidates: Sequence[InvoiceCandidate]) -> list[Message]:
     """Candidates and the per-candidate ERP payloads, as keyed messages. Journals summarise a
-    month across subscriptions and come from their own step (`JournalLogic`)."""
-    erp = build_erp(catalog, candidates)
+    month across subscriptions and come from their own step (`JournalLogic`). With live
+    contracts, the ERP payloads use the newest contracts this process has read (a corrected
+    tax registration shows on the next invoice built)."""
+    erp = build_erp(_catalog_for(catalog, {c.subscription_id for c in candidates}), candidates)
     return (keyed(topics.candidates, candidates, "invoice_candidate_id")
             + keyed(topics.ar_invoices, erp.ar_invoices, "ar_invoice_id")
             + keyed(topics.schedules, erp.schedules, "schedule_id")
@@ -81,7 +89,7 @@ class JournalLogic(StatefulBatchLogic[InvoiceCandidate | PeriodRetired, Journal,
     horizon, not the months elapsed. Each subscription's retirement reaches this key after its
     candidates (one rater emits both, in order, into the same feed)."""
 
-    def __init__(self, catalog: Catalog, resume: Any) -> None:
+    def __init__(self, catalog: Catalog | LiveCatalog, resume: Any) -> None:
         self.catalog = catalog
         self.candidates: dict[str, InvoiceCandidate] = {}
         self.retired: set[str] = set()
@@ -105,7 +113,8 @@ class JournalLogic(StatefulBatchLogic[InvoiceCandidate | PeriodRetired, Journal,
         journals: list[Journal] = []
         if changed:
             ordered = sorted(self.candidates.values(), key=candidate_order)
-            journals = build_erp(self.catalog, ordered).journals
+            catalog = _catalog_for(self.catalog, {c.subscription_id for c in ordered})
+            journals = build_erp(catalog, ordered).journals
         if self.retired >= {c.subscription_id for c in self.candidates.values()}:
             return journals, StatefulBatchLogic.DISCARD
         return journals, StatefulBatchLogic.RETAIN
@@ -118,8 +127,10 @@ class JournalLogic(StatefulBatchLogic[InvoiceCandidate | PeriodRetired, Journal,
 _JOURNAL_STATE = msgspec.json.Decoder(JournalState | list[InvoiceCandidate])
 
 
-def build_stream(settings: StreamSettings, catalog: Catalog,
+def build_stream(settings: StreamSettings, catalog: LiveCatalog,
                  on_stats: Callable[[Sequence[IngestStats]], None] | None = None) -> Any:
+    """The production dataflow. `catalog`: the contracts as read when the process started;
+    the flow itself follows the contracts topic (flows/kafka_io.py) and keeps it current."""
     from sinks.clickhouse import open_store
     from sinks.clickhouse.sink import RatedWindowSink
     from sinks.redis_dedup import RedisDedup
@@ -144,7 +155,8 @@ def build_stream(settings: StreamSettings, catalog: Catalog,
         return erp_messages(catalog, topics, cands)
 
     def apply_charges(items: Sequence[list[RatedWindow]]) -> None:
-        charges.apply([w for chunk in items for w in chunk], catalog)
+        windows = [w for chunk in items for w in chunk]
+        charges.apply(windows, catalog.holding({w.subscription_id for w in windows}))
 
     def write_ledger(items: Sequence[list[AcceptedEvent]]) -> None:
         store.write_events([e for chunk in items for e in chunk])
@@ -159,7 +171,8 @@ def build_stream(settings: StreamSettings, catalog: Catalog,
     config = IngestConfig(window=settings.window, allowed_lateness=settings.allowed_lateness,
                           max_future=settings.max_future, retention=settings.dedup_ttl,
                           ledger=True)
-    source = KafkaChunkSource(kafka, settings.input_topic, settings.chunk, settings.stop_at_end)
+    source = KafkaChunkSource(kafka, settings.input_topic, settings.chunk, settings.stop_at_end,
+                              contracts=topics.contracts)
     def journals(feed: Any) -> None:
         singles = op.flat_map("journal_each", feed, lambda chunk: chunk)
         keyed_c = op.key_on("key_journal", singles,
@@ -170,8 +183,9 @@ def build_stream(settings: StreamSettings, catalog: Catalog,
                      lambda j: keyed(topics.journals, [j], "journal_id"))
         op.output("journals_out", out, producer)
 
-    flow = build_flow(catalog, config, source, sinks, dedup_factory=dedup_factory,
-                      flow_id="meterwax_stream", recoverable=True, with_journal_feed=journals)
+    flow = build_flow(catalog.current, config, source, sinks, dedup_factory=dedup_factory,
+                      flow_id="meterwax_stream", recoverable=True, with_journal_feed=journals,
+                      live=catalog)
     return flow, store
 
 
@@ -195,15 +209,22 @@ def prepare_recovery_dir(recovery: Path, partitions: int) -> Path:
 
 def run_stream(settings: StreamSettings,
                on_stats: Callable[[Sequence[IngestStats]], None] | None = None) -> None:
-    catalog = load_catalog(settings.catalog)
+    kafka = settings.kafka()
+    topics = settings.topics
+    held = read_contracts(kafka, topics.contracts)  # creates the topic when missing
+    try:
+        catalog = catalog_of(held.specs)
+    except CatalogError:
+        # Records no file could hold (written around `contracts publish`): the flow applies
+        # what it can of them and refuses the rest; the sinks start from none.
+        catalog = catalog_of({})
     recovery = prepare_recovery_dir(
         Path(settings.recovery_dir), max(1, settings.workers * max(1, len(settings.addresses))))
-    topics = settings.topics
-    ensure_topics(settings.kafka(),
+    ensure_topics(kafka,
                   compacted=[topics.candidates, topics.ar_invoices, topics.journals,
                              topics.schedules, topics.invoice_exceptions],
                   plain=[topics.dead_letter])
-    flow, store = build_stream(settings, catalog, on_stats)
+    flow, store = build_stream(settings, LiveCatalog(catalog, held.end_offset), on_stats)
     try:
         cli_main(flow, workers_per_process=settings.workers, process_id=settings.process_id,
                  addresses=list(settings.addresses) or None,

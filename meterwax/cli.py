@@ -31,6 +31,7 @@ from flows.settings import (
     MAX_WORKERS,
     SASL_MECHANISMS,
     SECURITY_PROTOCOLS,
+    ContractsSettings,
     Options,
     SettingsError,
     StreamSettings,
@@ -196,6 +197,33 @@ def _parser() -> argparse.ArgumentParser:
                        help="count what would be sent, send nothing")
     _kafka_security(retry)
 
+    contracts = sub.add_parser(
+        "contracts", help="publish and show the contracts a running stream rates against",
+        description="The catalog as versioned records on the compacted <prefix>contracts "
+                    "topic, which `meterwax stream` reads while it runs.")
+    c_actions = contracts.add_subparsers(dest="action", required=True)
+    c_publish = c_actions.add_parser(
+        "publish", help="validate a catalog file and publish the records that changed",
+        description="Validate CATALOG as the whole catalog to be in force (every problem, with "
+                    "its YAML path), refuse a change that would alter usage already rated or "
+                    "invoiced, and publish only the records that changed (a tombstone for each "
+                    "one the file no longer has). Nothing is published on any problem.")
+    c_publish.add_argument("catalog", metavar="CATALOG.yaml")
+    c_publish.add_argument("--dry-run", dest="dry_run", action="store_true",
+                           help="check and list the changes, publish nothing")
+    c_show = c_actions.add_parser(
+        "show", help="print the catalog in force, as a catalog file",
+        description="Print the catalog the contracts topic holds, as YAML a `publish` takes "
+                    "back, with each record's version.")
+    for p in (c_publish, c_show):
+        p.add_argument("--kafka-bootstrap", dest="kafka_bootstrap")
+        p.add_argument("--topic-prefix", dest="topic_prefix",
+                       help="the stream's topic prefix (default meterwax.)")
+        p.add_argument("--redis-url", dest="redis_url",
+                       help="the stream's Redis: its running charges say what is rated")
+        p.add_argument("--redis-namespace", dest="redis_namespace")
+        _kafka_security(p)
+
     serve = sub.add_parser(
         "serve-clickhouse", help="serve an embedded store over ClickHouse's HTTP interface",
         description="Serve a run's embedded store over ClickHouse's HTTP interface "
@@ -263,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
             return _sql(args.out, args.query)
         if args.command == "exceptions":
             return _exceptions_retry(args)
+        if args.command == "contracts":
+            return _contracts(args)
         if args.command == "stream":
             return _stream(args)
         if args.command == "serve-clickhouse":
@@ -373,6 +403,12 @@ def _stream(args: argparse.Namespace) -> int:
     from flows import metrics
     from flows.stream import run_stream
 
+    if settings.catalog:
+        # `--catalog F`: publish F first (every check of `contracts publish`), then rate
+        # against the contracts topic like any stream.
+        code = _publish(settings.contracts(), settings.catalog)
+        if code:
+            return code
     if settings.metrics_port:
         metrics.serve(settings.metrics_port)
     run_stream(settings, on_stats=metrics.record)
@@ -393,6 +429,59 @@ def _exceptions_retry(args: argparse.Namespace) -> int:
           f"{report.matched} matched; {sent} to {settings.input_topic}")
     for reason, n in sorted(report.by_reason.items()):
         print(f"  {reason}: {n}")
+    return 0
+
+
+def _contracts(args: argparse.Namespace) -> int:
+    from flows.settings import ContractsSettings
+
+    settings = _settings(ContractsSettings.from_mapping, args)
+    if settings is None:
+        return EXIT_USAGE
+    from meterwax import contracts
+
+    topic = settings.topics.contracts
+    if args.action == "show":
+        import yaml
+
+        from operators.contracts import document_of
+
+        held = contracts.read_contracts(settings.kafka(), topic)
+        for problem in held.problems:
+            print(f"meterwax: {topic}: not applied: {problem}", file=sys.stderr)
+        print(f"# contracts in force on {topic}: {len(held.specs)} record(s), "
+              f"{held.end_offset} message(s) read")
+        for key in sorted(held.specs):
+            print(f"#   {key}  v{held.versions.get(key, 0)}")
+        print(yaml.safe_dump(document_of(held.specs), sort_keys=False, allow_unicode=True,
+                             width=100), end="")
+        return 0
+    checks = Checks(args)
+    if not checks.readable_file("catalog", args.catalog):
+        return checks.report()
+    return _publish(settings, args.catalog)
+
+
+def _publish(settings: ContractsSettings, path: str) -> int:
+    from meterwax import contracts
+
+    topic = settings.topics.contracts
+    try:
+        report = contracts.publish_catalog(settings, path)
+    except CatalogError as exc:
+        print(f"meterwax: {exc}", file=sys.stderr)
+        print("meterwax: nothing was published", file=sys.stderr)
+        return EXIT_USAGE
+    for key, why in sorted(report.refused.items()):
+        print(f"meterwax: {key}: refused: {why}", file=sys.stderr)
+    for key, version, what in report.changed:
+        print(f"  {what:8} {key}" + (f"  v{version}" if version else ""))
+    if report.refused:
+        print(f"meterwax: {len(report.refused)} change(s) refused; nothing was published",
+              file=sys.stderr)
+        return EXIT_FAILED
+    done = ("would publish" if settings.dry_run else "published")
+    print(f"{done} {len(report.changed)} record(s) to {topic}; {report.unchanged} unchanged")
     return 0
 
 

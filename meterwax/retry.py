@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from flows.settings import RetrySettings
 from operators import ids
 from operators.retry import RETRY_HEADER, input_key
+from schemas.records import CONTRACT_REFUSED
 from sinks.kafka import Header, publish, read_topic
 
 
@@ -30,8 +31,9 @@ def retry_dead_letters(settings: RetrySettings) -> RetryReport:
         reason = record.headers.get("meterwax.reason", b"").decode("utf-8", "replace") or None
         rejected_at = (datetime.fromtimestamp(record.timestamp_ms / 1000, UTC)
                        if record.timestamp_ms is not None else None)
-        if not settings.select.matches(reason, record.value, rejected_at):
-            continue
+        if reason == CONTRACT_REFUSED or not settings.select.matches(reason, record.value,
+                                                                     rejected_at):
+            continue  # a refused contracts record is not an event: fix and publish the catalog
         report.matched += 1
         label = reason or "(no reason)"
         report.by_reason[label] = report.by_reason.get(label, 0) + 1

@@ -22,7 +22,7 @@ import gc
 import itertools
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal, cast
@@ -176,6 +176,22 @@ class Customer:
         return tuple(reasons)
 
 
+@dataclass(frozen=True, slots=True)
+class SubscriptionTerms:
+    subscription: Subscription
+    customer: Customer  # with this subscription only
+    plan: Plan
+    meters: tuple[Meter, ...]  # those the plan charges
+    legal_entity: LegalEntity
+
+    def catalog(self) -> Catalog:
+        """A catalog of this subscription alone, for the code that reads a Catalog."""
+        return Catalog(legal_entities={self.legal_entity.id: self.legal_entity},
+                       meters={m.id: m for m in self.meters},
+                       plans={self.plan.id: self.plan},
+                       customers={self.customer.id: self.customer})
+
+
 @dataclass(frozen=True)
 class Catalog:
     legal_entities: Mapping[str, LegalEntity]
@@ -219,6 +235,19 @@ class Catalog:
     def plan_of(self, sub: Subscription) -> Plan:
         return self.plans[sub.plan_id]
 
+    def terms_of(self, subscription_id: str) -> SubscriptionTerms:
+        """Everything of the catalog one subscription's rater reads (stream mode sends it to
+        the rater when it changes, flows/pipeline.py)."""
+        sub = self.subscriptions[subscription_id]
+        customer = self.customers[sub.customer_id]
+        plan = self.plans[sub.plan_id]
+        return SubscriptionTerms(
+            subscription=sub,
+            customer=replace(customer, subscriptions=(sub,)),
+            plan=plan,
+            meters=tuple(self.meters[c.meter] for c in plan.charges),
+            legal_entity=self.legal_entities[customer.legal_entity])
+
     def first_billed_month(self) -> Month | None:
         """`billing_start`, or else the month of the earliest subscription start (None: no
         subscription). Never inferred from the usage seen: a subscription that started on 1
@@ -248,6 +277,11 @@ class Catalog:
 
 
 def load_catalog(path: str) -> Catalog:
+    return load_catalog_document(path)[1]
+
+
+def load_catalog_document(path: str) -> tuple[Any, Catalog]:
+    """The file's document (what `contracts publish` splits into records) and its catalog."""
     # The cyclic collector would walk the growing heap again and again while millions of
     # acyclic dicts and lists are built (a quarter of the time for 100,000 customers); the
     # loaded catalog holds no cycles, so pausing it loses nothing.
@@ -255,7 +289,7 @@ def load_catalog(path: str) -> Catalog:
     gc.disable()
     try:
         doc, problems, refused = compose(read_text(path), path)
-        return _Parser(problems, refused).parse(doc)
+        return doc, _Parser(problems, refused).parse(doc)
     except CatalogError:
         raise
     except Exception as exc:

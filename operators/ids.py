@@ -46,6 +46,12 @@ def dead_letter_ref(topic: str, partition: int, offset: int) -> str:
     return f"{topic}:{partition}:{offset}"
 
 
+def contract_refusal_id(topic: str, offset: int) -> str:
+    """A contracts record the flow did not apply: the same id from every input partition that
+    refused it, so the copies deduplicate downstream."""
+    return f"{topic}:0:{offset}:refused"
+
+
 def rating_failure_id(subscription_id: str, n: int) -> str:
     return f"{subscription_id}:rating-failure-{n}"
 

@@ -49,6 +49,7 @@ from operators import ids
 from operators.aggregators import Aggregate, new_aggregate
 from operators.catalog import Catalog, Customer, Meter, Subscription
 from operators.clock import Clock, system_clock
+from operators.contracts import Frozen
 from operators.dedup import DedupStore, Origin
 from operators.envelope import Rejection, judge
 from operators.limits import (
@@ -62,7 +63,7 @@ from operators.limits import (
 from operators.money import ZERO
 from operators.periods import Month
 from operators.pricers import quantity_cap
-from operators.protocol import Close, Op, Retire, Tick, Usage
+from operators.protocol import Close, Op, Retire, Terms, Tick, Usage
 from operators.values import InvalidValue, distinct_key, quantity
 from schemas.events import CloudEvent
 from schemas.records import (
@@ -167,6 +168,9 @@ class IngestState:
     # (subscription, period, meter) -> upper bound of the period quantity accepted so far, for
     # the charges whose cap a period could reach (see `Ingestor._over_limit`).
     totals: dict[tuple[str, str, str], Decimal] = field(default_factory=dict)
+    # subscription -> end (epoch s) of the latest window it was sent usage for: with the closed
+    # and retired periods, what a contracts change may no longer alter (operators/contracts.py).
+    rated_until: dict[str, int] = field(default_factory=dict)
 
 
 class Ingestor:
@@ -174,8 +178,14 @@ class Ingestor:
 
     def __init__(self, catalog: Catalog, config: IngestConfig, dedup: DedupStore,
                  source_name: str, partition: int, state: IngestState | None = None,
-                 position_key: str = "line") -> None:
+                 position_key: str = "line", terms_version: int | None = None) -> None:
+        """`terms_version`: stream mode, where contracts change while it runs (`set_catalog`):
+        every rater is sent its subscription's terms (a Terms op of this version) before the
+        first op this ingestor sends it, and again after they change. None: file mode, where
+        every step holds the same catalog."""
         self.catalog = catalog
+        self.terms_version = terms_version
+        self._sent: set[str] = set()  # subscriptions sent the terms of `terms_version`
         self.config = config
         self.dedup = dedup
         self.source_name = source_name
@@ -273,6 +283,59 @@ class Ingestor:
         while start < end:
             start = self._part(out, batch, start, now)
         self._tally(out)
+        self._send_terms(out)
+        return out
+
+    def _send_terms(self, out: IngestOutput) -> None:
+        version = self.terms_version
+        if version is None:
+            return
+        sent, subs = self._sent, self.catalog.subscriptions
+        for sub_id, ops in out.ops.items():
+            if sub_id not in sent and sub_id in subs:
+                # Before the ops, so they are rated on these terms. Its watermark says nothing
+                # (-1): the batch's watermark would make the rater see its first windows late.
+                ops.insert(0, Terms(version, self.catalog.terms_of(sub_id), -1))
+                sent.add(sub_id)
+
+    def frozen(self) -> Frozen:
+        """What a contracts change may no longer alter, as far as this partition knows."""
+        state = self.state
+        return Frozen(
+            subscriptions={s: datetime.fromtimestamp(t, UTC)
+                           for s, t in state.rated_until.items()},
+            closed_end=state.closed_through.end if state.closed_through else None,
+            retired_end=state.retired_through.end if state.retired_through else None)
+
+    def set_catalog(self, catalog: Catalog, version: int, changed: Collection[str]
+                    ) -> IngestOutput:
+        """Rate against `catalog` from the next event on (stream mode: contracts published
+        while it runs; the caller has validated it and refused what would alter rated usage).
+        `changed`: the subscriptions whose terms changed or are new. Each is sent its terms
+        again, and one that starts before the end of the last closed period is closed through
+        it, so its closed months are invoiced (a customer published after usage was retried
+        for it, say)."""
+        out = self._new_output()
+        state = self.state
+        self.catalog = catalog
+        self.terms_version = version
+        self._routes = {}
+        self._last_sub = {}
+        start = catalog.billing_start
+        self._billing_start = start.start if start else None
+        if state.closed_through is None:
+            state.bill_from = catalog.first_billed_month()
+            self._next_close = -1
+        self._sent -= set(changed)
+        closed = state.closed_through
+        if closed is not None and state.bill_from is not None:
+            wm = state.watermark if state.watermark is not None else -1
+            for sub_id in sorted(changed):
+                sub = catalog.subscriptions.get(sub_id)
+                if sub is not None and sub.start < closed.end:
+                    out.ops.setdefault(sub_id, []).append(
+                        Close(closed.key, state.bill_from.key, wm))
+        self._send_terms(out)
         return out
 
     def _part(self, out: IngestOutput, batch: Sequence[tuple[int, bytes]], start: int,
@@ -398,10 +461,15 @@ class Ingestor:
         """The ingested side of reconciliation, from the same pre-aggregates the raters get."""
         ingested = out.stats.ingested
         contributions = out.stats.contributions
+        rated_until = self.state.rated_until
+        w = self._window_s
         for sub_id, ops in out.ops.items():
             for op in ops:
                 if type(op) is not Usage:
                     continue
+                end = op.window_start - op.window_start % w + w
+                if end > rated_until.get(sub_id, 0):
+                    rated_until[sub_id] = end
                 meter = op.meter
                 key = (sub_id, op.period, meter)
                 mine = ingested.get(key)
@@ -703,6 +771,9 @@ class Ingestor:
         key = through.key
         if state.totals:
             state.totals = {k: v for k, v in state.totals.items() if k[1] > key}
+        # Everything before the retired end is frozen anyway (Frozen.retired_end).
+        end_ts = int(through.end.timestamp())
+        state.rated_until = {s: t for s, t in state.rated_until.items() if t > end_ts}
         self.dedup.expire(int(through.end.timestamp()))
         for sub in self.catalog.subscriptions.values():
             if sub.start >= through.end:
@@ -734,6 +805,7 @@ class Ingestor:
             last = Month.of(datetime.fromtimestamp(wm, UTC))
             if self.state.closed_through is None or self.state.closed_through < last:
                 self._close(out, last, wm)
+        self._send_terms(out)
         return out
 
 

@@ -9,6 +9,7 @@ sequence, never on batching or worker count.
     Tick    the watermark reached the end of some open windows: rate them
     Close   close every period through `through`, billing from `start`
     Retire  forget every period through `through`: its retention horizon has passed
+    Terms   the contract terms to rate on from now (stream mode: contracts change live)
 
 And one message from a rater to the journal step (flows/stream.py):
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import msgspec
 
 from operators.aggregators import Aggregate
+from operators.catalog import SubscriptionTerms
 
 
 class Usage(msgspec.Struct, array_like=True, gc=False):
@@ -50,7 +52,18 @@ class Retire(msgspec.Struct, array_like=True, gc=False):
     watermark: int
 
 
-Op = Usage | Tick | Close | Retire
+class Terms(msgspec.Struct, array_like=True, gc=False):
+    """The contract terms a subscription is rated and invoiced on, sent by ingest in stream mode
+    (live contracts) before the first op it sends a rater and whenever they change; `version`
+    orders them (the contracts topic offset they came from), so a rater fed by several input
+    partitions keeps the newest."""
+
+    version: int
+    terms: SubscriptionTerms
+    watermark: int
+
+
+Op = Usage | Tick | Close | Retire | Terms
 
 
 class PeriodRetired(msgspec.Struct, array_like=True, gc=False):

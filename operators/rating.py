@@ -47,14 +47,15 @@ import msgspec
 
 from operators import ids
 from operators.aggregators import Aggregate
-from operators.catalog import Catalog, Subscription
+from operators.catalog import Catalog, Subscription, SubscriptionTerms
 from operators.invoicing import LineValue, candidate, diff_lines, period_lines
 from operators.limits import STORE_LIMIT
 from operators.money import ZERO
 from operators.periods import Month, months_between
 from operators.pricers import PRICERS
-from operators.protocol import Close, Op, PeriodRetired, Retire, Tick, Usage
+from operators.protocol import Close, Op, PeriodRetired, Retire, Terms, Tick, Usage
 from schemas.records import (
+    CONTRACT_REFUSED,
     INTERNAL_ERROR,
     LATE_BEYOND_RETENTION,
     PERIOD_LIMIT_EXCEEDED,
@@ -115,23 +116,31 @@ class RaterState:
     rating_seq: int = 0
     high: int = -1  # the highest watermark of any op applied (epoch seconds)
     failures: int = 0  # ops whose rating failed (see the module docstring); numbers their ids
+    # Stream mode: the contract terms in force (a Terms op) and their version; None: the
+    # catalog the rater was built with (file mode).
+    terms: SubscriptionTerms | None = None
+    terms_version: int = -1
 
 
 class SubscriptionRater:
     def __init__(self, catalog: Catalog, subscription_id: str, window: timedelta,
                  state: RaterState | None = None) -> None:
-        self.catalog = catalog
         self.window_seconds = int(window.total_seconds())
+        self.state = state if state is not None else RaterState()
+        self._period_ends: dict[str, int] = {}
+        terms = self.state.terms
+        self._bind(terms.catalog() if terms is not None else catalog, subscription_id)
+
+    def _bind(self, catalog: Catalog, subscription_id: str) -> None:
+        self.catalog = catalog
         self.sub: Subscription = catalog.subscriptions[subscription_id]
         self.plan = catalog.plans[self.sub.plan_id]
         self.customer = catalog.customers[self.sub.customer_id]
-        self.state = state if state is not None else RaterState()
         self._aggregation = {c.meter: catalog.meters[c.meter].aggregation
                              for c in self.plan.charges}
         self._charges = {c.meter: c for c in self.plan.charges}
         # The pricer of each meter's charge, looked up once rather than per rated window.
         self._pricers = {c.meter: PRICERS[c.model] for c in self.plan.charges}
-        self._period_ends: dict[str, int] = {}
 
     # -- ops ------------------------------------------------------------------------------------
 
@@ -151,6 +160,8 @@ class SubscriptionRater:
                                         op.watermark, out)
                 elif isinstance(op, Retire):
                     self._retire(op.through, out)
+                elif isinstance(op, Terms):
+                    self._terms(op, out)
                 else:
                     msg = f"unknown op {op!r}"
                     raise ValueError(msg)
@@ -176,6 +187,43 @@ class SubscriptionRater:
             position=where,
             raw=None,
         )
+
+    def _terms(self, op: Terms, out: list[Output]) -> None:
+        """New contract terms (stream mode). Ingest refused any change that would alter usage it
+        accepted; a rater fed by several input partitions has seen usage no single partition
+        has, so it refuses again what would re-price its own rated usage: a plan, meter or
+        legal entity change once anything was rated or invoiced. A refused version is reported
+        once and the rater keeps rating on the terms it had."""
+        state = self.state
+        if op.version <= state.terms_version:
+            return  # another input partition sent it (or a newer one) first
+        state.terms_version = op.version
+        new = op.terms
+        if state.rating_seq or state.closed or state.retired_through is not None:
+            cur = self.catalog.terms_of(self.sub.id)
+            why = None
+            if new.plan != cur.plan:
+                why = (f"plan {cur.plan.id!r} would become {new.plan.id!r} (or be edited), but "
+                       "this subscription has usage rated on it")
+            elif new.meters != cur.meters:
+                why = "a meter its plan charges would be edited, but it has usage rated on it"
+            elif new.customer.legal_entity != cur.customer.legal_entity:
+                why = (f"its customer would move from legal entity "
+                       f"{cur.customer.legal_entity!r} to {new.customer.legal_entity!r}, but "
+                       "it has usage rated or invoiced")
+            if why is not None:
+                state.failures += 1
+                out.append(ExceptionRecord(
+                    exception_id=ids.rating_failure_id(self.sub.id, state.failures),
+                    reason=CONTRACT_REFUSED,
+                    error=(f"contracts version {op.version} not applied to subscription "
+                           f"{self.sub.id!r}: {why}; it is still rated on the terms it had"),
+                    position={"step": "rating", "subscription": self.sub.id,
+                              "op": "terms", "version": op.version},
+                    raw=None))
+                return
+        state.terms = new
+        self._bind(new.catalog(), self.sub.id)
 
     def _period_end(self, period: str) -> int:
         end = self._period_ends.get(period)

@@ -33,7 +33,9 @@ _ENVELOPE = msgspec.json.Decoder(_Envelope)
 def _envelope(raw: bytes) -> _Envelope | None:
     try:
         return _ENVELOPE.decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+        # msgspec raises the last one for a string cut inside a UTF-8 sequence: a dead letter
+        # of INVALID_JSON holds exactly such bytes, and must not stop the retry command.
         return None
 
 

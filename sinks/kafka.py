@@ -10,6 +10,7 @@ compacted topics) deduplicate.
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -178,11 +179,18 @@ def read_topic(settings: KafkaConfig, topic: str, timeout: float = 30.0) -> list
             return out
         consumer.assign(assignment)
         done: set[int] = set()
+        quiet_since = time.monotonic()
         while len(done) < len(ends):
-            batch = consumer.consume(1000, timeout)
+            # A short wait per call: consume() returns only once it has `num_messages` or its
+            # timeout passed, so a long one would idle through the timeout near the end.
+            batch = consumer.consume(1000, 0.2)
             if not batch:
-                msg = f"topic {topic!r}: no record for {timeout:.0f} s before its end offsets"
-                raise KafkaDeliveryError(msg)
+                if time.monotonic() - quiet_since > timeout:
+                    msg = (f"topic {topic!r}: no record for {timeout:.0f} s before its end "
+                           "offsets")
+                    raise KafkaDeliveryError(msg)
+                continue
+            quiet_since = time.monotonic()
             for m in batch:
                 err = m.error()
                 if err is not None:
@@ -210,10 +218,11 @@ def read_topic(settings: KafkaConfig, topic: str, timeout: float = 30.0) -> list
 
 
 def publish(settings: KafkaConfig, topic: str,
-            records: Sequence[tuple[bytes | None, bytes, list[Header]]]) -> int:
+            records: Sequence[tuple[bytes | None, bytes | None, list[Header]]]) -> int:
     """Send (key, value, headers) records to `topic` with the idempotent producer and wait for
     every acknowledgement; returns how many the broker acknowledged, and raises if any was
-    refused (those are listed), so a caller never reports a retry that did not happen."""
+    refused (those are listed), so a caller never reports a retry that did not happen. A value
+    of None is a tombstone (a compacted topic then forgets the key)."""
     producer = Producer(settings.config(**{"enable.idempotence": True, "linger.ms": 5}))
     errors: list[str] = []
     acked = 0

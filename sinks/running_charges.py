@@ -249,5 +249,23 @@ class RunningCharges:
         return {"customer_id": customer_id, "period": period, "subscriptions": ordered,
                 "totals": dict(sorted(totals.items()))}
 
+    def rated_through(self) -> dict[str, datetime]:
+        """Subscription -> the end of its latest rated window, over every period still held
+        (`contracts publish` refuses a change that would alter usage before it). One SCAN and
+        an HGETALL per hash: an operator's command, not a hot path."""
+        out: dict[str, datetime] = {}
+        for key in self.client.scan_iter(match=f"{self.namespace}:charges:*", count=1000):
+            raw: Mapping[Any, Any] = self.client.hgetall(key)
+            for name, value in raw.items():
+                field = name.decode() if isinstance(name, bytes) else name
+                if not field.startswith("u:"):
+                    continue
+                text = value.decode() if isinstance(value, bytes) else value
+                _, sub_id, _ = _parse_field(field)
+                end = datetime.fromtimestamp(int(text.rsplit("|", 1)[1]), UTC)
+                if sub_id not in out or end > out[sub_id]:
+                    out[sub_id] = end
+        return out
+
     def close(self) -> None:
         self.client.close()

@@ -36,6 +36,13 @@ NEWCO = """
 """
 
 
+def with_newco(path: Path) -> None:
+    """The example catalog with newco added at the end of its customers."""
+    base = Path(CATALOG).read_text()
+    end = base.index("\n# meterwax took over billing")  # the customers end there
+    path.write_text(base[:end] + NEWCO + base[end:])
+
+
 def ev(i: str, subject: str, time: str, **data: Any) -> bytes:
     return json.dumps({"specversion": "1.0", "id": i, "source": "//svc/api", "type": "api.request",
                        "subject": subject, "time": time, "data": data}).encode()
@@ -72,7 +79,7 @@ def test_a_fixed_rejection_is_rated_once_however_often_it_is_retried(
 
     # Finance adds the customer, then retries what was rejected for its subject.
     fixed = tmp_path / "catalog.yaml"
-    fixed.write_text(Path(CATALOG).read_text() + NEWCO)
+    with_newco(fixed)
     run.extra_env = {"METERWAX_CATALOG": str(fixed)}
     sent = retry(run, "--reason", "UNKNOWN_SUBJECT", "--subject", "newco-main")
     assert sent.returncode == 0, sent.stderr
@@ -100,6 +107,8 @@ def test_the_filter_reads_reason_subject_and_rejection_time() -> None:
     at = datetime(2026, 11, 1, tzinfo=UTC)
     assert subject_of(raw) == "acme-prod" and input_key(raw) == b"//svc/api/x"
     assert subject_of(b"{not json") is None and input_key(b'{"id": 5}') is None
+    cut = b'{"id": "x", "source": "//a\xe2\x82", "subject": "s"}'  # a cut UTF-8 sequence
+    assert subject_of(cut) is None and input_key(cut) is None
     assert RetryFilter().matches(None, b"junk", None)
     assert RetryFilter(reason="UNKNOWN_SUBJECT").matches("UNKNOWN_SUBJECT", raw, at)
     assert not RetryFilter(reason="INVALID_VALUE").matches("UNKNOWN_SUBJECT", raw, at)
@@ -173,7 +182,7 @@ def test_killed_while_rating_retried_events_loses_and_doubles_nothing(
     run.run()
     assert ledger_rows(clickhouse) == (1, 1)
     fixed = tmp_path / "catalog.yaml"
-    fixed.write_text(Path(CATALOG).read_text() + NEWCO)
+    with_newco(fixed)
     run.extra_env = {"METERWAX_CATALOG": str(fixed)}
     sent = retry(run, "--reason", "UNKNOWN_SUBJECT")
     assert sent.returncode == 0 and f"sent {n} to" in sent.stdout, sent.stdout + sent.stderr

@@ -6,8 +6,9 @@ What is changed from the README text, and why:
 - an optional part `[...]` is kept as written (the brackets removed), except where it is a
   placeholder (`[--now RFC3339]`), which is dropped;
 - `meterwax demo`'s `[--size 200000]` runs with 2000 events: 200,000 take a minute;
-- `meterwax stream` needs Kafka and Redis, so it runs with `-h` only (tests/test_stream.py runs
-  it for real);
+- `meterwax stream`, `exceptions` and `contracts` need Kafka (and Redis), so they run with `-h`
+  only (tests/test_stream.py, test_exceptions_retry.py and test_contracts_stream.py run them for
+  real);
 - `meterwax serve-clickhouse` runs with `-h`, and then for real in the background, with its
   `[--port 8123]` set to a free port, answering `SELECT 1` over HTTP.
 A line for any other command fails the test, so a new README line gets a rule here.
@@ -89,7 +90,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_block_holds_the_commands_this_test_knows() -> None:
     assert [subcommand(line) for line in readme_commands()] == [
         "run", "run", "demo", "sql", "check-catalog", "stream", "serve-clickhouse",
-        "exceptions"]
+        "exceptions", "contracts", "contracts"]
     # `-h` must land before a trailing comment, or the line would start a server instead.
     serve = next(x for x in readme_commands() if subcommand(x) == "serve-clickhouse")
     assert helped(serve).endswith(" -h") and "#" not in helped(serve)
@@ -98,7 +99,7 @@ def test_the_block_holds_the_commands_this_test_knows() -> None:
 def test_every_readme_command_runs_as_written(workdir: Path) -> None:
     for line in readme_commands():
         command = subcommand(line)
-        if command in ("stream", "exceptions"):  # they need the services: their help here
+        if command in ("stream", "exceptions", "contracts"):  # need the services: help here
             proc = shell(helped(line), workdir, timeout=60)
             assert proc.returncode == 0 and proc.stdout.startswith("usage: "), (
                 line, proc.stderr)
