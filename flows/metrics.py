@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from prometheus_client import Counter, start_http_server
+from prometheus_client import Counter, Gauge, start_http_server
 
 from operators.ingest import IngestStats
-from schemas.records import INTERNAL_ERROR, ExceptionRecord
+from schemas.records import CONTRACT_REFUSED, INTERNAL_ERROR, ExceptionRecord
 
 EVENTS = Counter("meterwax_events_total", "Events read, by the bucket they landed in",
                  ["bucket"])
@@ -24,6 +24,18 @@ RETRIED = Counter("meterwax_retried_events_total",
 INTERNAL = Counter("meterwax_internal_errors_total",
                    "Events or rating steps that failed unexpectedly and were set aside",
                    ["step"])
+
+# Live contracts: the newest contracts topic offset applied in this process (all pods should
+# agree within seconds after a publication), and records not applied (each is a dead letter).
+CONTRACTS_VERSION = Gauge("meterwax_contracts_version",
+                          "Offset after the last contracts record applied in this process")
+CONTRACTS_REFUSED = Counter("meterwax_contracts_refused_total",
+                            "Contracts records refused (CONTRACT_REFUSED dead letters; each "
+                            "refusing input partition counts its own)")
+
+
+def contracts_applied(version: int) -> None:
+    CONTRACTS_VERSION.set(version)
 
 
 def record(batches: Sequence[IngestStats]) -> None:
@@ -46,7 +58,9 @@ def record(batches: Sequence[IngestStats]) -> None:
 def record_exceptions(records: Sequence[ExceptionRecord]) -> None:
     """Rating failures: they are exception records, not ingest counts."""
     for r in records:
-        if r.position.get("step") == "rating":
+        if r.reason == CONTRACT_REFUSED:
+            CONTRACTS_REFUSED.inc()
+        elif r.position.get("step") == "rating":
             INTERNAL.labels("rating").inc()
 
 

@@ -131,15 +131,21 @@ class LiveCatalog:
     Ingest and raters do not read it: they hold the contracts their own input order gives
     them (recovered with their state)."""
 
-    def __init__(self, catalog: Catalog, version: int = 0) -> None:
+    def __init__(self, catalog: Catalog, version: int = 0,
+                 on_update: Callable[[int], None] | None = None) -> None:
         self.current, self.version = catalog, version
+        self.on_update = on_update
         self._changed = threading.Condition()
+        if on_update is not None:
+            on_update(version)
 
     def update(self, version: int, catalog: Catalog) -> None:
         with self._changed:
             if version > self.version:
                 self.current, self.version = catalog, version
                 self._changed.notify_all()
+                if self.on_update is not None:
+                    self.on_update(version)
 
     def holding(self, subscriptions: Iterable[str], timeout: float = 60.0) -> Catalog:
         """The current catalog once it holds every one of `subscriptions`. A window or

@@ -29,7 +29,7 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
 from flows.kafka_io import KafkaChunkSource
-from flows.metrics import record_exceptions
+from flows.metrics import contracts_applied, record_exceptions
 from flows.pipeline import LiveCatalog, Sinks, build_flow
 from flows.runner import candidate_order
 
@@ -224,7 +224,8 @@ def run_stream(settings: StreamSettings,
                   compacted=[topics.candidates, topics.ar_invoices, topics.journals,
                              topics.schedules, topics.invoice_exceptions],
                   plain=[topics.dead_letter])
-    flow, store = build_stream(settings, LiveCatalog(catalog, held.end_offset), on_stats)
+    live = LiveCatalog(catalog, held.end_offset, on_update=contracts_applied)
+    flow, store = build_stream(settings, live, on_stats)
     try:
         cli_main(flow, workers_per_process=settings.workers, process_id=settings.process_id,
                  addresses=list(settings.addresses) or None,

@@ -444,7 +444,7 @@ def _contracts(args: argparse.Namespace) -> int:
     if args.action == "show":
         import yaml
 
-        from operators.contracts import document_of
+        from operators.contracts import catalog_of, document_of
 
         held = contracts.read_contracts(settings.kafka(), topic)
         for problem in held.problems:
@@ -455,6 +455,17 @@ def _contracts(args: argparse.Namespace) -> int:
             print(f"#   {key}  v{held.versions.get(key, 0)}")
         print(yaml.safe_dump(document_of(held.specs), sort_keys=False, allow_unicode=True,
                              width=100), end="")
+        try:
+            excluded = catalog_of(held.specs).excluded_months()
+        except CatalogError as exc:
+            print(f"meterwax: {topic}: the records make no valid catalog: {exc}",
+                  file=sys.stderr)
+            return EXIT_FAILED
+        if excluded:
+            # What reconciliation lists in file mode: months this deployment does not bill.
+            print("# excluded by billing_start (billed before this deployment):")
+            for customer_id, sub_id, period in excluded:
+                print(f"#   {period}  {sub_id}  (customer {customer_id})")
         return 0
     checks = Checks(args)
     if not checks.readable_file("catalog", args.catalog):

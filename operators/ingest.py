@@ -172,6 +172,12 @@ class IngestState:
     # and retired periods, what a contracts change may no longer alter (operators/contracts.py).
     rated_until: dict[str, int] = field(default_factory=dict)
 
+    def __setstate__(self, state: dict[str, object]) -> None:
+        # A snapshot of the builds before live contracts has no `rated_until`: resume with
+        # none (the closed and retired periods still freeze what they cover).
+        state.setdefault("rated_until", {})
+        self.__dict__.update(state)
+
 
 class Ingestor:
     """Pure ingest logic for one input partition. The dedup store is a port."""
@@ -328,13 +334,15 @@ class Ingestor:
             self._next_close = -1
         self._sent -= set(changed)
         closed = state.closed_through
-        if closed is not None and state.bill_from is not None:
+        if closed is not None:
             wm = state.watermark if state.watermark is not None else -1
             for sub_id in sorted(changed):
                 sub = catalog.subscriptions.get(sub_id)
                 if sub is not None and sub.start < closed.end:
-                    out.ops.setdefault(sub_id, []).append(
-                        Close(closed.key, state.bill_from.key, wm))
+                    # From its own start (a month before the first one billed so far is
+                    # still owed), unless billing_start excludes it.
+                    first = start or Month.of(sub.start)
+                    out.ops.setdefault(sub_id, []).append(Close(closed.key, first.key, wm))
         self._send_terms(out)
         return out
 

@@ -441,6 +441,8 @@ def _describe(op: Op) -> dict[str, object]:
             return {"op": "close", "through": op.through}
         if isinstance(op, Retire):
             return {"op": "retire", "through": op.through}
+        if isinstance(op, Terms):
+            return {"op": "terms", "version": op.version}
     except Exception:  # a malformed op is described by its text alone
         return {"op": repr(op)[:200]}
     return {"op": repr(op)[:200]}

@@ -202,3 +202,19 @@ def test_a_rater_refuses_a_plan_change_once_it_rated_usage() -> None:
     assert isinstance(out, ExceptionRecord) and out.reason == "CONTRACT_REFUSED"
     assert fresh.plan.id == "p"
     assert fresh.apply([Terms(2, new_terms, -1)]) == []  # reported once
+
+
+def test_a_subscription_published_late_is_billed_from_its_own_start() -> None:
+    # No billing_start: every month since its start is owed, even one before the first month
+    # billed so far (September, while sub-1 began in October).
+    run = Driver()
+    run.publish(base_doc())
+    run.usage(event("1", time="2026-10-05T00:00:00Z"), event("3", time="2026-11-05T00:00:00Z"))
+    run.publish(with_d(base_doc(), start="2026-09-01T00:00:00Z"))
+    assert sorted(c.invoice_candidate_id for c in run.candidates
+                  if c.subscription_id == "sub-d") == ["sub-d:2026-09", "sub-d:2026-10"]
+    # Publishing an unrelated change again closes nothing twice.
+    again = with_d(base_doc(), start="2026-09-01T00:00:00Z")
+    again["customers"][1]["tax_registration"] = "TAX-D"
+    run.publish(again)
+    assert len([c for c in run.candidates if c.subscription_id == "sub-d"]) == 2

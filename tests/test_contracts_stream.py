@@ -233,6 +233,7 @@ def test_publish_validates_refuses_and_sends_only_what_changed(
     assert "published 0 record(s) to" in publish(run, Path(CATALOG))
     # `show` prints a catalog `publish` takes back unchanged.
     shown = meterwax(run, "contracts", "show")
+    assert "#   2026-09  sub-globex-starter  (customer globex)" in shown.stdout
     copy_path = tmp_path / "shown.yaml"
     copy_path.write_text(shown.stdout)
     assert "published 0 record(s) to" in publish(run, copy_path)
