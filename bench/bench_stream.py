@@ -824,7 +824,9 @@ def latency_phase(args: argparse.Namespace, res: Resources, cmd_base: list[str],
     prefix, namespace = res.unique("lat")
     local = LocalClickHouse(res.tmp / "ch-latency")
     res.closers.append(local.close)
-    cmd = [*cmd_base, "stream", "--window", f"{window_s}s"]
+    # The events are dated from --event-base, ahead of the processing clock whenever the bench
+    # runs before it: without this they would all be FUTURE_EVENT and no window ever rated.
+    cmd = [*cmd_base, "stream", "--window", f"{window_s}s", "--max-future", SOAK_MAX_FUTURE]
     env = stream_env(res, topic, prefix, namespace, local.url, res.tmp / "recovery-latency",
                      args.workers)
     print(f"\nrunning: {shlex.join(cmd)}  (tailing {topic}; ClickHouse: clickhouse-connect "
