@@ -260,3 +260,40 @@ def test_publish_validates_refuses_and_sends_only_what_changed(
             "2026-11-01T00:00:00Z; its start cannot move") in out.stderr
     assert "nothing was published" in out.stderr
     assert "customer/acme  v1" in meterwax(run, "contracts", "show").stdout
+
+
+def test_the_flow_refuses_a_record_written_around_publish(
+        catalog, kafka_service, redis_service, clickhouse, tmp_path: Path  # noqa: F811
+) -> None:
+    """`contracts publish` would refuse a price edit of a plan with rated usage; a producer
+    that writes the topic directly gets the flow's refusal: a CONTRACT_REFUSED dead letter, and
+    the usage goes on being rated at the old prices (as file mode over the old catalog)."""
+    from flows.kafka_io import KafkaSettings
+    from operators.contracts import encode_record, specs_of
+    from sinks.kafka import publish as produce
+
+    lines = list(generate(catalog, 6_000, seed=13))
+    topic = kafka_service.new_topic("usage", partitions=1)
+    run = StreamRun(kafka_service, redis_service, clickhouse, tmp_path, topic)
+    run.extra_env = {"METERWAX_CATALOG": ""}
+    publish(run, Path(CATALOG))
+    kafka_service.produce(topic, lines[:3000])
+    run.run()
+    doc, _ = load_catalog_document(CATALOG)
+    edited = copy.deepcopy(doc)
+    next(p for p in edited["plans"] if p["id"] == "growth-usd")["fixed_fees"][0]["amount"] = (
+        "900.00")
+    spec = specs_of(edited)["plan/growth-usd"]
+    produce(KafkaSettings(kafka_service.bootstrap), run.prefix + "contracts", [
+        (b"plan/growth-usd", encode_record("plan/growth-usd", 2, spec), []),
+        (b"plan/nothing-here", b"{\"kind\": 1}", [])])
+    kafka_service.produce(topic, lines[3000:])
+    run.run()
+    refused = [(dict(h), v) for *_, v, h in kafka_service.consume_all(run.prefix + "dead-letter")
+               if dict(h)["meterwax.reason"] == b"CONTRACT_REFUSED"]
+    assert len(refused) == 2, refused
+    errors = sorted(h["meterwax.error"].decode() for h, _ in refused)
+    assert "plan 'growth-usd' priced subscription" in errors[0] and "not applied" in errors[0]
+    assert "plan/nothing-here" in errors[1] and "not a contracts record" in errors[1]
+    _, old = load_catalog_document(CATALOG)
+    assert totals(list(run.latest("invoice-candidates").values())) == expected_totals(old, lines)
