@@ -234,6 +234,8 @@ def _parser() -> argparse.ArgumentParser:
     sql.add_argument("--out", required=True, help="the output folder of a run or demo")
     sql.add_argument("query", help="SQL; the table is meterwax.rated_windows "
                                    "(meterwax.rated_windows_final: one row per window)")
+    sql.add_argument("--writable", action="store_true",
+                     help="also run statements that change the store (default: reads only)")
     return parser
 
 
@@ -288,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{len(catalog.subscriptions)} subscriptions")
             return 0
         if args.command == "sql":
-            return _sql(args.out, args.query)
+            return _sql(args.out, args.query, writable=args.writable)
         if args.command == "exceptions":
             return _exceptions_retry(args)
         if args.command == "contracts":
@@ -298,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve-clickhouse":
             from sinks.clickhouse.serve import serve
 
-            return serve(args.path, args.host, args.port, verbose=args.verbose)
+            return serve(args.path, args.host, args.port, verbose=args.verbose,
+                         writable=args.writable)
         if args.command == "run":
             return _run(args)
         return _demo(args)
@@ -496,10 +499,18 @@ def _publish(settings: ContractsSettings, path: str) -> int:
     return 0
 
 
-def _sql(out_dir: str, query: str) -> int:
+def _sql(out_dir: str, query: str, *, writable: bool = False) -> int:
     from pathlib import Path
 
     from sinks.clickhouse import ChdbStore, ClickHouseStoreError
+    from sinks.clickhouse.http_engine import refused_read_only
+
+    if not writable:
+        # A run's outputs are what finance reconciles: a stray DROP must not be one typo away.
+        problem = refused_read_only(query)
+        if problem is not None:
+            print(f"meterwax: {problem}", file=sys.stderr)
+            return 2
 
     store_path = Path(out_dir) / "clickhouse"
     if not store_path.is_dir():

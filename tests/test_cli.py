@@ -81,6 +81,29 @@ def test_rated_windows_are_queryable_with_sql(run_dir: Path) -> None:
     assert proc.stdout.splitlines() == ["total", "31"]
 
 
+def test_sql_is_read_only_unless_asked(run_dir: Path, tmp_path: Path) -> None:
+    count = "SELECT count() AS n FROM meterwax.rated_windows"
+    before = meterwax("sql", "--out", str(run_dir), count).stdout
+    for query in ("DROP TABLE meterwax.rated_windows", "TRUNCATE TABLE meterwax.rated_windows",
+                  "SELECT 1; DROP TABLE meterwax.rated_windows",
+                  "SELECT * FROM file('/etc/passwd', 'LineAsString')"):
+        proc = meterwax("sql", "--out", str(run_dir), query)
+        assert proc.returncode == 2, (query, proc.stdout)
+        assert proc.stderr.startswith("meterwax: "), proc.stderr
+    assert "read-only here (pass --writable" in meterwax(
+        "sql", "--out", str(run_dir), "DROP TABLE meterwax.rated_windows").stderr
+    assert meterwax("sql", "--out", str(run_dir), count).stdout == before
+    # Asked for, a change goes through (on a copy: the run folder is shared by the tests).
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy, symlinks=True)  # the store links metadata to its data
+    proc = meterwax("sql", "--out", str(copy), "--writable",
+                    "TRUNCATE TABLE meterwax.rated_windows")
+    assert proc.returncode == 0, proc.stderr
+    assert meterwax("sql", "--out", str(copy), count).stdout == "n\n0\n"
+
+
 def test_same_input_gives_identical_files_with_two_workers(run_dir: Path, events: Path,
                                                            tmp_path: Path) -> None:
     proc = meterwax("run", "--catalog", CATALOG, "--events", str(events), "--out",

@@ -387,3 +387,30 @@ def test_serve_main(tmp_path: Path) -> None:
         assert proc.wait(timeout=10) == 0
     finally:
         proc.kill()
+
+
+def test_a_read_only_server_refuses_every_write_whatever_the_method(tmp_path: Path) -> None:
+    """`meterwax serve-clickhouse` without --writable: anything that reaches the port (there is
+    no authentication) can read the store, never change it or reach beyond it."""
+    ChdbStore(tmp_path / "ro").close()
+    with ChdbHttpServer(tmp_path / "ro", writable=False) as server:
+        for sql in ("DROP TABLE meterwax.rated_windows",
+                    "INSERT INTO meterwax.schema_migrations SELECT * FROM "
+                    "meterwax.schema_migrations",
+                    "TRUNCATE TABLE meterwax.rated_windows",
+                    "SELECT * FROM file('/etc/passwd', 'LineAsString')",
+                    "SELECT 1 INTO OUTFILE '/tmp/x.tsv'"):
+            status, _, body = http(server, body=sql.encode())
+            assert status == 500 and b"(READONLY)" in body, (sql, body)
+            assert b"read-only" in body
+        status, _, body = http(server, "SELECT count() FROM meterwax.schema_migrations")
+        assert status == 200 and body == f"{len(load_migrations())}\n".encode()
+        status, _, _ = http(server, body=b"SET max_threads = 1")  # settings stay allowed
+        assert status == 200
+    # The store is untouched, and a writable server (what a stream writes through) can write.
+    with ChdbHttpServer(tmp_path / "ro") as server:
+        status, _, body = http(server, "EXISTS TABLE meterwax.rated_windows")
+        assert body == b"1\n"
+        status, _, _ = http(server, body=b"CREATE TABLE meterwax.scratch (x UInt8) "
+                                         b"ENGINE = Memory")
+        assert status == 200

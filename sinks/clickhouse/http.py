@@ -373,7 +373,11 @@ class ChdbHttpServer:
     """
 
     def __init__(self, path: str | os.PathLike[str], host: str = "127.0.0.1",
-                 port: int = 0) -> None:
+                 port: int = 0, *, writable: bool = True) -> None:
+        """`writable=False`: only reads are served (`read_only_problem`), whatever the method;
+        the stream and tests write through it, `meterwax serve-clickhouse` does not unless
+        asked."""
+        self.writable = writable
         self.path = os.path.realpath(path)
         self.host = host
         self._requested_port = port
@@ -384,7 +388,7 @@ class ChdbHttpServer:
     def start(self) -> ChdbHttpServer:
         if self._server is not None:
             return self
-        engine = _Engine(self.path)
+        engine = _Engine(self.path, writable=self.writable)
         try:
             server = _Server((self.host, self._requested_port), engine)
         except BaseException:

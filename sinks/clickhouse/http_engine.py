@@ -19,6 +19,7 @@ from sinks.clickhouse.http_wire import (
     _error,
     _quote_identifier,
     _quote_string,
+    _statement_kind,
 )
 
 log = logging.getLogger("meterwax.chdb_http")
@@ -36,8 +37,37 @@ _WRITE_KINDS = frozenset({
     "SYSTEM", "KILL", "DELETE", "UPDATE", "GRANT", "REVOKE", "EXCHANGE", "UNDROP", "BACKUP",
     "RESTORE", "MOVE", "REPLACE", "SET", "USE", "CHECK",
 })
+# What a read-only front end (`serve-clickhouse` and `sql` without --writable) also refuses in a
+# statement that is otherwise a read: writing a file, and the table functions that reach the
+# host's files, other servers or programs.
+_READ_ONLY_ESCAPES = re.compile(
+    r"\bINTO\s+OUTFILE\b|\b(?:file|url|executable|s3|s3Cluster|hdfs|remote|remoteSecure|mysql|"
+    r"postgresql|odbc|jdbc|sqlite|mongodb|redis|azureBlobStorage|deltaLake|iceberg|hudi)\s*\(",
+    re.IGNORECASE)
 _SESSION_TIMEOUT = 60.0
 _LOCKING_SETTING = re.compile(r"\b(readonly|profile)\b", re.IGNORECASE)
+
+
+def read_only_problem(sql: str, kind: str) -> str | None:
+    """Why a read-only front end refuses `sql` (its first keyword `kind`), or None: anything
+    but a read, and a read that writes a file or reaches beyond the store."""
+    if kind not in _READONLY_KINDS:
+        return (f"{kind or 'this statement'} is refused: the store is read-only here (pass "
+                "--writable to change it)")
+    if _READ_ONLY_ESCAPES.search(sql):
+        return ("INTO OUTFILE and table functions that reach files, other servers or programs "
+                "are refused: the store is read-only here (pass --writable to allow them)")
+    return None
+
+
+def refused_read_only(sql: str) -> str | None:
+    """`read_only_problem` for a statement as typed (`meterwax sql`): also refused when it is
+    empty or several statements."""
+    try:
+        kind, _ = _statement_kind(sql)
+    except _ClickHouseError as exc:
+        return exc.text
+    return read_only_problem(sql, kind)
 
 
 # --------------------------------------------------------------------------------------------
@@ -79,7 +109,8 @@ class _HttpSession:
 class _Engine:
     """Runs requests on the shared chdb session, leaving its state as it found it."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, writable: bool = True) -> None:
+        self.writable = writable
         self._shared = acquire_shared_session(path)
         self._lock = self._shared.lock
         self.closed = False
@@ -146,6 +177,10 @@ class _Engine:
     # -- requests --
 
     def execute(self, req: _Request) -> _Response:
+        if not self.writable and req.kind not in ("SET", "USE"):
+            problem = read_only_problem(req.sql, req.kind)
+            if problem is not None:
+                raise _error(164, "READONLY", problem)
         if req.readonly and req.kind not in _READONLY_KINDS and not (
                 req.readonly == 2 and req.kind in ("SET", "USE")):
             if req.kind not in _WRITE_KINDS:  # perhaps not SQL at all: let the parser say so

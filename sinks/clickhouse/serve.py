@@ -27,6 +27,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"TCP port (default {DEFAULT_PORT}; 0 picks a free one)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default 127.0.0.1; there is no authentication)")
+    parser.add_argument("--writable", action="store_true",
+                        help="also run statements that change the store (default: reads only; "
+                             "there is no authentication, so anything that reaches the port "
+                             "could otherwise drop the tables)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
 
 
@@ -46,10 +50,11 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
                     "(clickhouse-connect, Grafana's ClickHouse plugin in HTTP mode, curl).")
     add_serve_arguments(parser)
     args = parser.parse_args(list(argv) if argv is not None else None)
-    return serve(args.path, args.host, args.port, verbose=args.verbose)
+    return serve(args.path, args.host, args.port, verbose=args.verbose, writable=args.writable)
 
 
-def serve(store: str, host: str, port: int, *, verbose: bool = False) -> int:
+def serve(store: str, host: str, port: int, *, verbose: bool = False,
+          writable: bool = False) -> int:
     """Serve `store` until interrupted; the exit code of `serve_main`."""
     path = Path(store)
     if (path / "clickhouse").is_dir() and not (path / "metadata").exists():
@@ -65,7 +70,7 @@ def serve(store: str, host: str, port: int, *, verbose: bool = False) -> int:
     if verbose:
         logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(message)s")
         log.setLevel(logging.DEBUG)
-    server = ChdbHttpServer(path, host, port)
+    server = ChdbHttpServer(path, host, port, writable=writable)
     try:
         server.start()
     except (ClickHouseStoreError, OSError) as exc:
@@ -74,7 +79,9 @@ def serve(store: str, host: str, port: int, *, verbose: bool = False) -> int:
     stop = threading.Event()
     with contextlib.suppress(ValueError):  # not in the main thread: KeyboardInterrupt stops it
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    print(f"serving {path} over ClickHouse HTTP at {server.url} (Ctrl-C to stop)", flush=True)
+    mode = "read-write" if writable else "read-only"
+    print(f"serving {path} over ClickHouse HTTP at {server.url} ({mode}; Ctrl-C to stop)",
+          flush=True)
     try:
         while not stop.wait(0.5):
             pass
