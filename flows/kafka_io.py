@@ -22,7 +22,7 @@ from confluent_kafka.admin import AdminClient
 
 from flows.sources import Chunk, ContractsBatch
 from operators.retry import RETRY_HEADER
-from sinks.kafka import KafkaDeliveryError
+from sinks.kafka import KafkaDeliveryError, as_bytes, delivered
 
 
 @dataclass(frozen=True)
@@ -98,17 +98,10 @@ class _PartitionReader(StatefulSourcePartition[Chunk, Position]):
         deadline = time.monotonic() + 60
         while True:
             msgs = self.c_consumer.consume(1000, 0.5 if wait else 0)
-            for msg in msgs:
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        continue
-                    raise KafkaException(err)
+            for msg in delivered(msgs):
                 offset = msg.offset()
                 assert offset is not None
-                key, value = msg.key(), msg.value()
-                out.append((offset, key.encode() if isinstance(key, str) else key,
-                            value.encode() if isinstance(value, str) else value))
+                out.append((offset, as_bytes(msg.key()), as_bytes(msg.value())))
                 self.c_next = offset + 1
             if not wait or self.c_next >= self.c_boot_end:
                 return out
@@ -134,12 +127,7 @@ class _PartitionReader(StatefulSourcePartition[Chunk, Position]):
             raise StopIteration
         lines: list[tuple[int, bytes]] = []
         retried: list[int] = []  # offsets of events retried from a dead letter
-        for msg in self.consumer.consume(self.chunk, 0.05):
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    continue
-                raise KafkaException(err)
+        for msg in delivered(self.consumer.consume(self.chunk, 0.05)):
             offset = msg.offset()
             assert offset is not None  # a delivered message always has one
             if self.end is not None and offset >= self.end:

@@ -34,7 +34,7 @@ from bytewax.outputs import Sink
 from flows.sources import Chunk, ContractsBatch
 from operators import ids
 from operators.catalog import Catalog, CatalogError
-from operators.contracts import KINDS, ContractsError, catalog_of, decode_record, refusals
+from operators.contracts import KINDS, ContractsError, catalog_of, decode_record, put, refusals
 from operators.dedup import DedupStore, MemoryDedup
 from operators.ingest import IngestConfig, Ingestor, IngestOutput, IngestState, IngestStats
 from operators.protocol import PeriodRetired, SubscriptionOps, Terms
@@ -227,7 +227,7 @@ class IngestLogic(StatefulBatchLogic[Chunk, IngestItem, Any]):
             raw[record_key] = (offset, value)
         specs = dict(self.held.specs)
         for _, record_key, spec in decoded:
-            _put(specs, record_key, spec)
+            put(specs, record_key, spec)
         try:
             catalog = catalog_of(specs)
         except CatalogError:
@@ -246,7 +246,7 @@ class IngestLogic(StatefulBatchLogic[Chunk, IngestItem, Any]):
             for record_key in sorted(final, key=order):
                 offset, spec = final[record_key]
                 trial = dict(specs)
-                _put(trial, record_key, spec)
+                put(trial, record_key, spec)
                 try:
                     catalog = catalog_of(trial)
                 except CatalogError as exc:
@@ -258,7 +258,7 @@ class IngestLogic(StatefulBatchLogic[Chunk, IngestItem, Any]):
         why = refusals(self.catalog, catalog, ingestor.frozen())
         if why:
             for record_key in why:
-                _put(specs, record_key, self.held.specs.get(record_key))
+                put(specs, record_key, self.held.specs.get(record_key))
             try:
                 catalog = catalog_of(specs)
                 again = refusals(self.catalog, catalog, ingestor.frozen())
@@ -318,13 +318,6 @@ class IngestLogic(StatefulBatchLogic[Chunk, IngestItem, Any]):
             return None
         return _frozen((self.partition, self.ingestor.state, self.dedup.snapshot(),
                         self._held_blob if self.live is not None else None))
-
-
-def _put(specs: dict[str, Any], key: str, spec: dict[str, Any] | None) -> None:
-    if spec is None:
-        specs.pop(key, None)
-    else:
-        specs[key] = spec
 
 
 def _refusal(topic: str, offset: int, key: bytes | None, value: bytes | None, why: str

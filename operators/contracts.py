@@ -270,18 +270,19 @@ def refusals(old: Catalog, new: Catalog, frozen: Frozen) -> dict[str, str]:
     return out
 
 
-def keys_changed(old: Mapping[str, Spec], new: Mapping[str, Spec]) -> set[str]:
-    return {k for k in set(old) | set(new) if old.get(k) != new.get(k)}
+def put(specs: dict[str, Spec], key: str, spec: Spec | None) -> None:
+    """Apply one record to the specs in force (None, a tombstone, removes the key)."""
+    if spec is None:
+        specs.pop(key, None)
+    else:
+        specs[key] = spec
 
 
 def in_force(records: Iterable[tuple[str, Spec | None]]) -> dict[str, Spec]:
     """The latest spec of every key, in topic order (a tombstone removes it)."""
     out: dict[str, Spec] = {}
     for key, spec in records:
-        if spec is None:
-            out.pop(key, None)
-        else:
-            out[key] = spec
+        put(out, key, spec)
     return out
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from operators.contracts import ContractsError, Spec, decode_record
+from operators.contracts import ContractsError, Spec, decode_record, put
 from sinks.kafka import KafkaConfig, ensure_topics, read_topic
 
 
@@ -29,10 +29,8 @@ def read_contracts(kafka: KafkaConfig, topic: str) -> TopicContracts:
         except ContractsError as exc:
             out.problems.append(f"offset {record.offset}: {exc}")
             continue
-        if spec is None:
-            out.specs.pop(key, None)
-        else:
-            out.specs[key] = spec
+        put(out.specs, key, spec)
+        if spec is not None:
             out.versions[key] = max(version, out.versions.get(key, 0))
     return out
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import msgspec
@@ -144,6 +144,22 @@ def ensure_topics(settings: KafkaConfig, compacted: Sequence[str], plain: Sequen
 # -- reading a topic once, and publishing a batch (`meterwax exceptions retry`) -----------------
 
 
+def delivered(batch: Sequence[Any]) -> Iterator[Any]:
+    """The messages of one `consume()` call: end-of-partition events skipped, any other error
+    raised, so a reader never passes over a message it did not get."""
+    for msg in batch:
+        err = msg.error()
+        if err is None:
+            yield msg
+        elif err.code() != KafkaError._PARTITION_EOF:
+            raise KafkaException(err)
+
+
+def as_bytes(value: str | bytes | None) -> bytes | None:
+    """A message key or value as bytes (librdkafka may hand back str)."""
+    return value.encode() if isinstance(value, str) else value
+
+
 class Record(msgspec.Struct, gc=False):
     topic: str
     partition: int
@@ -191,25 +207,16 @@ def read_topic(settings: KafkaConfig, topic: str, timeout: float = 30.0) -> list
                     raise KafkaDeliveryError(msg)
                 continue
             quiet_since = time.monotonic()
-            for m in batch:
-                err = m.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        continue
-                    raise KafkaException(err)
+            for m in delivered(batch):
                 partition, offset = m.partition(), m.offset()
                 assert partition is not None and offset is not None  # a delivered record
                 if partition in done or offset >= ends[partition]:
                     done.add(partition)
                     continue
                 kind, ts = m.timestamp()
-                key, value = m.key(), m.value()
-                headers = {str(k): (v.encode() if isinstance(v, str) else v or b"")
-                           for k, v in list(m.headers() or [])}
-                out.append(Record(topic, partition, offset,
-                                  key.encode() if isinstance(key, str) else key,
-                                  value.encode() if isinstance(value, str) else value or b"",
-                                  headers, ts if kind else None))
+                headers = {str(k): as_bytes(v) or b"" for k, v in list(m.headers() or [])}
+                out.append(Record(topic, partition, offset, as_bytes(m.key()),
+                                  as_bytes(m.value()) or b"", headers, ts if kind else None))
                 if offset + 1 >= ends[partition]:
                     done.add(partition)
         return out
