@@ -39,8 +39,10 @@ from operators.reconcile import RatedKey, RatedSummary, StatsTotal, reconcile
 from schemas.reconciliation import Reconciliation, RunFacts
 from schemas.records import ExceptionRecord, InvoiceCandidate
 from sinks.adapters import CallbackSink
+from sinks.clickhouse.rows import documents_of, rejections_of
 from sinks.clickhouse.sink import RatedWindowSink
 from sinks.files import JsonLinesFile, JsonLinesPartsSink, write_jsonl
+from sinks.tokens import TOKENS_FILE
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,8 @@ def open_embedded_store(out_dir: Path, database: str) -> Any:
 OUTPUT_NAMES = frozenset({
     "invoice_candidates.jsonl", "exceptions.jsonl", "reconciliation.json",
     "erp_ar_invoices.jsonl", "erp_journals.jsonl", "revenue_schedules.jsonl",
-    "invoice_exceptions.jsonl", "clickhouse", ".parts", "events.jsonl",
+    "invoice_exceptions.jsonl", "clickhouse", ".parts", "events.jsonl", "catalog.yaml",
+    TOKENS_FILE,
 })
 _LEFTOVER = re.compile(r"\.(partial|previous)-([1-9][0-9]{0,9})")
 
@@ -192,6 +195,10 @@ def sweep_leftovers(final: Path) -> None:
 
 
 def _swap_in(work: Path, final: Path) -> None:
+    tokens = final / TOKENS_FILE
+    if tokens.is_file():
+        # API tokens are not outputs of a run (sinks/tokens.py): the new folder keeps them.
+        shutil.copy2(tokens, work / TOKENS_FILE)
     if not os.path.lexists(final):
         os.rename(work, final)
         return
@@ -322,6 +329,9 @@ def run_into(opts: RunOptions, work: Path, *, catalog: Catalog | None = None,
     catalog = catalog if catalog is not None else load_catalog(opts.catalog)
     config = opts.ingest_config()
     out = Path(opts.out_dir)
+    # The contracts the run rated against, kept with its outputs: the API reads them (fees
+    # accrued, customers), and an auditor sees what the figures were priced on.
+    shutil.copyfile(opts.catalog, work / "catalog.yaml")
     database = "meterwax"
     store = open_embedded_store(work, database)
     try:
@@ -370,6 +380,7 @@ def _run(opts: RunOptions, catalog: Catalog, config: IngestConfig, work: Path, o
     rated = rated_summary(store, database)
     erp = build_erp(catalog, candidates)
     _write_erp(work, erp)
+    _store_documents(store, candidates, erp, exceptions, opts.now or system_clock())
     report = msgspec.structs.replace(
         reconcile(catalog, stats, rated, candidates, exceptions, erp),
         run=_run_facts(opts, elapsed, stats, out))
@@ -403,6 +414,22 @@ def _execute(flow: Any, workers: int) -> float:
         gc.set_threshold(*thresholds)
         gc.unfreeze()
     return time.perf_counter() - started
+
+
+def _store_documents(store: Any, candidates: Sequence[InvoiceCandidate], erp: ErpOutput,
+                     exceptions: Iterable[ExceptionRecord], at: datetime,
+                     batch: int = 10_000) -> None:
+    """What the API lists, into the run's embedded store beside the rated windows (the same
+    tables stream mode fills), stamped with the run's clock: the API of a folder and of a
+    stream deployment then answer from the same SQL."""
+    store.write_documents(documents_of(candidates, erp.ar_invoices, erp.exceptions, at))
+    chunk: list[ExceptionRecord] = []
+    for record in exceptions:
+        chunk.append(record)
+        if len(chunk) >= batch:
+            store.write_rejections(rejections_of(chunk, at))
+            chunk = []
+    store.write_rejections(rejections_of(chunk, at))
 
 
 def _write_erp(work: Path, erp: ErpOutput) -> None:

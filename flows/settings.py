@@ -13,6 +13,7 @@ problem line, so a settings object can be logged and a bad config reported safel
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import stat
@@ -629,3 +630,128 @@ def _cluster(opts: Options) -> tuple[tuple[str, ...], int | None]:
         if not _is_address(address):
             opts.add("addresses", f"not host:port: {address!r}")
     return addresses, process_id
+
+
+def parse_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or not 0.1 <= value <= 1_000_000:
+        msg = f"not a rate between 0.1 and 1000000 requests a second: {shown(text)}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """`meterwax api`: where it listens and what it serves. `out`: the folder of a run (the
+    embedded default, no servers); otherwise a stream deployment's Redis, ClickHouse and Kafka,
+    read like `stream`'s (flags, then the same METERWAX_* variables). `--out` on the command
+    line wins over a deployment's variables: a folder is what was asked for."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    out: str | None = None
+    redis_url: str | None = None
+    clickhouse: str | None = None
+    kafka_bootstrap: str | None = None
+    input_topic: str | None = None
+    topics: Topics = field(default_factory=lambda: Topics.with_prefix("meterwax."))
+    redis_namespace: str = "meterwax"
+    rate_limit: float = 100.0
+    rate_burst: float = 200.0
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
+
+    def __repr__(self) -> str:
+        return (f"ApiSettings(host={self.host!r}, port={self.port!r}, out={self.out!r}, "
+                f"redis_url={redact_url(self.redis_url) if self.redis_url else None!r}, "
+                f"clickhouse={redact_url(self.clickhouse) if self.clickhouse else None!r}, "
+                f"kafka_bootstrap={self.kafka_bootstrap!r}, topics={self.topics!r})")
+
+    def kafka(self) -> KafkaSettings:
+        from flows.kafka_io import KafkaSettings
+
+        return KafkaSettings(self.kafka_bootstrap or "", self.kafka_security.properties())
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any],
+                     environ: Mapping[str, str] | None = None) -> ApiSettings:
+        env = os.environ if environ is None else environ
+        out = values.get("out") or None
+        opts = Options(values, {} if out else env, blank_is_default=True)
+        host = opts.text("host", "127.0.0.1") or "127.0.0.1"
+        port = opts.value("port", parse_port, 8080)
+        rate = opts.value("rate_limit", parse_rate, 100.0)
+        burst = opts.value("rate_burst", parse_rate, max(200.0, 2 * rate))
+        if burst < 1:
+            opts.add("rate_burst", "must be at least 1")
+        redis_url = clickhouse = bootstrap = None
+        if out:
+            problem = _folder_problem(str(out))
+            if problem:
+                opts.add("out", problem)
+        else:
+            redis_url = opts.text("redis_url") or None
+            clickhouse = opts.text("clickhouse") or None
+            bootstrap = opts.text("kafka_bootstrap") or None
+            if not (redis_url or clickhouse or bootstrap):
+                opts.note("meterwax api", "give --out DIR (the folder of a `meterwax run` or "
+                                          "`meterwax demo`), or a stream deployment's "
+                                          "--redis-url, --clickhouse and --kafka-bootstrap")
+            else:
+                for name, given in (("redis_url", redis_url), ("clickhouse", clickhouse),
+                                    ("kafka_bootstrap", bootstrap)):
+                    if not given:
+                        opts.add(name, f"required with a stream deployment (flag "
+                                       f"{flag_label(name)} or {env_name(name)})")
+        security = read_kafka_security(opts)
+        if opts.problems:
+            raise SettingsError(opts.problems)
+        return cls(host=host, port=port, out=str(out) if out else None, redis_url=redis_url,
+                   clickhouse=clickhouse, kafka_bootstrap=bootstrap,
+                   input_topic=opts.text("input_topic") or None,
+                   topics=Topics.with_prefix(opts.text("topic_prefix", "meterwax.") or ""),
+                   redis_namespace=opts.text("redis_namespace", "meterwax") or "",
+                   rate_limit=rate, rate_burst=burst, kafka_security=security)
+
+
+@dataclass(frozen=True)
+class TokensSettings:
+    """`meterwax tokens`: the store, a run's folder (`--out`) or a deployment's Redis."""
+
+    out: str | None = None
+    redis_url: str | None = None
+    redis_namespace: str = "meterwax"
+
+    def __repr__(self) -> str:
+        return (f"TokensSettings(out={self.out!r}, redis_url="
+                f"{redact_url(self.redis_url) if self.redis_url else None!r}, "
+                f"redis_namespace={self.redis_namespace!r})")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any],
+                     environ: Mapping[str, str] | None = None) -> TokensSettings:
+        env = os.environ if environ is None else environ
+        out = values.get("out") or None
+        opts = Options(values, {} if out else env, blank_is_default=True)
+        if out:
+            problem = _folder_problem(str(out))
+            if problem:
+                opts.add("out", problem)
+        elif not opts.text("redis_url"):
+            opts.note("meterwax tokens", "give --out DIR (a run's folder) or --redis-url "
+                                         "(a stream deployment's, or METERWAX_REDIS_URL)")
+        if opts.problems:
+            raise SettingsError(opts.problems)
+        return cls(out=str(out) if out else None,
+                   redis_url=None if out else opts.text("redis_url"),
+                   redis_namespace=opts.text("redis_namespace", "meterwax") or "")
+
+
+def _folder_problem(out: str) -> str | None:
+    if not os.path.isdir(out):
+        return f"{out} is not a folder"
+    if not os.path.isfile(os.path.join(out, "reconciliation.json")):
+        return f"{out} holds no finished run (no reconciliation.json): run `meterwax run` first"
+    return None

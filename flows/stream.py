@@ -19,6 +19,7 @@ messages, sequence-guarded Redis hashes).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ from schemas.records import (
     RatedWindow,
 )
 from sinks.adapters import CallbackSink, MappedSink
+from sinks.clickhouse.rows import documents_of, rejections_of
 from sinks.contracts import read_contracts
 from sinks.kafka import KafkaTopicsSink, Message, dead_letters, ensure_topics, keyed
 
@@ -161,12 +163,27 @@ def build_stream(settings: StreamSettings, catalog: LiveCatalog,
     def write_ledger(items: Sequence[list[AcceptedEvent]]) -> None:
         store.write_events([e for chunk in items for e in chunk])
 
+    # What the API lists, to ClickHouse beside the Kafka topics (idempotent: replayed copies
+    # collapse by id). The ERP payloads are built again here rather than shared with the Kafka
+    # mapping: candidates are a few per subscription and month, and the two sinks stay apart.
+    def store_documents(items: Sequence[list[InvoiceCandidate]]) -> None:
+        cands = [c for chunk in items for c in chunk]
+        if cands:
+            erp = build_erp(_catalog_for(catalog, {c.subscription_id for c in cands}), cands)
+            store.write_documents(documents_of(cands, erp.ar_invoices, erp.exceptions,
+                                               datetime.now(UTC)))
+
+    def store_rejections(items: Sequence[list[ExceptionRecord]]) -> None:
+        store.write_rejections(rejections_of([r for chunk in items for r in chunk],
+                                             datetime.now(UTC)))
+
     sinks = Sinks(
         ledger=[CallbackSink(write_ledger)],
-        exceptions=MappedSink(producer, exceptions_to_messages),
+        exceptions=[MappedSink(producer, exceptions_to_messages),
+                    CallbackSink(store_rejections)],
         stats=CallbackSink(on_stats or (lambda _items: None)),
         windows=[RatedWindowSink(store, flush_rows=1), CallbackSink(apply_charges)],
-        candidates=MappedSink(producer, candidates_to_messages),
+        candidates=[MappedSink(producer, candidates_to_messages), CallbackSink(store_documents)],
     )
     config = IngestConfig(window=settings.window, allowed_lateness=settings.allowed_lateness,
                           max_future=settings.max_future, retention=settings.dedup_ttl,

@@ -230,6 +230,51 @@ def _parser() -> argparse.ArgumentParser:
                     "(clickhouse-connect, Grafana's ClickHouse plugin in HTTP mode, curl).")
     add_serve_arguments(serve)
 
+    api = sub.add_parser(
+        "api", help="serve the HTTP API (customers' charges, finance's exceptions)",
+        description="Serve the HTTP API under uvicorn: running charges, usage and invoices for "
+                    "customer tokens; exceptions, invoice exceptions, reconciliation and "
+                    "retries for finance. Back end: --out DIR (a run's folder, no servers) or "
+                    "a stream deployment (--redis-url, --clickhouse, --kafka-bootstrap; flags, "
+                    "then METERWAX_* variables like `stream`). Tokens: `meterwax tokens`.")
+    api.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    api.add_argument("--port", default=None, help="port (default 8080)")
+    api.add_argument("--out", default=None, help="the folder of a `meterwax run` or demo")
+    api.add_argument("--redis-url", dest="redis_url")
+    api.add_argument("--clickhouse", help="the stream's ClickHouse: http://host:8123")
+    api.add_argument("--kafka-bootstrap", dest="kafka_bootstrap")
+    api.add_argument("--input-topic", dest="input_topic", help="where retries are sent")
+    api.add_argument("--topic-prefix", dest="topic_prefix")
+    api.add_argument("--redis-namespace", dest="redis_namespace")
+    api.add_argument("--rate-limit", dest="rate_limit", default=None,
+                     help="requests a second per token, per API process (default 100)")
+    api.add_argument("--rate-burst", dest="rate_burst", default=None,
+                     help="requests a token may send at once (default twice the rate, "
+                          "at least 200)")
+    _kafka_security(api)
+
+    tokens = sub.add_parser(
+        "tokens", help="create, list and revoke API tokens",
+        description="API tokens. Only a token's hash is stored: in the run's folder (--out) "
+                    "or the deployment's Redis (--redis-url or METERWAX_REDIS_URL).")
+    t_actions = tokens.add_subparsers(dest="action", required=True)
+    t_create = t_actions.add_parser(
+        "create", help="create a token and print it once (the last line of the output)")
+    t_create.add_argument("--scope", required=True,
+                          help="customer:<id> (that customer's charges, usage and invoices), "
+                               "finance (every customer, exceptions, reconciliation, retries) "
+                               "or admin")
+    t_create.add_argument("--expires", default=None, metavar="DURATION",
+                          help="e.g. 30d (default: until revoked)")
+    t_create.add_argument("--note", default="", help="who or what it is for (shown by list)")
+    t_list = t_actions.add_parser("list", help="every token: id, scope, state, dates")
+    t_revoke = t_actions.add_parser("revoke", help="revoke a token by its id")
+    t_revoke.add_argument("token_id", help="the id `tokens list` shows (16 hex digits)")
+    for p in (t_create, t_list, t_revoke):
+        p.add_argument("--out", default=None, help="the folder of a run the API serves")
+        p.add_argument("--redis-url", dest="redis_url")
+        p.add_argument("--redis-namespace", dest="redis_namespace")
+
     sql = sub.add_parser("sql", help="run ClickHouse SQL on a run's embedded store")
     sql.add_argument("--out", required=True, help="the output folder of a run or demo")
     sql.add_argument("query", help="SQL; the table is meterwax.rated_windows "
@@ -297,6 +342,10 @@ def main(argv: list[str] | None = None) -> int:
             return _contracts(args)
         if args.command == "stream":
             return _stream(args)
+        if args.command == "api":
+            return _api(args)
+        if args.command == "tokens":
+            return _tokens(args)
         if args.command == "serve-clickhouse":
             from sinks.clickhouse.serve import serve
 
@@ -415,6 +464,74 @@ def _stream(args: argparse.Namespace) -> int:
     if settings.metrics_port:
         metrics.serve(settings.metrics_port)
     run_stream(settings, on_stats=metrics.record)
+    return 0
+
+
+def _api(args: argparse.Namespace) -> int:
+    from flows.settings import ApiSettings
+
+    settings = _settings(ApiSettings.from_mapping, args)
+    if settings is None:
+        return EXIT_USAGE
+    from meterwax.api.server import serve
+
+    return serve(settings)
+
+
+def _tokens(args: argparse.Namespace) -> int:
+    import secrets
+    from datetime import UTC
+
+    from flows.settings import TokensSettings
+    from operators.tokens import TokenError, check_token_id, new_token, parse_scope
+    from sinks.tokens import FileTokenStore, RedisTokenStore, TokenStore
+
+    settings = _settings(TokensSettings.from_mapping, args)
+    if settings is None:
+        return EXIT_USAGE
+    checks = Checks(args)
+    now = datetime.now(UTC)
+    if args.action == "create":
+        expires = checks.value("expires", parse_positive_duration, None)
+        try:
+            scope = parse_scope(args.scope)
+        except TokenError as exc:
+            checks.add("scope", str(exc))
+        if checks.problems:
+            return checks.report()
+    elif args.action == "revoke":
+        try:
+            check_token_id(args.token_id)
+        except TokenError as exc:
+            checks.note("token_id", str(exc))
+            return checks.report()
+    store: TokenStore = (FileTokenStore(settings.out) if settings.out else
+                         RedisTokenStore(settings.redis_url or "", settings.redis_namespace))
+    where = settings.out or f"Redis namespace {settings.redis_namespace!r}"
+    if args.action == "create":
+        token, record = new_token(scope, now, secrets.token_bytes(40), expires_in=expires,
+                                  note=args.note)
+        store.add(record)
+        until = record.expires_at.isoformat() if record.expires_at else "until revoked"
+        print(f"token {record.token_id} ({record.scope}, valid {until}) stored in {where}")
+        print("shown once; only its hash is kept. Send it as: Authorization: Bearer <token>")
+        print(token)
+        return 0
+    if args.action == "revoke":
+        revoked = store.revoke(args.token_id, now)
+        if revoked is None:
+            print(f"meterwax: no token {args.token_id} in {where}", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"token {revoked.token_id} ({revoked.scope}) revoked at "
+              f"{(revoked.revoked_at or now).isoformat()}")
+        return 0
+    print("token_id          state    scope                         created                    "
+          "expires                    note")
+    for r in store.all():
+        print(f"{r.token_id}  {r.state(now):7}  {r.scope[:28]:28}  "
+              f"{r.created_at.isoformat(timespec='seconds'):25}  "
+              f"{r.expires_at.isoformat(timespec='seconds') if r.expires_at else '-':25}  "
+              f"{r.note}")
     return 0
 
 

@@ -115,4 +115,9 @@ def run_demo(opts: DemoOptions, catalog: Catalog | None = None) -> int:
     print(f"\nOutputs in {out}/: invoice_candidates.jsonl, exceptions.jsonl, reconciliation.json,"
           f" and the rated windows in the embedded ClickHouse store {out}/clickhouse "
           f"(table meterwax.rated_windows)")
+    print(f"\nOpen it over HTTP (charges, usage, invoices, exceptions, reconciliation):\n"
+          f"  meterwax tokens create --scope finance --out {out}   # prints a token, once\n"
+          f"  meterwax api --out {out}                             # http://127.0.0.1:8080\n"
+          f"  curl -H 'Authorization: Bearer <token>' "
+          f"http://127.0.0.1:8080/v1/customers/acme/charges")
     return 0 if result.balanced else 1

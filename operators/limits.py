@@ -59,3 +59,18 @@ DEFAULT_RETENTION = timedelta(days=35)
 
 # Durations given as arguments (windows, lateness, horizons, TTLs): at most ten years.
 MAX_DURATION = timedelta(days=3660)
+
+# The HTTP API (meterwax/api/). Ids in paths and query strings are catalog ids or event
+# attributes, so they are bounded like event attributes; a longer one is a 400, never a lookup.
+MAX_ID_LENGTH = MAX_ATTRIBUTE_CHARS
+# A list answers at most this many items a page (`limit`), and DEFAULT_PAGE when not asked.
+MAX_PAGE = 500
+DEFAULT_PAGE = 100
+# A usage query covers at most this many buckets: a minute granularity over a year would be
+# half a million rows for one request.
+MAX_USAGE_BUCKETS = 10_000
+# The per-token rate limit (requests a second, and the burst), per API process.
+DEFAULT_RATE_LIMIT = 100.0
+DEFAULT_RATE_BURST = 200.0
+# A request body (POST /v1/exceptions/retry takes a small JSON filter) is at most this big.
+MAX_API_BODY_BYTES = 16 * 1024

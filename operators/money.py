@@ -81,3 +81,13 @@ def round_fraction(value: Fraction, currency: str) -> Decimal:
 def fmt(value: Decimal) -> str:
     """Canonical text of a decimal: plain notation, no exponent, trailing zeros kept as given."""
     return format(value, "f")
+
+
+def fmt_value(value: Decimal) -> str:
+    """A quantity as plain text without trailing zeros ("1025.4", "1200"): the same text
+    whichever store it was read from (Redis keeps the scale it was given, ClickHouse's
+    Decimal(38, 18) does not)."""
+    if not value:
+        return "0"
+    text = format(value, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text

@@ -146,3 +146,37 @@ class AcceptedEvent(msgspec.Struct, kw_only=True):
     origin_partition: int
     origin_offset: int  # Kafka offset, or line number in file mode
     raw: str  # the original message (UTF-8; undecodable bytes replaced, see README)
+
+
+DocumentKind = Literal["candidate", "ar_invoice", "invoice_exception"]
+
+
+class StoredDocument(msgspec.Struct, kw_only=True):
+    """A billing document as the API lists it (ClickHouse table billing_documents): the
+    fields it is found by, and `body`, the document's JSON exactly as the outputs carry it."""
+
+    kind: DocumentKind
+    id: str
+    customer_id: str
+    subscription_id: str
+    billing_period: str
+    status: str  # candidates: ready | held; AR: invoice | credit_memo; exceptions: their reasons
+    currency: str
+    amount: Decimal  # subtotal (candidates, exceptions) or total (AR)
+    body: str
+    written_at: datetime
+
+
+class StoredRejection(msgspec.Struct, kw_only=True):
+    """A rejected event as the API lists it (ClickHouse table rejected_events)."""
+
+    exception_id: str
+    reason: str
+    error: str
+    subject: str | None
+    event_id: str | None
+    event_source: str | None
+    position: str  # JSON of ExceptionRecord.position
+    raw: str | None
+    raw_base64: str | None
+    rejected_at: datetime

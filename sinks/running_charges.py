@@ -11,6 +11,11 @@ written with its length in characters, so ids containing ':' stay unambiguous):
     u:{len(sub)}:{sub}:{meter}   -> "{rating_seq}|{currency}|{quantity}|{amount}|{window_end}"
     f:{len(sub)}:{sub}:{fee_id}  -> "{as_of}|{currency}|{accrued}"
 
+and one field saying when the hash was last written (the sink's clock, epoch milliseconds,
+so a customer sees how fresh the figures are; guarded like the others, so it only moves on):
+
+    t                            -> "{epoch ms}|"
+
 e.g. `u:10:sub-acme-1:api_calls` -> `57|USD|123456|246.912|1790812800`: the cumulative period
 quantity and amount, as exact decimal text (never floats); window_end and as_of are epoch
 seconds. A customer with a plan change mid-month has both subscriptions in the same hash,
@@ -60,6 +65,9 @@ from sinks.retry import RetryPolicy
 
 class ChargesUnavailable(RedisUnavailable):
     """The running-charges store could not be written within the retry deadline."""
+
+
+UPDATED_FIELD = "t"
 
 
 def usage_field(subscription_id: str, meter: str) -> str:
@@ -125,6 +133,7 @@ class PeriodCharges(TypedDict):
     period: str
     subscriptions: dict[str, SubscriptionCharges]
     totals: dict[str, Decimal]  # currency -> usage amounts + accrued fees (exact)
+    updated_at: datetime | None  # when the hash was last written
 
 
 class RunningCharges:
@@ -134,7 +143,8 @@ class RunningCharges:
                  retry: RetryPolicy | None = None,
                  retention: timedelta | None = timedelta(days=90),
                  sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         if not namespace:
             msg = "namespace must not be empty"
             raise ValueError(msg)
@@ -147,6 +157,7 @@ class RunningCharges:
         self.retention = retention
         self._sleep = sleep
         self._clock = clock
+        self._wall = wall
 
     @classmethod
     def from_url(cls, url: str, namespace: str = "meterwax", *,
@@ -198,6 +209,9 @@ class RunningCharges:
                 writes += (index(customer_id, period), fee_field(sub_id, fee_id), at,
                            f"{at}|{plan.currency}|{fmt(amount)}")
 
+        written_ms = int(self._wall().timestamp() * 1000)
+        for i in range(1, len(hashes) + 1):
+            writes += (i, UPDATED_FIELD, written_ms, f"{written_ms}|")
         keys = [self.key(c, p) for c, p in hashes]
         expire: list[str | int] = []
         for _, period in hashes:
@@ -221,9 +235,13 @@ class RunningCharges:
         raw: Mapping[Any, Any] = self.client.hgetall(self.key(customer_id, period))
         subs: dict[str, SubscriptionCharges] = {}
         totals: dict[str, Decimal] = {}
+        updated: datetime | None = None
         for name, value in raw.items():
             field = name.decode() if isinstance(name, bytes) else name
             text = value.decode() if isinstance(value, bytes) else value
+            if field == UPDATED_FIELD:
+                updated = datetime.fromtimestamp(int(text.rstrip("|")) / 1000, UTC)
+                continue
             kind, sub_id, ref = _parse_field(field)
             parts = text.split("|")
             currency = parts[1]
@@ -247,7 +265,7 @@ class RunningCharges:
                 "fixed_fees": dict(sorted(e["fixed_fees"].items()))}
             for s, e in sorted(subs.items())}
         return {"customer_id": customer_id, "period": period, "subscriptions": ordered,
-                "totals": dict(sorted(totals.items()))}
+                "totals": dict(sorted(totals.items())), "updated_at": updated}
 
     def rated_through(self) -> dict[str, datetime]:
         """Subscription -> the end of its latest rated window, over every period still held

@@ -10,7 +10,10 @@ What is changed from the README text, and why:
   only (tests/test_stream.py, test_exceptions_retry.py and test_contracts_stream.py run them for
   real);
 - `meterwax serve-clickhouse` runs with `-h`, and then for real in the background, with its
-  `[--port 8123]` set to a free port, answering `SELECT 1` over HTTP.
+  `[--port 8123]` set to a free port, answering `SELECT 1` over HTTP;
+- `meterwax tokens` runs as written (on the demo's folder); `meterwax api` runs with `-h`, and
+  then for real in the background on a free port, answering its probes and, with the token
+  `tokens create` printed, a customer's charges.
 A line for any other command fails the test, so a new README line gets a rule here.
 """
 
@@ -90,15 +93,19 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_block_holds_the_commands_this_test_knows() -> None:
     assert [subcommand(line) for line in readme_commands()] == [
         "run", "run", "demo", "sql", "check-catalog", "stream", "serve-clickhouse",
-        "exceptions", "contracts", "contracts"]
+        "exceptions", "contracts", "contracts", "tokens", "tokens", "api"]
     # `-h` must land before a trailing comment, or the line would start a server instead.
     serve = next(x for x in readme_commands() if subcommand(x) == "serve-clickhouse")
     assert helped(serve).endswith(" -h") and "#" not in helped(serve)
 
 
 def test_every_readme_command_runs_as_written(workdir: Path) -> None:
+    token = ""
     for line in readme_commands():
         command = subcommand(line)
+        if command == "api":
+            api_for_real(line, workdir, token)
+            continue
         if command in ("stream", "exceptions", "contracts"):  # need the services: help here
             proc = shell(helped(line), workdir, timeout=60)
             assert proc.returncode == 0 and proc.stdout.startswith("usage: "), (
@@ -121,6 +128,49 @@ def test_every_readme_command_runs_as_written(workdir: Path) -> None:
             assert len(proc.stdout.splitlines()) > 1, proc.stdout
         if command == "check-catalog":
             assert proc.stdout.startswith("catalog OK"), proc.stdout
+        if command == "tokens" and " create " in typed:
+            token = proc.stdout.strip().splitlines()[-1]
+            assert token.startswith("mwx_"), proc.stdout
+
+
+def api_for_real(line: str, workdir: Path, token: str) -> None:
+    help_run = shell(helped(line), workdir, timeout=60)
+    assert help_run.returncode == 0 and help_run.stdout.startswith("usage: "), (
+        line, help_run.stderr)
+    typed = as_run(line)
+    assert "--port 8080" in typed, typed
+    argv = shlex.split(typed.replace("--port 8080", f"--port {free_port()}"), comments=True)
+    proc = subprocess.Popen([str(BIN / argv[0]), *argv[1:]], cwd=workdir,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        started = proc.stdout.readline()
+        assert "meterwax api: serving" in started, (
+            started, proc.stderr.read() if proc.stderr else "")
+        url = re.search(r"(http://\S+)", started)
+        assert url, started
+        base = url.group(1)
+        deadline = 60
+        for _ in range(deadline * 10):
+            try:
+                urllib.request.urlopen(f"{base}/healthz", timeout=5).read()
+                break
+            except OSError:
+                import time
+
+                time.sleep(0.1)
+        assert urllib.request.urlopen(f"{base}/readyz", timeout=30).status == 200
+        request = urllib.request.Request(f"{base}/v1/customers/acme/charges",
+                                         headers={"Authorization": f"Bearer {token}"})
+        body = urllib.request.urlopen(request, timeout=30).read()
+        assert b'"customer_id":"acme"' in body
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def serve_for_real(line: str, workdir: Path) -> None:

@@ -209,7 +209,11 @@ def test_replay_is_idempotent_and_the_highest_rating_seq_wins(charges: RunningCh
     after = charges.read("c", "2026-10")
     charges.apply([USD_1, USD_TOKENS, USD_2, USD_1], CATALOG)  # a replay, old windows last
     charges.apply([USD_1], CATALOG)
-    assert charges.read("c", "2026-10") == after
+    replayed = charges.read("c", "2026-10")
+    # The figures stay; only the time they were last written moves (on).
+    assert replayed["updated_at"] is not None and after["updated_at"] is not None
+    assert replayed["updated_at"] >= after["updated_at"]
+    assert {**replayed, "updated_at": None} == {**after, "updated_at": None}
     assert usage(charges) == {("sub-usd", "calls"): ("1500", "4.500", 3),
                               ("sub-usd", "tokens"): ("12345", "0.1543125", 2)}
 
@@ -257,7 +261,10 @@ def test_key_layout(charges: RunningCharges, db: tuple[str, redis.Redis]) -> Non
     charges.apply([USD_1, window("a:b:c", "calls", utc(2026, 10, 3), "7", "0.007", 1)], CATALOG)
     oct_11 = int(utc(2026, 10, 11).timestamp())
     assert oct_11 == 1791676800
+    written = raw.hget(f"{ns}:charges:c:2026-10", "t")
+    assert written is not None and written.endswith(b"|")
     assert raw.hgetall(f"{ns}:charges:c:2026-10") == {
+        b"t": written,
         b"u:7:sub-usd:calls": f"1|USD|1000|3.000|{oct_11}".encode(),
         b"f:7:sub-usd:platform": f"{oct_11}|USD|161.29".encode(),
         b"f:7:sub-usd:onboarding": f"{oct_11}|USD|48.39".encode(),
@@ -266,7 +273,7 @@ def test_key_layout(charges: RunningCharges, db: tuple[str, redis.Redis]) -> Non
     assert fee_field("a:b:c", "x") == "f:5:a:b:c:x"
     end = int(utc(2026, 10, 3, 0, 1).timestamp())
     assert raw.hgetall(f"{ns}:charges:x:y:2026-10") == {
-        b"u:5:a:b:c:calls": f"1|USD|7|0.007|{end}".encode()}
+        b"t": written, b"u:5:a:b:c:calls": f"1|USD|7|0.007|{end}".encode()}
     got = charges.read("x:y", "2026-10")
     assert got["subscriptions"] == {"a:b:c": {
         "currency": "USD", "fixed_fees": {},
@@ -288,7 +295,28 @@ def test_windows_of_several_periods_and_customers_in_one_batch(charges: RunningC
 
 def test_unknown_period_reads_empty(charges: RunningCharges) -> None:
     assert charges.read("nobody", "2026-10") == {
-        "customer_id": "nobody", "period": "2026-10", "subscriptions": {}, "totals": {}}
+        "customer_id": "nobody", "period": "2026-10", "subscriptions": {}, "totals": {},
+        "updated_at": None}
+
+
+def test_the_time_last_written_only_moves_forward(db: tuple[str, redis.Redis]) -> None:
+    """A sink whose clock is behind (another replica, a replay after a clock step) never
+    makes the figures look older than they are."""
+    at = [utc(2026, 12, 2, 12)]
+    store = RunningCharges(db[0], f"t-{uuid.uuid4().hex[:8]}", wall=lambda: at[0])
+    try:
+        store.apply([USD_1], CATALOG)
+        assert store.read("c", "2026-10")["updated_at"] == utc(2026, 12, 2, 12)
+        at[0] = utc(2026, 12, 2, 11)
+        store.apply([USD_2], CATALOG)
+        got = store.read("c", "2026-10")
+        assert got["updated_at"] == utc(2026, 12, 2, 12)
+        assert usage(store)[("sub-usd", "calls")][2] == 3  # the window itself was applied
+        at[0] = utc(2026, 12, 2, 13) + timedelta(microseconds=250_000)
+        store.apply([USD_TOKENS], CATALOG)
+        assert store.read("c", "2026-10")["updated_at"] == at[0]
+    finally:
+        store.close()
 
 
 def test_retention_none_sets_no_expiry(db: tuple[str, redis.Redis]) -> None:

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from schemas.records import AcceptedEvent, RatedWindow
+from schemas.records import AcceptedEvent, RatedWindow, StoredDocument, StoredRejection
 from sinks.clickhouse.errors import StoreClosedError, StorePathError
 from sinks.clickhouse.migrations import (
     DEFAULT_DATABASE,
@@ -18,12 +18,19 @@ from sinks.clickhouse.migrations import (
     check_database,
 )
 from sinks.clickhouse.rows import (
+    DOCUMENT_COLUMNS,
+    DOCUMENTS_TABLE,
+    REJECTED_COLUMNS,
+    REJECTED_TABLE,
     batch_token,
     decode_json_result,
     encode_batch,
+    encode_documents,
     encode_events,
+    encode_rejections,
     events_insert_sql,
     insert_sql,
+    table_insert_sql,
 )
 
 # Settings of the store's own chdb connection (connection-string parameters apply to that
@@ -158,6 +165,20 @@ class ChdbStore:
         payload = encode_events(rows)
         sql = events_insert_sql(self.database, batch_token(payload)) + "\n" + payload.decode()
         self._session().command(sql)
+
+    def write_documents(self, rows: Sequence[StoredDocument]) -> None:
+        self._write_table(DOCUMENTS_TABLE, DOCUMENT_COLUMNS,
+                          encode_documents(rows) if rows else b"")
+
+    def write_rejections(self, rows: Sequence[StoredRejection]) -> None:
+        self._write_table(REJECTED_TABLE, REJECTED_COLUMNS,
+                          encode_rejections(rows) if rows else b"")
+
+    def _write_table(self, table: str, columns: Sequence[str], payload: bytes) -> None:
+        if not payload:
+            return
+        sql = table_insert_sql(self.database, table, columns, batch_token(payload))
+        self._session().command(sql + "\n" + payload.decode())
 
     def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         """`sql` without a FORMAT clause; `params` fill `{name:Type}` placeholders."""

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from schemas.records import AcceptedEvent, RatedWindow
+from schemas.records import AcceptedEvent, RatedWindow, StoredDocument, StoredRejection
 from sinks.clickhouse.errors import (
     ClickHouseServerError,
     ClickHouseStoreError,
@@ -36,11 +36,17 @@ from sinks.clickhouse.migrations import (
 from sinks.clickhouse.rows import (
     _WRAPPER,
     COLUMNS,
+    DOCUMENT_COLUMNS,
+    DOCUMENTS_TABLE,
     EVENT_COLUMNS,
     EVENTS_TABLE,
+    REJECTED_COLUMNS,
+    REJECTED_TABLE,
     batch_token,
     encode_batch,
+    encode_documents,
     encode_events,
+    encode_rejections,
 )
 from sinks.retry import RetryPolicy, call_with_retry
 
@@ -257,6 +263,16 @@ class ClickHouseConnectStore:
             return
         self._insert(EVENTS_TABLE, EVENT_COLUMNS, encode_events(rows),
                      f"insert of {len(rows)} usage events")
+
+    def write_documents(self, rows: Sequence[StoredDocument]) -> None:
+        if rows:
+            self._insert(DOCUMENTS_TABLE, DOCUMENT_COLUMNS, encode_documents(rows),
+                         f"insert of {len(rows)} billing documents")
+
+    def write_rejections(self, rows: Sequence[StoredRejection]) -> None:
+        if rows:
+            self._insert(REJECTED_TABLE, REJECTED_COLUMNS, encode_rejections(rows),
+                         f"insert of {len(rows)} rejected events")
 
     def _insert(self, table: str, columns: Sequence[str], payload: bytes, what: str) -> None:
         settings = {"insert_deduplication_token": batch_token(payload),

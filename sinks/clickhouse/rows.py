@@ -15,7 +15,15 @@ from typing import Any
 
 import msgspec
 
-from schemas.records import AcceptedEvent, RatedWindow
+from schemas.erp import ArInvoice, InvoiceException
+from schemas.records import (
+    AcceptedEvent,
+    ExceptionRecord,
+    InvoiceCandidate,
+    RatedWindow,
+    StoredDocument,
+    StoredRejection,
+)
 from sinks.clickhouse.errors import UnstorableValueError
 from sinks.clickhouse.migrations import TABLE, check_database
 
@@ -133,6 +141,72 @@ def encode_events(rows: Sequence[AcceptedEvent]) -> bytes:
 def events_insert_sql(database: str, token: str) -> str:
     return (
         f"INSERT INTO `{check_database(database)}`.{EVENTS_TABLE} ({', '.join(EVENT_COLUMNS)}) "
+        f"SETTINGS insert_deduplication_token = '{token}', input_format_skip_unknown_fields = 0, "
+        "date_time_input_format = 'best_effort' "
+        "FORMAT JSONEachRow"
+    )
+
+
+DOCUMENTS_TABLE = "billing_documents"
+DOCUMENT_COLUMNS: tuple[str, ...] = StoredDocument.__struct_fields__
+REJECTED_TABLE = "rejected_events"
+REJECTED_COLUMNS: tuple[str, ...] = StoredRejection.__struct_fields__
+
+
+def documents_of(candidates: Sequence[InvoiceCandidate], ar_invoices: Sequence[ArInvoice],
+                 exceptions: Sequence[InvoiceException], written_at: datetime
+                 ) -> list[StoredDocument]:
+    """The billing documents of one batch as rows of billing_documents; `body` is each
+    document's own JSON, as the files and topics carry it."""
+    enc = _ROW_ENCODER.encode
+    sub_of = {c.invoice_candidate_id: c.subscription_id for c in candidates}
+    rows = [StoredDocument(kind="candidate", id=c.invoice_candidate_id, customer_id=c.customer_id,
+                           subscription_id=c.subscription_id, billing_period=c.billing_period,
+                           status=c.status, currency=c.currency, amount=c.subtotal,
+                           body=enc(c).decode(), written_at=written_at) for c in candidates]
+    rows += [StoredDocument(kind="ar_invoice", id=a.ar_invoice_id, customer_id=a.customer_id,
+                            subscription_id=a.subscription_id, billing_period=a.billing_period,
+                            status=a.document_type, currency=a.currency, amount=a.total,
+                            body=enc(a).decode(), written_at=written_at) for a in ar_invoices]
+    rows += [StoredDocument(kind="invoice_exception", id=e.invoice_candidate_id,
+                            customer_id=e.customer_id,
+                            subscription_id=sub_of.get(e.invoice_candidate_id, ""),
+                            billing_period=e.billing_period, status=",".join(e.reasons),
+                            currency=e.currency, amount=e.subtotal, body=enc(e).decode(),
+                            written_at=written_at) for e in exceptions]
+    return rows
+
+
+def rejections_of(records: Sequence[ExceptionRecord], rejected_at: datetime
+                  ) -> list[StoredRejection]:
+    enc = _ROW_ENCODER.encode
+    return [StoredRejection(exception_id=r.exception_id, reason=r.reason, error=r.error,
+                            subject=r.subject, event_id=r.event_id, event_source=r.event_source,
+                            position=enc(r.position).decode(), raw=r.raw,
+                            raw_base64=r.raw_base64, rejected_at=rejected_at)
+            for r in records]
+
+
+def encode_documents(rows: Sequence[StoredDocument]) -> bytes:
+    for row in rows:
+        _decimal_text(row.amount, "amount")
+        _datetime_text(row.written_at, "written_at")
+    return _ROW_ENCODER.encode_lines(sorted(rows, key=_DOCUMENT_ORDER))[:-1]
+
+
+def encode_rejections(rows: Sequence[StoredRejection]) -> bytes:
+    for row in rows:
+        _datetime_text(row.rejected_at, "rejected_at")
+    return _ROW_ENCODER.encode_lines(sorted(rows, key=_REJECTED_ORDER))[:-1]
+
+
+_DOCUMENT_ORDER = operator.attrgetter("kind", "id")
+_REJECTED_ORDER = operator.attrgetter("exception_id")
+
+
+def table_insert_sql(database: str, table: str, columns: Sequence[str], token: str) -> str:
+    return (
+        f"INSERT INTO `{check_database(database)}`.{table} ({', '.join(columns)}) "
         f"SETTINGS insert_deduplication_token = '{token}', input_format_skip_unknown_fields = 0, "
         "date_time_input_format = 'best_effort' "
         "FORMAT JSONEachRow"

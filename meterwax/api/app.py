@@ -1,0 +1,428 @@
+"""The HTTP API: an ASGI app (Litestar) over a back end (meterwax/api/backends.py).
+
+Why Litestar rather than FastAPI: our records are msgspec structs already (schemas/), and
+Litestar validates and encodes msgspec structs natively, with the OpenAPI document generated
+from those same structs; FastAPI would need a second, pydantic copy of every response shape.
+It is also the lighter of the two per request, which counts on a 2-core box that serves
+dashboards. Money never reaches its JSON encoder as a number: response structs carry decimal
+strings (schemas/api.py), and Decimal is mapped to `str` besides, should one slip through.
+
+Authentication, in this order, on every /v1 route:
+- no `Authorization: Bearer <token>`, a malformed one, an unknown, revoked or expired token,
+  or a wrong secret: 401, one answer for all (nothing tells which);
+- the token's rate limit is spent: 429 with Retry-After;
+- a customer token on a finance route: 403;
+- a customer token naming another customer: 404, the very answer a customer that does not
+  exist gets.
+Tokens are never logged: uvicorn's access log is off, and the request log of this module
+names the token id, not the token.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+from litestar import Litestar, MediaType, Request, Response, get, post
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.params import Parameter
+from litestar.types import ASGIApp, Receive, Scope, Send
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+
+from meterwax.api import queries
+from meterwax.api.backends import Backend, BackendUnavailable, NotSupported
+from operators.charges import running_charges
+from operators.limits import (
+    DEFAULT_PAGE,
+    DEFAULT_RATE_BURST,
+    DEFAULT_RATE_LIMIT,
+    MAX_API_BODY_BYTES,
+    MAX_ID_LENGTH,
+    MAX_PAGE,
+    MAX_USAGE_BUCKETS,
+)
+from operators.periods import Month
+from operators.tokens import Scope as TokenScope
+from operators.tokens import TokenBucket, TokenRecord, split_token, verify
+from schemas.api import (
+    Charges,
+    DocumentPage,
+    ExceptionSummary,
+    Health,
+    Problem,
+    Reconciliation,
+    RejectedPage,
+    RetryRequest,
+    RetryResult,
+    Usage,
+)
+from schemas.records import REASONS
+
+PROBLEM_JSON = "application/problem+json"
+_PERIOD = r"^[0-9]{4}-(0[1-9]|1[0-2])$"
+_MONTH_IN = re.compile(r"\b[0-9]{4}-(0[1-9]|1[0-2])\b")
+_GRANULARITY = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1),
+                "day": timedelta(days=1)}
+
+REQUESTS = Counter("meterwax_api_requests_total", "API requests by route and status",
+                   ["route", "status"])
+LATENCY = Histogram("meterwax_api_request_seconds", "API request latency by route and status",
+                    ["route", "status"],
+                    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0))
+
+
+class ApiProblem(Exception):
+    def __init__(self, status: int, title: str, detail: str,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.headers = headers or {}
+
+
+def _problem(request: Request[Any, Any, Any], status: int, title: str, detail: str,
+             headers: dict[str, str] | None = None) -> Response[Any]:
+    body = Problem(type=f"https://meterwax.dev/problems/{status}", title=title, status=status,
+                   detail=detail, instance=request.url.path)
+    return Response(msgspec.json.encode(body), status_code=status, media_type=PROBLEM_JSON,
+                    headers=headers)
+
+
+def _handle_problem(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    if isinstance(exc, ApiProblem):
+        return _problem(request, exc.status, exc.title, exc.detail, exc.headers)
+    if isinstance(exc, ValidationException):
+        extra = exc.extra if isinstance(exc.extra, list) else []
+        details = "; ".join(f"{e.get('key', '')}: {e.get('message', '')}" for e in extra
+                            if isinstance(e, dict)) or str(exc.detail)
+        return _problem(request, 400, "Bad Request", details)
+    if isinstance(exc, HTTPException):
+        return _problem(request, exc.status_code, _TITLES.get(exc.status_code, "Error"),
+                        str(exc.detail))
+    if isinstance(exc, BackendUnavailable):
+        return _problem(request, 503, "Service Unavailable", str(exc), {"Retry-After": "1"})
+    if isinstance(exc, NotSupported):
+        return _problem(request, 409, "Conflict", str(exc))
+    return _problem(request, 500, "Internal Server Error",
+                    f"unexpected {type(exc).__name__}; the error is in the server's log")
+
+
+_TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+           405: "Method Not Allowed", 409: "Conflict", 413: "Content Too Large",
+           429: "Too Many Requests", 503: "Service Unavailable"}
+
+
+class Auth:
+    """Token verification with a short cache of stored records (`cache_seconds`): a
+    revocation takes effect within that time on every replica. Rate limits are per process."""
+
+    def __init__(self, backend: Backend, now: Callable[[], datetime],
+                 monotonic: Callable[[], float], rate: float, burst: float,
+                 cache_seconds: float = 1.0) -> None:
+        self.backend = backend
+        self.now = now
+        self.monotonic = monotonic
+        self.rate = rate
+        self.burst = burst
+        self.cache_seconds = cache_seconds
+        self._records: dict[str, tuple[float, TokenRecord | None]] = {}
+        self._buckets: dict[str, TokenBucket] = {}
+        self._lock = threading.Lock()
+
+    def _record(self, token_id: str) -> TokenRecord | None:
+        t = self.monotonic()
+        hit = self._records.get(token_id)
+        if hit is not None and t - hit[0] < self.cache_seconds:
+            return hit[1]
+        record = self.backend.tokens.get(token_id)
+        if len(self._records) > 100_000:
+            self._records.clear()
+        self._records[token_id] = (t, record)
+        return record
+
+    def scope(self, request: Request[Any, Any, Any]) -> TokenScope:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        parts = split_token(token.strip()) if scheme.lower() == "bearer" else None
+        record = self._record(parts[0]) if parts else None
+        scope = verify(token.strip(), None, self.now(), record) if parts else None
+        if scope is None or parts is None:
+            raise ApiProblem(401, "Unauthorized", "a valid bearer token is required",
+                             {"WWW-Authenticate": 'Bearer realm="meterwax"'})
+        with self._lock:
+            bucket = self._buckets.get(parts[0])
+            if bucket is None:
+                bucket = self._buckets[parts[0]] = TokenBucket(self.rate, self.burst,
+                                                               self.monotonic())
+            wait = bucket.take(self.monotonic())
+        if wait:
+            raise ApiProblem(429, "Too Many Requests",
+                             f"this token's rate limit is {self.rate:g} requests a second",
+                             {"Retry-After": str(max(1, math.ceil(wait)))})
+        request.scope["meterwax.token_id"] = parts[0]  # type: ignore[typeddict-unknown-key]
+        return scope
+
+
+def _route_of(scope: Scope) -> str:
+    handler = scope.get("route_handler")
+    paths = getattr(handler, "paths", None)
+    return sorted(paths)[0] if paths else "unmatched"
+
+
+def _metrics_middleware(app: ASGIApp) -> ASGIApp:
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = [500]
+
+        async def sending(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await app(scope, receive, sending)
+        finally:
+            route, code = _route_of(scope), str(status[0])
+            REQUESTS.labels(route, code).inc()
+            LATENCY.labels(route, code).observe(time.perf_counter() - start)
+
+    return middleware
+
+
+def _id(name: str) -> Any:
+    return Parameter(min_length=1, max_length=MAX_ID_LENGTH, description=name)
+
+
+def create_app(backend: Backend, *, now: Callable[[], datetime] = lambda: datetime.now(UTC),
+               monotonic: Callable[[], float] = time.monotonic,
+               rate: float = DEFAULT_RATE_LIMIT, burst: float = DEFAULT_RATE_BURST) -> Litestar:
+    auth = Auth(backend, now, monotonic, rate, burst)
+    db = backend.database
+
+    def customer(request: Request[Any, Any, Any], customer_id: str) -> TokenScope:
+        scope = auth.scope(request)
+        # Cross-tenant: the same 404 as a customer that does not exist.
+        if not scope.may_read_customer(customer_id) or \
+                customer_id not in backend.catalog().customers:
+            raise ApiProblem(404, "Not Found", "no such customer")
+        return scope
+
+    def finance(request: Request[Any, Any, Any]) -> TokenScope:
+        scope = auth.scope(request)
+        if not scope.finance:
+            raise ApiProblem(403, "Forbidden", "this route needs a finance or admin token")
+        return scope
+
+    def page(limit: int | None) -> int:
+        return DEFAULT_PAGE if limit is None else limit
+
+    @get("/v1/customers/{customer_id:str}/charges", sync_to_thread=True,
+         summary="Running charges of one billing period", tags=["customer"])
+    def charges(request: Request[Any, Any, Any], customer_id: str,
+                period: str | None = Parameter(default=None, pattern=_PERIOD,
+                                               description="YYYY-MM; default the current one")
+                ) -> Charges:
+        customer(request, customer_id)
+        period = period or backend.current_period(customer_id, now())
+        held, updated = backend.held_charges(customer_id, period)
+        closed = backend.closed(customer_id, period, now())
+        return running_charges(backend.catalog(), customer_id, period, held, updated, closed)
+
+    @get("/v1/customers/{customer_id:str}/usage", sync_to_thread=True,
+         summary="Usage per meter over time", tags=["customer"])
+    def usage(request: Request[Any, Any, Any], customer_id: str,
+              meter: str | None = Parameter(default=None, max_length=MAX_ID_LENGTH),
+              from_: datetime | None = Parameter(query="from", default=None,
+                                                 description="default: start of the period"),
+              to: datetime | None = Parameter(default=None,
+                                              description="default: end of the period"),
+              granularity: str = Parameter(default="hour", pattern="^(minute|hour|day)$")
+              ) -> Usage:
+        customer(request, customer_id)
+        catalog = backend.catalog()
+        if meter is not None and meter not in catalog.meters:
+            raise ApiProblem(404, "Not Found", "no such meter")
+        month = Month.parse(backend.current_period(customer_id, now()))
+        start = _utc(from_, "from") if from_ else month.start
+        end = _utc(to, "to") if to else month.end
+        if end <= start:
+            raise ApiProblem(400, "Bad Request", "`to` must be after `from`")
+        if (end - start) / _GRANULARITY[granularity] > MAX_USAGE_BUCKETS:
+            raise ApiProblem(400, "Bad Request",
+                             f"at most {MAX_USAGE_BUCKETS} {granularity} buckets a request; "
+                             "narrow from/to or choose a coarser granularity")
+        meters = catalog.meters
+        buckets = queries.usage(
+            backend.query, db, customer_id, meter, start, end, granularity,
+            lambda m: m in meters and meters[m].aggregation in ("sum", "count"))
+        return Usage(customer_id=customer_id, granularity=granularity, start=start, end=end,
+                     buckets=buckets)
+
+    @get("/v1/customers/{customer_id:str}/invoices", sync_to_thread=True,
+         summary="Invoice candidates, adjustments and AR documents", tags=["customer"])
+    def invoices(request: Request[Any, Any, Any], customer_id: str,
+                 cursor: str | None = Parameter(default=None, max_length=4096),
+                 limit: int | None = Parameter(default=None, ge=1, le=MAX_PAGE)
+                 ) -> DocumentPage:
+        customer(request, customer_id)
+        return _paged(lambda: queries.documents(backend.query, db, ("candidate", "ar_invoice"),
+                                                page(limit), cursor, customer_id))
+
+    @get("/v1/exceptions", sync_to_thread=True, summary="Rejected events", tags=["finance"])
+    def exceptions(request: Request[Any, Any, Any],
+                   reason: str | None = Parameter(default=None, max_length=64),
+                   subject: str | None = Parameter(default=None, max_length=MAX_ID_LENGTH),
+                   since: datetime | None = None, until: datetime | None = None,
+                   cursor: str | None = Parameter(default=None, max_length=4096),
+                   limit: int | None = Parameter(default=None, ge=1, le=MAX_PAGE)
+                   ) -> RejectedPage:
+        finance(request)
+        _reason(reason)
+        return _paged(lambda: queries.rejected(
+            backend.query, db, page(limit), cursor, reason, subject, _opt_utc(since, "since"),
+            _opt_utc(until, "until")))
+
+    @get("/v1/exceptions/summary", sync_to_thread=True,
+         summary="Rejected events counted by reason and day", tags=["finance"])
+    def summary(request: Request[Any, Any, Any],
+                reason: str | None = Parameter(default=None, max_length=64),
+                subject: str | None = Parameter(default=None, max_length=MAX_ID_LENGTH),
+                since: datetime | None = None, until: datetime | None = None
+                ) -> ExceptionSummary:
+        finance(request)
+        _reason(reason)
+        return queries.rejected_summary(backend.query, db, reason, subject,
+                                        _opt_utc(since, "since"), _opt_utc(until, "until"))
+
+    @post("/v1/exceptions/retry", sync_to_thread=True, status_code=200,
+          summary="Send matching dead letters to the input topic again", tags=["finance"],
+          request_max_body_size=MAX_API_BODY_BYTES)
+    def retry(request: Request[Any, Any, Any], data: RetryRequest) -> RetryResult:
+        finance(request)
+        _reason(data.reason)
+        if data.reason == "CONTRACT_REFUSED":
+            raise ApiProblem(400, "Bad Request", "a refused contracts record is not an event: "
+                             "fix the catalog and publish it again")
+        result = backend.retry(data.reason, data.subject, _opt_utc(data.since, "since"),
+                               _opt_utc(data.until, "until"), data.dry_run)
+        return msgspec.convert(result, RetryResult)
+
+    @get("/v1/invoice-exceptions", sync_to_thread=True,
+         summary="Held and unpostable invoice candidates, with what to fix", tags=["finance"])
+    def invoice_exceptions(request: Request[Any, Any, Any],
+                           cursor: str | None = Parameter(default=None, max_length=4096),
+                           limit: int | None = Parameter(default=None, ge=1, le=MAX_PAGE)
+                           ) -> DocumentPage:
+        finance(request)
+        return _paged(lambda: queries.documents(backend.query, db, ("invoice_exception",),
+                                                page(limit), cursor))
+
+    @get("/v1/reconciliation", sync_to_thread=True,
+         summary="The usage → rated → invoiced → receivable chain of a month",
+         tags=["finance"])
+    def reconciliation(request: Request[Any, Any, Any],
+                       month: str = Parameter(pattern=_PERIOD, description="YYYY-MM")
+                       ) -> Reconciliation:
+        finance(request)
+        report = backend.reconciliation(month)
+        chain = [row for row in report.get("erp", {}).get("chain", [])
+                 if row.get("period") == month]
+        # This month's problems, and those of the whole run that name no month at all (e.g.
+        # events read that landed in no bucket): both unbalance the month.
+        problems = [p for p in report.get("problems", [])
+                    if month in p or not _MONTH_IN.search(p)]
+        return Reconciliation(month=month, balanced=not problems, chain=chain,
+                              problems=problems)
+
+    @get("/healthz", sync_to_thread=False, summary="The process is up", tags=["operations"])
+    def healthz() -> Health:
+        return Health(status="ok", backend=backend.name)
+
+    @get("/readyz", sync_to_thread=True, summary="The back end answers", tags=["operations"])
+    def readyz(request: Request[Any, Any, Any]) -> Response[Any]:
+        problems = backend.problems()
+        if problems:
+            return Response(msgspec.json.encode(Health(status="unavailable",
+                                                       backend=backend.name,
+                                                       problems=problems)),
+                            status_code=503, media_type=MediaType.JSON)
+        return Response(msgspec.json.encode(Health(status="ready", backend=backend.name)),
+                        media_type=MediaType.JSON)
+
+    @get("/metrics", sync_to_thread=False, summary="Prometheus metrics", tags=["operations"],
+         include_in_schema=False)
+    def metrics() -> Response[Any]:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @get("/openapi.json", sync_to_thread=False, include_in_schema=False)
+    def openapi(request: Request[Any, Any, Any]) -> Response[Any]:
+        return Response(openapi_document(request.app), media_type=MediaType.JSON)
+
+    app = Litestar(
+        route_handlers=[charges, usage, invoices, exceptions, summary, retry,
+                        invoice_exceptions, reconciliation, healthz, readyz, metrics, openapi],
+        exception_handlers={Exception: _handle_problem},
+        middleware=[_metrics_middleware],
+        type_encoders={Decimal: str},
+        openapi_config=OpenAPIConfig(
+            title="meterwax API", version="1", path="/schema",
+            description="Running charges, usage and invoices for customers; exceptions, "
+                        "invoice exceptions and reconciliation for finance. Amounts are "
+                        "decimal strings.",
+            components=Components(security_schemes={"bearer": SecurityScheme(
+                type="http", scheme="bearer",
+                description="mwx_… token from `meterwax tokens create`")}),
+            security=[{"bearer": []}]),
+        debug=False,
+    )
+    app.state.backend = backend
+    return app
+
+
+def openapi_document(app: Litestar) -> bytes:
+    """The OpenAPI document, with sorted keys so the committed copy diffs cleanly."""
+    schema = app.openapi_schema.to_schema()
+    return msgspec.json.format(msgspec.json.encode(_sorted(schema)), indent=2) + b"\n"
+
+
+def _sorted(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(v) for v in value]
+    return value
+
+
+def _paged(read: Callable[[], Any]) -> Any:
+    try:
+        return read()
+    except queries.BadCursor as exc:
+        raise ApiProblem(400, "Bad Request", str(exc)) from exc
+
+
+def _reason(reason: str | None) -> None:
+    if reason is not None and reason not in REASONS:
+        raise ApiProblem(400, "Bad Request", f"reason: one of {', '.join(REASONS)}")
+
+
+def _utc(at: datetime, name: str) -> datetime:
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise ApiProblem(400, "Bad Request", f"{name}: give a time zone (e.g. a trailing Z)")
+    return at.astimezone(UTC)
+
+
+def _opt_utc(at: datetime | None, name: str) -> datetime | None:
+    return _utc(at, name) if at is not None else None

@@ -1,0 +1,347 @@
+"""Where the API reads from. Two back ends, the same answers:
+
+- `FolderBackend`: the folder of a `meterwax run` or `meterwax demo` (no servers). Its embedded
+  ClickHouse store holds the rated windows and, since the run wrote them there at its end, the
+  billing documents and rejected events; `catalog.yaml` is the catalog the run rated against;
+  `reconciliation.json` its reconciliation; running charges are read from the rated windows.
+  The folder does not change until the next run swaps a new one in, so figures are cached per
+  folder generation, and a swap (a new `reconciliation.json`) reopens everything.
+- `StreamBackend`: a stream deployment. Running charges from Redis (one HGETALL), everything
+  else from ClickHouse (the tables stream mode writes), the catalog from the contracts topic
+  (re-read every `contracts_every` seconds), retries through the dead-letter topic.
+
+Both answer the SQL of `meterwax/api/queries.py` through their store's `query`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+import msgspec
+
+from operators.catalog import Catalog, CatalogError, load_catalog
+from operators.periods import Month
+from sinks.tokens import FileTokenStore, RedisTokenStore, TokenStore
+
+
+class BackendUnavailable(RuntimeError):
+    """A store the API needs did not answer (503)."""
+
+
+class NotSupported(RuntimeError):
+    """What this back end cannot do, with why (409 for a folder asked to retry)."""
+
+
+class Backend(Protocol):
+    name: str
+    tokens: TokenStore
+    database: str
+
+    def catalog(self) -> Catalog: ...
+
+    def query(self, sql: str, params: Mapping[str, Any] | None = None
+              ) -> list[dict[str, Any]]: ...
+
+    def current_period(self, customer_id: str, now: datetime) -> str: ...
+
+    def held_charges(self, customer_id: str, period: str
+                     ) -> tuple[Mapping[str, Mapping[str, Any]], datetime | None]: ...
+
+    def closed(self, customer_id: str, period: str, now: datetime) -> frozenset[str]: ...
+
+    def reconciliation(self, month: str) -> dict[str, Any]: ...
+
+    def retry(self, reason: str | None, subject: str | None, since: datetime | None,
+              until: datetime | None, dry_run: bool) -> dict[str, Any]: ...
+
+    def problems(self) -> list[str]: ...
+
+    def close(self) -> None: ...
+
+
+_CHARGES_SQL = """
+SELECT subscription_id, meter,
+       argMax(cumulative_quantity, rating_seq) AS q,
+       argMax(cumulative_amount, rating_seq) AS a,
+       max(window_end) AS e
+FROM `{db}`.rated_windows_final
+WHERE customer_id = {{customer:String}} AND period = {{period:String}}
+GROUP BY subscription_id, meter
+"""
+
+_LATEST_SQL = """
+SELECT max(window_end) AS e FROM `{db}`.rated_windows_final
+WHERE customer_id = {{customer:String}}
+"""
+
+
+_CLOSED_SQL = """
+SELECT DISTINCT subscription_id FROM `{db}`.billing_documents FINAL
+WHERE kind = 'candidate' AND customer_id = {{customer:String}}
+  AND billing_period = {{period:String}}
+"""
+
+
+def charges_from_windows(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The running-charges shape (sinks/running_charges.RunningCharges.read) from the rated
+    windows: the latest cumulative figures per meter (fees are accrued from their as-of time
+    by operators/charges.py, as for Redis)."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        entry = out.setdefault(r["subscription_id"], {"usage": {}, "fixed_fees": {}})
+        entry["usage"][r["meter"]] = {"quantity": r["q"], "amount": r["a"], "as_of": r["e"]}
+    return out
+
+
+@dataclass
+class _Generation:
+    stamp: tuple[int, int]
+    store: Any
+    catalog: Catalog
+    reconciliation: dict[str, Any]
+    written_at: datetime
+    cache: dict[tuple[str, ...], Any]
+
+
+class FolderBackend:
+    name = "folder"
+    database = "meterwax"
+    _CACHE_ENTRIES = 100_000
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.out = Path(out_dir)
+        self.tokens: TokenStore = FileTokenStore(self.out)
+        self._lock = threading.RLock()
+        self._gen: _Generation | None = None
+
+    def _stamp(self) -> tuple[int, int]:
+        st = (self.out / "reconciliation.json").stat()
+        return st.st_ino, st.st_mtime_ns
+
+    def _current(self) -> _Generation:
+        """The folder as it is now: reopened when a new run was swapped in."""
+        try:
+            stamp = self._stamp()
+        except OSError as exc:
+            msg = f"{self.out} holds no finished run ({exc.strerror})"
+            raise BackendUnavailable(msg) from exc
+        gen = self._gen
+        if gen is not None and gen.stamp == stamp:
+            return gen
+        with self._lock:
+            if self._gen is not None and self._gen.stamp == stamp:
+                return self._gen
+            from sinks.clickhouse import ChdbStore
+
+            if self._gen is not None:
+                self._gen.store.close()
+                self._gen = None
+            try:
+                catalog = load_catalog(str(self.out / "catalog.yaml"))
+                report = msgspec.json.decode((self.out / "reconciliation.json").read_bytes())
+                store = ChdbStore(str(self.out / "clickhouse"), self.database)
+            except (OSError, CatalogError) as exc:
+                msg = f"{self.out} cannot be read as a run's folder: {exc}"
+                raise BackendUnavailable(msg) from exc
+            written = datetime.fromtimestamp(stamp[1] / 1e9, UTC)
+            self._gen = _Generation(stamp, store, catalog, report, written, {})
+            return self._gen
+
+    def catalog(self) -> Catalog:
+        return self._current().catalog
+
+    def query(self, sql: str, params: Mapping[str, Any] | None = None
+              ) -> list[dict[str, Any]]:
+        return self._current().store.query(sql, params)
+
+    def current_period(self, customer_id: str, now: datetime) -> str:
+        # A folder is a finished run: its "current" period is the one its data reached for
+        # this customer (the wall clock would point past the data), else the run's clock.
+        gen = self._current()
+        key = ("latest", customer_id)
+        if key not in gen.cache:
+            rows = gen.store.query(_LATEST_SQL.format(db=self.database), {"customer": customer_id})
+            latest = rows[0]["e"] if rows else None
+            if latest is None or latest.year < 1971:
+                run_now = gen.reconciliation.get("run", {}).get("now")
+                latest = datetime.fromisoformat(run_now) if run_now else now
+            gen.cache[key] = str(Month.of(latest - timedelta(microseconds=1)))
+        return str(gen.cache[key])
+
+    def held_charges(self, customer_id: str, period: str
+                     ) -> tuple[Mapping[str, Mapping[str, Any]], datetime | None]:
+        gen = self._current()
+        key = (customer_id, period)
+        got = gen.cache.get(key)
+        if got is None:
+            rows = gen.store.query(_CHARGES_SQL.format(db=self.database),
+                                   {"customer": customer_id, "period": period})
+            got = charges_from_windows(rows)
+            if len(gen.cache) >= self._CACHE_ENTRIES:
+                gen.cache.clear()
+            gen.cache[key] = got
+        return got, gen.written_at
+
+    def closed(self, customer_id: str, period: str, now: datetime) -> frozenset[str]:
+        gen = self._current()
+        key = ("closed", customer_id, period)
+        if key not in gen.cache:
+            rows = gen.store.query(_CLOSED_SQL.format(db=self.database),
+                                   {"customer": customer_id, "period": period})
+            gen.cache[key] = frozenset(r["subscription_id"] for r in rows)
+        return frozenset(gen.cache[key])
+
+    def reconciliation(self, month: str) -> dict[str, Any]:
+        return self._current().reconciliation
+
+    def retry(self, reason: str | None, subject: str | None, since: datetime | None,
+              until: datetime | None, dry_run: bool) -> dict[str, Any]:
+        msg = ("retry needs a stream deployment: a folder is a finished run; fix the catalog "
+               "and run it again (the same ids come out)")
+        raise NotSupported(msg)
+
+    def problems(self) -> list[str]:
+        try:
+            self._current()
+        except BackendUnavailable as exc:
+            return [str(exc)]
+        return []
+
+    def close(self) -> None:
+        with self._lock:
+            if self._gen is not None:
+                self._gen.store.close()
+                self._gen = None
+
+
+class StreamBackend:
+    name = "stream"
+
+    def __init__(self, settings: Any, *, contracts_every: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        from sinks.clickhouse import open_store
+        from sinks.running_charges import RunningCharges
+
+        self.settings = settings
+        self.store = open_store(settings.clickhouse)
+        self.database = self.store.database
+        self.charges = RunningCharges(settings.redis_url, namespace=settings.redis_namespace)
+        self.tokens: TokenStore = RedisTokenStore(self.charges.client, settings.redis_namespace)
+        self._every = contracts_every
+        self._clock = clock
+        self._catalog: Catalog | None = None
+        self._read_at = -1e18
+        self._lock = threading.Lock()
+        self._closed: dict[tuple[str, str], tuple[float, frozenset[str]]] = {}
+
+    def catalog(self) -> Catalog:
+        now = self._clock()
+        if self._catalog is not None and now - self._read_at < self._every:
+            return self._catalog
+        with self._lock:
+            if self._catalog is None or now - self._read_at >= self._every:
+                from operators.contracts import catalog_of
+                from sinks.contracts import read_contracts
+
+                try:
+                    held = read_contracts(self.settings.kafka(), self.settings.topics.contracts)
+                    self._catalog = catalog_of(held.specs)
+                except Exception as exc:
+                    if self._catalog is None:
+                        msg = f"the contracts topic could not be read: {exc}"
+                        raise BackendUnavailable(msg) from exc
+                    # Keep serving the contracts last read; readiness says so.
+                self._read_at = now
+        return self._catalog
+
+    def query(self, sql: str, params: Mapping[str, Any] | None = None
+              ) -> list[dict[str, Any]]:
+        from sinks.clickhouse import ClickHouseStoreError
+
+        try:
+            return self.store.query(sql, params)
+        except ClickHouseStoreError as exc:
+            msg = f"ClickHouse: {exc}"
+            raise BackendUnavailable(msg) from exc
+
+    def current_period(self, customer_id: str, now: datetime) -> str:
+        return str(Month.of(now))
+
+    def held_charges(self, customer_id: str, period: str
+                     ) -> tuple[Mapping[str, Mapping[str, Any]], datetime | None]:
+        import redis
+
+        try:
+            got = self.charges.read(customer_id, period)
+        except redis.RedisError as exc:
+            msg = f"Redis: {exc}"
+            raise BackendUnavailable(msg) from exc
+        return got["subscriptions"], got["updated_at"]
+
+    def closed(self, customer_id: str, period: str, now: datetime) -> frozenset[str]:
+        """Subscriptions whose candidate for the period is issued. A period not over by the
+        wall clock cannot be (no query); others are asked of ClickHouse, and the answer kept
+        for `contracts_every` seconds."""
+        if Month.parse(period).end > now:
+            return frozenset()
+        key = (customer_id, period)
+        t = self._clock()
+        hit = self._closed.get(key)
+        if hit is not None and t - hit[0] < self._every:
+            return hit[1]
+        rows = self.query(_CLOSED_SQL.format(db=self.database),
+                          {"customer": customer_id, "period": period})
+        got = frozenset(r["subscription_id"] for r in rows)
+        if len(self._closed) > 100_000:
+            self._closed.clear()
+        self._closed[key] = (t, got)
+        return got
+
+    def reconciliation(self, month: str) -> dict[str, Any]:
+        msg = ("the reconciliation of a stream deployment is not served yet: it needs the "
+               "ingest counts, which stream mode keeps in its metrics, not in ClickHouse")
+        raise NotSupported(msg)
+
+    def retry(self, reason: str | None, subject: str | None, since: datetime | None,
+              until: datetime | None, dry_run: bool) -> dict[str, Any]:
+        from flows.settings import RetrySettings
+        from meterwax.retry import retry_dead_letters
+        from operators.retry import RetryFilter
+
+        s = self.settings
+        if not s.input_topic:
+            msg = "retry needs the stream's input topic (--input-topic / METERWAX_INPUT_TOPIC)"
+            raise NotSupported(msg)
+        rs = RetrySettings(kafka_bootstrap=s.kafka_bootstrap, input_topic=s.input_topic,
+                           topics=s.topics, select=RetryFilter(reason=reason, subject=subject,
+                                                               since=since, until=until),
+                           dry_run=dry_run, kafka_security=s.kafka_security)
+        report = retry_dead_letters(rs)
+        return {"read": report.read, "matched": report.matched, "sent": report.sent,
+                "dry_run": dry_run, "by_reason": dict(sorted(report.by_reason.items()))}
+
+    def problems(self) -> list[str]:
+        problems = []
+        try:
+            self.charges.client.ping()
+        except Exception as exc:
+            problems.append(f"Redis: {exc}")
+        try:
+            self.store.query("SELECT 1 AS one")
+        except Exception as exc:
+            problems.append(f"ClickHouse: {exc}")
+        try:
+            self.catalog()
+        except BackendUnavailable as exc:
+            problems.append(str(exc))
+        return problems
+
+    def close(self) -> None:
+        self.charges.close()
+        self.store.close()
