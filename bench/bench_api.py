@@ -78,8 +78,9 @@ async def drive_http(port: int, tokens: list[str], customers: list[str], seconds
                 writer.write(request.encode())
                 head = await reader.readuntil(b"\r\n\r\n")
                 status = int(head.split(b" ", 2)[1])
-                length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))  # type: ignore[union-attr]
-                await reader.readexactly(length)
+                found = re.search(rb"(?i)content-length:\s*(\d+)", head)
+                assert found is not None, head
+                await reader.readexactly(int(found.group(1)))
                 latencies.append(time.perf_counter() - t0)
                 statuses[status] = statuses.get(status, 0) + 1
         finally:
@@ -118,7 +119,8 @@ def start_api(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[st
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if "serving" not in line:
-        raise SystemExit(f"meterwax api did not start: {line}{proc.stderr.read() if proc.stderr else ''}")
+        msg = f"meterwax api did not start: {line}{proc.stderr.read() if proc.stderr else ''}"
+        raise SystemExit(msg)
     for _ in range(300):
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
