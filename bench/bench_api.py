@@ -149,6 +149,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--backend", choices=("folder", "stream", "both"), default="both")
+    parser.add_argument("--stream-workers", type=int, default=2,
+                        help="API processes for the stream back end (a folder takes one)")
     opts = parser.parse_args()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     results: list[dict[str, Any]] = []
@@ -187,10 +189,22 @@ def main() -> int:
             from sinks.tokens import RedisTokenStore
 
             tokens = tokens_into(RedisTokenStore(redis_url, ns))
-            api = start_api(["--redis-url", redis_url, "--clickhouse", str(out / "clickhouse"),
-                             "--kafka-bootstrap", bootstrap, "--topic-prefix", prefix,
-                             "--redis-namespace", ns], env)
-            results.append(measure("stream", api, tokens, opts.seconds))
+            # ClickHouse over HTTP, as a deployment has it (the demo's store, served read-only).
+            ch = subprocess.Popen([sys.executable, "-m", "meterwax.cli", "serve-clickhouse",
+                                   "--path", str(out), "--port", "0"], cwd=ROOT, env=env,
+                                  stdout=subprocess.PIPE, text=True)
+            try:
+                assert ch.stdout is not None
+                ch_url = re.search(r"(http://\S+)", ch.stdout.readline())
+                assert ch_url, "serve-clickhouse did not start"
+                api = start_api(["--redis-url", redis_url, "--clickhouse", ch_url.group(1),
+                                 "--kafka-bootstrap", bootstrap, "--topic-prefix", prefix,
+                                 "--redis-namespace", ns, "-w", str(opts.stream_workers)], env)
+                results.append(measure(f"stream (-w {opts.stream_workers})", api, tokens,
+                                       opts.seconds))
+            finally:
+                ch.terminate()
+                ch.wait(30)
             period = datetime.now(UTC).strftime("%Y-%m")
             key = f"{ns}:charges:acme:{period}"
             n, lat = asyncio.run(drive_redis(redis_url, key, opts.clients, opts.seconds))

@@ -662,6 +662,7 @@ class ApiSettings:
     rate_limit: float = 100.0
     rate_burst: float = 200.0
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    workers: int = 1
 
     def __repr__(self) -> str:
         return (f"ApiSettings(host={self.host!r}, port={self.port!r}, out={self.out!r}, "
@@ -683,6 +684,7 @@ class ApiSettings:
         host = opts.text("host", "127.0.0.1") or "127.0.0.1"
         port = opts.value("port", parse_port, 8080)
         rate = opts.value("rate_limit", parse_rate, 100.0)
+        workers = opts.value("workers", int_between(1, 64), 1)
         burst = opts.value("rate_burst", parse_rate, max(200.0, 2 * rate))
         if burst < 1:
             opts.add("rate_burst", "must be at least 1")
@@ -691,6 +693,9 @@ class ApiSettings:
             problem = _folder_problem(str(out))
             if problem:
                 opts.add("out", problem)
+            if workers > 1:
+                opts.add("workers", "a run's folder is one embedded chDB store, which one "
+                                    "process opens at a time: serve it with 1 worker")
         else:
             redis_url = opts.text("redis_url") or None
             clickhouse = opts.text("clickhouse") or None
@@ -713,7 +718,8 @@ class ApiSettings:
                    input_topic=opts.text("input_topic") or None,
                    topics=Topics.with_prefix(opts.text("topic_prefix", "meterwax.") or ""),
                    redis_namespace=opts.text("redis_namespace", "meterwax") or "",
-                   rate_limit=rate, rate_burst=burst, kafka_security=security)
+                   rate_limit=rate, rate_burst=burst, kafka_security=security,
+                   workers=workers)
 
 
 @dataclass(frozen=True)

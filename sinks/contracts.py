@@ -40,3 +40,26 @@ def ensure_contracts_topic(kafka: KafkaConfig, topic: str) -> None:
     ensure_topics(kafka, compacted=[topic], plain=[], partitions=1)
 
 
+
+
+class ContractsEnd:
+    """The contracts topic's end offset, asked of one long-lived consumer: a reader that
+    follows the topic (the HTTP API) reads it again only when this moved, instead of opening
+    a consumer and reading every record every few seconds."""
+
+    def __init__(self, kafka: KafkaConfig, topic: str) -> None:
+        from confluent_kafka import Consumer
+
+        self.topic = topic
+        self._consumer = Consumer(kafka.config(**{"group.id": "meterwax-api",
+                                                  "enable.auto.commit": False}))
+
+    def end(self, timeout: float = 10.0) -> int:
+        from confluent_kafka import TopicPartition
+
+        _low, high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, 0),
+                                                          timeout=timeout, cached=False)
+        return int(high)
+
+    def close(self) -> None:
+        self._consumer.close()

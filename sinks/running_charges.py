@@ -233,39 +233,13 @@ class RunningCharges:
         """The period's running charges, one HGETALL. Amounts are exact Decimals; `totals` sums,
         per currency, the exact usage amounts and the accrued fees (round for display)."""
         raw: Mapping[Any, Any] = self.client.hgetall(self.key(customer_id, period))
-        subs: dict[str, SubscriptionCharges] = {}
-        totals: dict[str, Decimal] = {}
-        updated: datetime | None = None
-        for name, value in raw.items():
-            field = name.decode() if isinstance(name, bytes) else name
-            text = value.decode() if isinstance(value, bytes) else value
-            if field == UPDATED_FIELD:
-                updated = datetime.fromtimestamp(int(text.rstrip("|")) / 1000, UTC)
-                continue
-            kind, sub_id, ref = _parse_field(field)
-            parts = text.split("|")
-            currency = parts[1]
-            entry = subs.get(sub_id)
-            if entry is None:
-                entry = subs[sub_id] = {"currency": currency, "usage": {}, "fixed_fees": {}}
-            if kind == "u":
-                seq, _, q, amount, end = parts
-                entry["usage"][ref] = {"quantity": Decimal(q), "amount": Decimal(amount),
-                                       "rating_seq": int(seq),
-                                       "as_of": datetime.fromtimestamp(int(end), UTC)}
-                value_amount = Decimal(amount)
-            else:
-                at, _, amount = parts
-                entry["fixed_fees"][ref] = {"amount": Decimal(amount),
-                                            "as_of": datetime.fromtimestamp(int(at), UTC)}
-                value_amount = Decimal(amount)
-            totals[currency] = totals.get(currency, ZERO) + value_amount
-        ordered: dict[str, SubscriptionCharges] = {
-            s: {"currency": e["currency"], "usage": dict(sorted(e["usage"].items())),
-                "fixed_fees": dict(sorted(e["fixed_fees"].items()))}
-            for s, e in sorted(subs.items())}
-        return {"customer_id": customer_id, "period": period, "subscriptions": ordered,
-                "totals": dict(sorted(totals.items())), "updated_at": updated}
+        return parse_charges(customer_id, period, raw)
+
+    async def read_async(self, client: Any, customer_id: str, period: str) -> PeriodCharges:
+        """`read` through an asyncio client (`redis.asyncio.Redis`), for a server that must
+        not block its event loop on Redis."""
+        raw: Mapping[Any, Any] = await client.hgetall(self.key(customer_id, period))
+        return parse_charges(customer_id, period, raw)
 
     def rated_through(self) -> dict[str, datetime]:
         """Subscription -> the end of its latest rated window, over every period still held
@@ -287,3 +261,40 @@ class RunningCharges:
 
     def close(self) -> None:
         self.client.close()
+
+
+def parse_charges(customer_id: str, period: str, raw: Mapping[Any, Any]) -> PeriodCharges:
+    """A charges hash (HGETALL's answer) as `PeriodCharges`."""
+    subs: dict[str, SubscriptionCharges] = {}
+    totals: dict[str, Decimal] = {}
+    updated: datetime | None = None
+    for name, value in raw.items():
+        field = name.decode() if isinstance(name, bytes) else name
+        text = value.decode() if isinstance(value, bytes) else value
+        if field == UPDATED_FIELD:
+            updated = datetime.fromtimestamp(int(text.rstrip("|")) / 1000, UTC)
+            continue
+        kind, sub_id, ref = _parse_field(field)
+        parts = text.split("|")
+        currency = parts[1]
+        entry = subs.get(sub_id)
+        if entry is None:
+            entry = subs[sub_id] = {"currency": currency, "usage": {}, "fixed_fees": {}}
+        if kind == "u":
+            seq, _, q, amount, end = parts
+            entry["usage"][ref] = {"quantity": Decimal(q), "amount": Decimal(amount),
+                                   "rating_seq": int(seq),
+                                   "as_of": datetime.fromtimestamp(int(end), UTC)}
+            value_amount = Decimal(amount)
+        else:
+            at, _, amount = parts
+            entry["fixed_fees"][ref] = {"amount": Decimal(amount),
+                                        "as_of": datetime.fromtimestamp(int(at), UTC)}
+            value_amount = Decimal(amount)
+        totals[currency] = totals.get(currency, ZERO) + value_amount
+    ordered: dict[str, SubscriptionCharges] = {
+        s: {"currency": e["currency"], "usage": dict(sorted(e["usage"].items())),
+            "fixed_fees": dict(sorted(e["fixed_fees"].items()))}
+        for s, e in sorted(subs.items())}
+    return {"customer_id": customer_id, "period": period, "subscriptions": ordered,
+            "totals": dict(sorted(totals.items())), "updated_at": updated}

@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import anyio.to_thread
 import msgspec
 from litestar import Litestar, MediaType, Request, Response, get, post
 from litestar.exceptions import HTTPException, ValidationException
@@ -150,6 +151,17 @@ class Auth:
         self._records[token_id] = (t, record)
         return record
 
+    async def prefetch(self, request: Request[Any, Any, Any]) -> None:
+        """Load the token's record in a thread unless it is cached, so an async route can
+        then call `scope` without blocking the event loop on the token store."""
+        _, _, token = request.headers.get("authorization", "").partition(" ")
+        parts = split_token(token.strip())
+        if parts is None:
+            return
+        hit = self._records.get(parts[0])
+        if hit is None or self.monotonic() - hit[0] >= self.cache_seconds:
+            await anyio.to_thread.run_sync(self._record, parts[0])
+
     def scope(self, request: Request[Any, Any, Any]) -> TokenScope:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
@@ -211,6 +223,7 @@ def create_app(backend: Backend, *, now: Callable[[], datetime] = lambda: dateti
                rate: float = DEFAULT_RATE_LIMIT, burst: float = DEFAULT_RATE_BURST) -> Litestar:
     auth = Auth(backend, now, monotonic, rate, burst)
     db = backend.database
+    answers: dict[tuple[str, str, Any], bytes] = {}
 
     def customer(request: Request[Any, Any, Any], customer_id: str) -> TokenScope:
         scope = auth.scope(request)
@@ -229,17 +242,31 @@ def create_app(backend: Backend, *, now: Callable[[], datetime] = lambda: dateti
     def page(limit: int | None) -> int:
         return DEFAULT_PAGE if limit is None else limit
 
-    @get("/v1/customers/{customer_id:str}/charges", sync_to_thread=True,
+    # The hot route (dashboards poll it) runs on the event loop: the back end awaits Redis
+    # with an asyncio client, and anything else blocking goes to a thread.
+    @get("/v1/customers/{customer_id:str}/charges",
          summary="Running charges of one billing period", tags=["customer"])
-    def charges(request: Request[Any, Any, Any], customer_id: str,
-                period: str | None = Parameter(default=None, pattern=_PERIOD,
-                                               description="YYYY-MM; default the current one")
-                ) -> Charges:
+    async def charges(request: Request[Any, Any, Any], customer_id: str,
+                      period: str | None = Parameter(
+                          default=None, pattern=_PERIOD,
+                          description="YYYY-MM; default the current one")
+                      ) -> Response[Charges]:
+        await auth.prefetch(request)
         customer(request, customer_id)
-        period = period or backend.current_period(customer_id, now())
-        held, updated = backend.held_charges(customer_id, period)
-        closed = backend.closed(customer_id, period, now())
-        return running_charges(backend.catalog(), customer_id, period, held, updated, closed)
+        got = await backend.charges_inputs(customer_id, period, now())
+        # Figures change only when the sink writes them: between writes every poll of a
+        # customer gets the answer already encoded (keyed by the data itself, not a clock).
+        key = (customer_id, got.period, got.version)
+        body = answers.get(key)
+        if body is None:
+            body = msgspec.json.encode(running_charges(
+                backend.catalog(), customer_id, got.period, got.held, got.updated_at,
+                got.closed))
+            if len(answers) >= 50_000:
+                answers.clear()
+            answers[key] = body
+        # The body is a Charges already encoded; the annotation gives the OpenAPI its schema.
+        return Response(body, media_type=MediaType.JSON)  # type: ignore[arg-type]
 
     @get("/v1/customers/{customer_id:str}/usage", sync_to_thread=True,
          summary="Usage per meter over time", tags=["customer"])

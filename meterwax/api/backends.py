@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+import anyio.to_thread
 import msgspec
 
 from operators.catalog import Catalog, CatalogError, load_catalog
 from operators.periods import Month
+from sinks.running_charges import parse_charges
 from sinks.tokens import FileTokenStore, RedisTokenStore, TokenStore
 
 
@@ -36,6 +38,17 @@ class BackendUnavailable(RuntimeError):
 
 class NotSupported(RuntimeError):
     """What this back end cannot do, with why (409 for a folder asked to retry)."""
+
+
+@dataclass(frozen=True)
+class ChargesInputs:
+    period: str
+    held: Mapping[str, Mapping[str, Any]]
+    updated_at: datetime | None
+    closed: frozenset[str]
+    # Equal versions mean equal figures: the route may answer from its cache of encoded
+    # answers. Compared by equality, never by a hash alone.
+    version: Hashable
 
 
 class Backend(Protocol):
@@ -52,6 +65,11 @@ class Backend(Protocol):
 
     def held_charges(self, customer_id: str, period: str
                      ) -> tuple[Mapping[str, Mapping[str, Any]], datetime | None]: ...
+
+    async def charges_inputs(self, customer_id: str, period: str | None, now: datetime
+                             ) -> ChargesInputs:
+        """What the charges route needs, without blocking the event loop on I/O."""
+        ...
 
     def closed(self, customer_id: str, period: str, now: datetime) -> frozenset[str]: ...
 
@@ -114,11 +132,16 @@ class FolderBackend:
     database = "meterwax"
     _CACHE_ENTRIES = 100_000
 
-    def __init__(self, out_dir: str | Path) -> None:
+    def __init__(self, out_dir: str | Path, *, recheck: float = 0.5,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.out = Path(out_dir)
         self.tokens: TokenStore = FileTokenStore(self.out)
         self._lock = threading.RLock()
         self._gen: _Generation | None = None
+        # A swapped-in run is noticed within `recheck` seconds (one stat then, not per call).
+        self._recheck = recheck
+        self._clock = clock
+        self._checked = -1e18
 
     def _stamp(self) -> tuple[int, int]:
         st = (self.out / "reconciliation.json").stat()
@@ -126,6 +149,11 @@ class FolderBackend:
 
     def _current(self) -> _Generation:
         """The folder as it is now: reopened when a new run was swapped in."""
+        gen = self._gen
+        t = self._clock()
+        if gen is not None and t - self._checked < self._recheck:
+            return gen
+        self._checked = t
         try:
             stamp = self._stamp()
         except OSError as exc:
@@ -188,6 +216,22 @@ class FolderBackend:
             gen.cache[key] = got
         return got, gen.written_at
 
+    async def charges_inputs(self, customer_id: str, period: str | None, now: datetime
+                             ) -> ChargesInputs:
+        def work() -> ChargesInputs:
+            gen = self._current()
+            p = period or self.current_period(customer_id, now)
+            held, updated = self.held_charges(customer_id, p)
+            return ChargesInputs(p, held, updated, self.closed(customer_id, p, now),
+                                 ("folder", gen.stamp))
+
+        gen = self._gen
+        known = period or (gen.cache.get(("latest", customer_id)) if gen else None)
+        if gen is not None and known is not None and (customer_id, known) in gen.cache \
+                and ("closed", customer_id, known) in gen.cache:
+            return work()  # every figure is cached: no I/O, no thread
+        return await anyio.to_thread.run_sync(work)
+
     def closed(self, customer_id: str, period: str, now: datetime) -> frozenset[str]:
         gen = self._current()
         key = ("closed", customer_id, period)
@@ -229,36 +273,71 @@ class StreamBackend:
         from sinks.running_charges import RunningCharges
 
         self.settings = settings
-        self.store = open_store(settings.clickhouse)
+        self.store = open_store(settings.clickhouse, migrate=False)
         self.database = self.store.database
         self.charges = RunningCharges(settings.redis_url, namespace=settings.redis_namespace)
         self.tokens: TokenStore = RedisTokenStore(self.charges.client, settings.redis_namespace)
         self._every = contracts_every
         self._clock = clock
         self._catalog: Catalog | None = None
-        self._read_at = -1e18
-        self._lock = threading.Lock()
+        self._contracts_problem: str | None = "the contracts topic has not been read yet"
         self._closed: dict[tuple[str, str], tuple[float, frozenset[str]]] = {}
+        self._aredis: Any = None
+        self._end: Any = None  # sinks.contracts.ContractsEnd, once the topic was read
+        self._read_to = -1
+        self._stop = threading.Event()
+        self._refresh()
+        # Contracts are re-read in the background: a request never waits on Kafka.
+        self._refresher = threading.Thread(target=self._refresh_loop, daemon=True,
+                                           name="meterwax-api-contracts")
+        self._refresher.start()
+
+    def _refresh(self) -> None:
+        from operators.contracts import catalog_of
+        from sinks.contracts import ContractsEnd, read_contracts
+
+        try:
+            if self._end is None:
+                self._end = ContractsEnd(self.settings.kafka(), self.settings.topics.contracts)
+            elif self._catalog is not None and self._end.end() == self._read_to:
+                self._contracts_problem = None
+                return  # nothing published since the last read
+            held = read_contracts(self.settings.kafka(), self.settings.topics.contracts)
+            self._catalog = catalog_of(held.specs)
+            self._read_to = held.end_offset
+            self._contracts_problem = None
+        except Exception as exc:  # keep serving the contracts last read; readiness says why
+            self._contracts_problem = f"the contracts topic could not be read: {exc}"
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(self._every):
+            self._refresh()
 
     def catalog(self) -> Catalog:
-        now = self._clock()
-        if self._catalog is not None and now - self._read_at < self._every:
-            return self._catalog
-        with self._lock:
-            if self._catalog is None or now - self._read_at >= self._every:
-                from operators.contracts import catalog_of
-                from sinks.contracts import read_contracts
-
-                try:
-                    held = read_contracts(self.settings.kafka(), self.settings.topics.contracts)
-                    self._catalog = catalog_of(held.specs)
-                except Exception as exc:
-                    if self._catalog is None:
-                        msg = f"the contracts topic could not be read: {exc}"
-                        raise BackendUnavailable(msg) from exc
-                    # Keep serving the contracts last read; readiness says so.
-                self._read_at = now
+        if self._catalog is None:
+            raise BackendUnavailable(self._contracts_problem or "no contracts")
         return self._catalog
+
+    async def charges_inputs(self, customer_id: str, period: str | None, now: datetime
+                             ) -> ChargesInputs:
+        import redis
+        import redis.asyncio as aredis
+
+        p = period or self.current_period(customer_id, now)
+        if self._aredis is None:
+            # One asyncio client per event loop (created on first use, in the loop).
+            self._aredis = aredis.Redis.from_url(self.settings.redis_url,
+                                                 socket_timeout=2.0, socket_connect_timeout=2.0)
+        try:
+            raw = await self._aredis.hgetall(self.charges.key(customer_id, p))
+        except (redis.RedisError, OSError) as exc:
+            msg = f"Redis: {exc}"
+            raise BackendUnavailable(msg) from exc
+        got = parse_charges(customer_id, p, raw)
+        closed = (frozenset() if Month.parse(p).end > now
+                  else await anyio.to_thread.run_sync(self.closed, customer_id, p, now))
+        return ChargesInputs(p, got["subscriptions"], got["updated_at"], closed,
+                             ("stream", frozenset(raw.items()), closed, id(self._catalog)))
 
     def query(self, sql: str, params: Mapping[str, Any] | None = None
               ) -> list[dict[str, Any]]:
@@ -333,15 +412,22 @@ class StreamBackend:
         except Exception as exc:
             problems.append(f"Redis: {exc}")
         try:
-            self.store.query("SELECT 1 AS one")
+            rows = self.store.query(
+                "SELECT count() AS n FROM system.tables WHERE database = {db:String} AND "
+                "name IN ('rated_windows', 'billing_documents', 'rejected_events')",
+                {"db": self.database})
+            if int(rows[0]["n"]) < 3:
+                problems.append("ClickHouse: the meterwax tables are missing or older than "
+                                "this API (start `meterwax stream` once: it migrates them)")
         except Exception as exc:
             problems.append(f"ClickHouse: {exc}")
-        try:
-            self.catalog()
-        except BackendUnavailable as exc:
-            problems.append(str(exc))
+        if self._contracts_problem:
+            problems.append(self._contracts_problem)
         return problems
 
     def close(self) -> None:
+        self._stop.set()
+        if self._end is not None:
+            self._end.close()
         self.charges.close()
         self.store.close()

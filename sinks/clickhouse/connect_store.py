@@ -187,6 +187,7 @@ class ClickHouseConnectStore:
         username: str = "default",
         password: str = "",
         migrations: Sequence[Migration] | None = None,
+        migrate: bool = True,
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -227,8 +228,11 @@ class ClickHouseConnectStore:
         self._migration_lock = threading.Lock()
         self.applied: list[int] = []  # versions this open applied
         try:
-            with self._migration_lock:
-                self.applied = apply_migrations(_Migrating(self), database, migrations)
+            # A reader (the HTTP API) passes migrate=False: it must work against a read-only
+            # server, and the schema is the writer's (`meterwax stream`) to bring up to date.
+            if migrate:
+                with self._migration_lock:
+                    self.applied = apply_migrations(_Migrating(self), database, migrations)
         except BaseException:
             self.close()
             raise

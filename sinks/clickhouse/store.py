@@ -29,10 +29,12 @@ _URL = re.compile(r"https?://", re.IGNORECASE)
 
 
 def open_store(
-    url_or_path: str | os.PathLike[str], database: str = DEFAULT_DATABASE
+    url_or_path: str | os.PathLike[str], database: str = DEFAULT_DATABASE, *,
+    migrate: bool = True,
 ) -> ChdbStore | ClickHouseConnectStore:
     """`http(s)://...`: a ClickHouse server over clickhouse-connect; anything else: a chdb
-    directory, embedded."""
+    directory, embedded. `migrate=False`: a reader's server connection, which applies no
+    migrations (an embedded store is always brought up to date: it is this process's own)."""
     if isinstance(url_or_path, str) and _URL.match(url_or_path):
-        return ClickHouseConnectStore(url_or_path, database)
+        return ClickHouseConnectStore(url_or_path, database, migrate=migrate)
     return ChdbStore(url_or_path, database)
