@@ -147,6 +147,18 @@ class Reconciliation(msgspec.Struct, kw_only=True):
     problems: list[str]
 
 
+class Me(msgspec.Struct, kw_only=True):
+    scope: str  # customer:<id> | finance | admin
+    token_id: str
+    customer_id: str | None
+    current_period: str
+    previous_period: str
+
+
+class CustomerList(msgspec.Struct, kw_only=True):
+    customers: list[str]
+
+
 class Health(msgspec.Struct, kw_only=True):
     status: str
     backend: str

@@ -8,6 +8,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh test
 
+# The workbench page is tested in Debian's Chromium (Playwright's own browser download needs
+# the internet); tests/test_workbench.py finds it on PATH.
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "== installing chromium (apt-get)"
+  sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
+  $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || {
+    $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null 2>&1 || true
+    $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
+  }
+fi
+
 echo "== services"
 started=()
 for service in kafka redis; do

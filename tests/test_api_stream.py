@@ -219,3 +219,41 @@ def test_retry_over_the_api_sends_dead_letters_to_the_input_topic(
     assert all(any(k == "meterwax.retry-of" for k, _v in (r[4] or ())) for r in after[before:])
     assert client.get("/v1/reconciliation?month=2026-10", headers=fin).status_code == 409
     assert client.get("/readyz").status_code == 200
+
+
+def test_retry_from_the_workbench_page_reaches_kafka(deployment: tuple[StreamRun, Path]) -> None:
+    """The page's Retry button, in a real Chromium, against a real `meterwax api` process
+    serving the stream deployment."""
+    from playwright.sync_api import sync_playwright
+    from test_workbench import chromium, start_api
+
+    run, _ = deployment
+    ns = run.prefix.rstrip(".")
+    made = subprocess.run([sys.executable, "-m", "meterwax.cli", "tokens", "create", "--scope",
+                           "finance", "--redis-url", run.redis.url, "--redis-namespace", ns],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+    token = made.stdout.strip().splitlines()[-1]
+    proc, base = start_api("--redis-url", run.redis.url, "--clickhouse", run.clickhouse.url,
+                           "--kafka-bootstrap", run.kafka.bootstrap, "--input-topic", run.topic,
+                           "--topic-prefix", run.prefix, "--redis-namespace", ns)
+    try:
+        before = len(run.kafka.consume_all(run.topic))
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+            page = browser.new_page()
+            page.goto(base + "/")
+            page.fill("#token", token)
+            page.click("#login button[type=submit]")
+            page.wait_for_selector("body[data-ready=true]", timeout=60_000)
+            count = int(page.inner_text("#rejected-rows tr[data-reason=NO_ACTIVE_SUBSCRIPTION]"
+                                        " td.num"))
+            page.click("#rejected-rows button[data-reason=NO_ACTIVE_SUBSCRIPTION]")
+            page.wait_for_selector("#retry-result.ok", timeout=60_000)
+            text = page.inner_text("#retry-result")
+            browser.close()
+        assert f"{count} matched, sent {count} to the input topic" in text, text
+        after = run.kafka.consume_all(run.topic)
+        assert len(after) == before + count
+    finally:
+        proc.terminate()
+        proc.wait(30)

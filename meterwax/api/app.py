@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
@@ -56,9 +57,11 @@ from operators.tokens import Scope as TokenScope
 from operators.tokens import TokenBucket, TokenRecord, split_token, verify
 from schemas.api import (
     Charges,
+    CustomerList,
     DocumentPage,
     ExceptionSummary,
     Health,
+    Me,
     Problem,
     Reconciliation,
     RejectedPage,
@@ -374,6 +377,36 @@ def create_app(backend: Backend, *, now: Callable[[], datetime] = lambda: dateti
         return Reconciliation(month=month, balanced=not problems, chain=chain,
                               problems=problems)
 
+    @get("/v1/me", sync_to_thread=True, summary="What this token is", tags=["customer"])
+    def me(request: Request[Any, Any, Any]) -> Me:
+        scope = auth.scope(request)
+        current = Month.parse(backend.current_period(scope.customer_id, now()))
+        previous = Month.of(current.start - timedelta(microseconds=1))
+        return Me(scope=str(scope), token_id=request.scope["meterwax.token_id"],  # type: ignore[typeddict-item]
+                  customer_id=scope.customer_id, current_period=str(current),
+                  previous_period=str(previous))
+
+    @get("/v1/customers", sync_to_thread=True,
+         summary="The customers this token may read", tags=["customer"])
+    def customers(request: Request[Any, Any, Any]) -> CustomerList:
+        scope = auth.scope(request)
+        known = backend.catalog().customers
+        ids = (sorted(known) if scope.finance
+               else [c for c in (scope.customer_id,) if c is not None and c in known])
+        return CustomerList(customers=ids)
+
+    @get("/", sync_to_thread=False, include_in_schema=False)
+    def workbench() -> Response[Any]:
+        return _static("workbench.html", "text/html; charset=utf-8")
+
+    @get("/workbench.js", sync_to_thread=False, include_in_schema=False)
+    def workbench_js() -> Response[Any]:
+        return _static("workbench.js", "text/javascript; charset=utf-8")
+
+    @get("/workbench.css", sync_to_thread=False, include_in_schema=False)
+    def workbench_css() -> Response[Any]:
+        return _static("workbench.css", "text/css; charset=utf-8")
+
     @get("/healthz", sync_to_thread=False, summary="The process is up", tags=["operations"])
     def healthz() -> Health:
         return Health(status="ok", backend=backend.name)
@@ -400,7 +433,8 @@ def create_app(backend: Backend, *, now: Callable[[], datetime] = lambda: dateti
 
     app = Litestar(
         route_handlers=[charges, usage, invoices, exceptions, summary, retry,
-                        invoice_exceptions, reconciliation, healthz, readyz, metrics, openapi],
+                        invoice_exceptions, reconciliation, me, customers, workbench,
+                        workbench_js, workbench_css, healthz, readyz, metrics, openapi],
         exception_handlers={Exception: _handle_problem},
         middleware=[_metrics_middleware],
         type_encoders={Decimal: str},
@@ -417,6 +451,19 @@ def create_app(backend: Backend, *, now: Callable[[], datetime] = lambda: dateti
     )
     app.state.backend = backend
     return app
+
+
+_STATIC = Path(__file__).with_name("static")
+# The page loads only what this server serves (no CDN, no inline script): a strict policy.
+_PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+                                            "frame-ancestors 'none'",
+                 "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+                 "Cache-Control": "no-cache"}
+
+
+def _static(name: str, media_type: str) -> Response[Any]:
+    return Response((_STATIC / name).read_bytes(), media_type=media_type,
+                    headers=_PAGE_HEADERS)
 
 
 def openapi_document(app: Litestar) -> bytes:

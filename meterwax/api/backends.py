@@ -61,7 +61,7 @@ class Backend(Protocol):
     def query(self, sql: str, params: Mapping[str, Any] | None = None
               ) -> list[dict[str, Any]]: ...
 
-    def current_period(self, customer_id: str, now: datetime) -> str: ...
+    def current_period(self, customer_id: str | None, now: datetime) -> str: ...
 
     def held_charges(self, customer_id: str, period: str
                      ) -> tuple[Mapping[str, Mapping[str, Any]], datetime | None]: ...
@@ -98,6 +98,8 @@ SELECT max(window_end) AS e FROM `{db}`.rated_windows_final
 WHERE customer_id = {{customer:String}}
 """
 
+
+_LATEST_ALL_SQL = "SELECT max(window_end) AS e FROM `{db}`.rated_windows_final"
 
 _CLOSED_SQL = """
 SELECT DISTINCT subscription_id FROM `{db}`.billing_documents FINAL
@@ -188,13 +190,15 @@ class FolderBackend:
               ) -> list[dict[str, Any]]:
         return self._current().store.query(sql, params)
 
-    def current_period(self, customer_id: str, now: datetime) -> str:
+    def current_period(self, customer_id: str | None, now: datetime) -> str:
         # A folder is a finished run: its "current" period is the one its data reached for
-        # this customer (the wall clock would point past the data), else the run's clock.
+        # this customer (or any, for None; the wall clock would point past the data), else the
+        # run's clock.
         gen = self._current()
-        key = ("latest", customer_id)
+        key = ("latest", customer_id or "")
         if key not in gen.cache:
-            rows = gen.store.query(_LATEST_SQL.format(db=self.database), {"customer": customer_id})
+            sql = _LATEST_SQL if customer_id is not None else _LATEST_ALL_SQL
+            rows = gen.store.query(sql.format(db=self.database), {"customer": customer_id or ""})
             latest = rows[0]["e"] if rows else None
             if latest is None or latest.year < 1971:
                 run_now = gen.reconciliation.get("run", {}).get("now")
@@ -349,7 +353,7 @@ class StreamBackend:
             msg = f"ClickHouse: {exc}"
             raise BackendUnavailable(msg) from exc
 
-    def current_period(self, customer_id: str, now: datetime) -> str:
+    def current_period(self, customer_id: str | None, now: datetime) -> str:
         return str(Month.of(now))
 
     def held_charges(self, customer_id: str, period: str
