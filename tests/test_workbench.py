@@ -55,7 +55,7 @@ def start_api(*args: str) -> tuple[subprocess.Popen[str], str]:
             return proc, base
         except OSError:
             if proc.poll() is not None:
-                raise AssertionError(proc.stderr.read() if proc.stderr else "api exited")
+                raise AssertionError(proc.stderr.read() if proc.stderr else "api exited") from None
             time.sleep(0.1)
     raise AssertionError("meterwax api did not answer")
 
