@@ -20,6 +20,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
+from flows.metrics import kafka_statistics
 from flows.sources import Chunk, ContractsBatch
 from operators.retry import RETRY_HEADER
 from sinks.kafka import KafkaDeliveryError, as_bytes, delivered
@@ -51,6 +52,9 @@ def _consumer(settings: KafkaSettings) -> Any:
         "fetch.min.bytes": 1,
         # librdkafka's default (1000 ms) idles a fast reader about 1 s per 100k messages.
         "fetch.queue.backoff.ms": 10,
+        # Per-partition lag for the meterwax_consumer_lag_messages gauge.
+        "statistics.interval.ms": 5000,
+        "stats_cb": kafka_statistics,
     }))
 
 

@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Sequence
 
-from prometheus_client import Counter, Gauge, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from operators.ingest import IngestStats
-from schemas.records import CONTRACT_REFUSED, INTERNAL_ERROR, ExceptionRecord
+from schemas.erp import InvoiceException
+from schemas.records import CONTRACT_REFUSED, INTERNAL_ERROR, ExceptionRecord, RatedWindow
 
 EVENTS = Counter("meterwax_events_total", "Events read, by the bucket they landed in",
                  ["bucket"])
@@ -32,6 +35,58 @@ CONTRACTS_VERSION = Gauge("meterwax_contracts_version",
 CONTRACTS_REFUSED = Counter("meterwax_contracts_refused_total",
                             "Contracts records refused (CONTRACT_REFUSED dead letters; each "
                             "refusing input partition counts its own)")
+
+
+# Freshness, as finance and dashboards feel it: from the end of a window in event time (the
+# latest usage it can hold) to its rated row reaching the sinks, and to its running charge
+# being written to Redis, where the API reads it. Includes the window itself being waited for
+# (a 1 m window's first event is up to 1 m older), and the watermark's wait for later events.
+_LATENCY_BUCKETS = (0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600)
+TO_RATED = Histogram("meterwax_event_to_rated_seconds",
+                     "From a window's end (event time) to its rated row reaching the sinks",
+                     buckets=_LATENCY_BUCKETS)
+TO_QUERYABLE = Histogram("meterwax_event_to_queryable_seconds",
+                         "From a window's end (event time) to its running charge in Redis",
+                         buckets=_LATENCY_BUCKETS)
+CONSUMER_LAG = Gauge("meterwax_consumer_lag_messages",
+                     "Messages behind the end of each input partition (librdkafka statistics, "
+                     "every 5 s)", ["topic", "partition"])
+# What finance looks at first: candidates kept out of the ERP, by reason, and their amount
+# (a float here, for dashboards; the books are the invoice-exceptions topic and table).
+INVOICE_EXCEPTIONS = Counter("meterwax_invoice_exceptions_total",
+                             "Invoice candidates held or unpostable, by reason", ["reason"])
+INVOICE_EXCEPTION_AMOUNT = Counter("meterwax_invoice_exceptions_amount_total",
+                                   "Subtotal of held or unpostable candidates, by currency",
+                                   ["currency"])
+
+
+def windows_rated(windows: Sequence[RatedWindow], *, queryable: bool,
+                  now: float | None = None) -> None:
+    at = time.time() if now is None else now
+    histogram = TO_QUERYABLE if queryable else TO_RATED
+    for w in windows:
+        if w.row_kind == "window":  # correction rows are late usage, not freshness
+            histogram.observe(max(0.0, at - w.window_end.timestamp()))
+
+
+def invoice_exceptions(exceptions: Sequence[InvoiceException]) -> None:
+    for e in exceptions:
+        for reason in e.reasons:
+            INVOICE_EXCEPTIONS.labels(reason).inc()
+        INVOICE_EXCEPTION_AMOUNT.labels(e.currency).inc(float(e.subtotal))
+
+
+def kafka_statistics(text: str) -> None:
+    """librdkafka's statistics callback (`stats_cb`): each assigned partition's lag."""
+    try:
+        stats = json.loads(text)
+    except ValueError:
+        return
+    for topic, t in (stats.get("topics") or {}).items():
+        for partition, p in (t.get("partitions") or {}).items():
+            lag = p.get("consumer_lag", -1)
+            if partition != "-1" and isinstance(lag, int) and lag >= 0:
+                CONSUMER_LAG.labels(topic, partition).set(lag)
 
 
 def contracts_applied(version: int) -> None:

@@ -30,7 +30,12 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
 from flows.kafka_io import KafkaChunkSource
-from flows.metrics import contracts_applied, record_exceptions
+from flows.metrics import (
+    contracts_applied,
+    invoice_exceptions,
+    record_exceptions,
+    windows_rated,
+)
 from flows.pipeline import LiveCatalog, Sinks, build_flow
 from flows.runner import candidate_order
 
@@ -158,7 +163,9 @@ def build_stream(settings: StreamSettings, catalog: LiveCatalog,
 
     def apply_charges(items: Sequence[list[RatedWindow]]) -> None:
         windows = [w for chunk in items for w in chunk]
+        windows_rated(windows, queryable=False)
         charges.apply(windows, catalog.holding({w.subscription_id for w in windows}))
+        windows_rated(windows, queryable=True)
 
     def write_ledger(items: Sequence[list[AcceptedEvent]]) -> None:
         store.write_events([e for chunk in items for e in chunk])
@@ -172,6 +179,7 @@ def build_stream(settings: StreamSettings, catalog: LiveCatalog,
             erp = build_erp(_catalog_for(catalog, {c.subscription_id for c in cands}), cands)
             store.write_documents(documents_of(cands, erp.ar_invoices, erp.exceptions,
                                                datetime.now(UTC)))
+            invoice_exceptions(erp.exceptions)
 
     def store_rejections(items: Sequence[list[ExceptionRecord]]) -> None:
         store.write_rejections(rejections_of([r for chunk in items for r in chunk],
