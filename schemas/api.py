@@ -13,6 +13,8 @@ from typing import Any
 
 import msgspec
 
+from schemas.records import Reason
+
 
 class ChargeLine(msgspec.Struct, kw_only=True, omit_defaults=True):
     """A line as the period's invoice candidate will carry it: same id, kind and rounding."""
@@ -122,7 +124,7 @@ class ExceptionSummary(msgspec.Struct, kw_only=True):
 
 
 class RetryRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    reason: str | None = None
+    reason: Reason | None = None
     subject: str | None = None
     since: datetime | None = None
     until: datetime | None = None

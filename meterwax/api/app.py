@@ -28,13 +28,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio.to_thread
 import msgspec
 from litestar import Litestar, MediaType, Request, Response, get, post
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.params import Parameter
 from litestar.types import ASGIApp, Receive, Scope, Send
@@ -69,10 +70,13 @@ from schemas.api import (
     RetryResult,
     Usage,
 )
-from schemas.records import REASONS
+from schemas.records import REASONS, Reason
+
+Granularity = Literal["minute", "hour", "day"]
 
 PROBLEM_JSON = "application/problem+json"
-_PERIOD = r"^[0-9]{4}-(0[1-9]|1[0-2])$"
+# Months the domain stores (operators/limits.py: event times from 1970 to 2200).
+_PERIOD = r"^(19[7-9][0-9]|2[01][0-9][0-9])-(0[1-9]|1[0-2])$"
 _MONTH_IN = re.compile(r"\b[0-9]{4}-(0[1-9]|1[0-2])\b")
 _GRANULARITY = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1),
                 "day": timedelta(days=1)}
@@ -111,8 +115,9 @@ def _handle_problem(request: Request[Any, Any, Any], exc: Exception) -> Response
                             if isinstance(e, dict)) or str(exc.detail)
         return _problem(request, 400, "Bad Request", details)
     if isinstance(exc, HTTPException):
+        # Its headers too: a 405 must say what is Allowed.
         return _problem(request, exc.status_code, _TITLES.get(exc.status_code, "Error"),
-                        str(exc.detail))
+                        str(exc.detail), dict(exc.headers or {}))
     if isinstance(exc, BackendUnavailable):
         return _problem(request, 503, "Service Unavailable", str(exc), {"Retry-After": "1"})
     if isinstance(exc, NotSupported):
@@ -217,6 +222,24 @@ def _metrics_middleware(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
+def _problems(*codes: int) -> dict[int, ResponseSpec]:
+    """The problem answers a route can give, documented in the OpenAPI document."""
+    return {code: ResponseSpec(Problem, description=_WHY[code], media_type=PROBLEM_JSON,
+                               generate_examples=False) for code in codes}
+
+
+_WHY = {400: "A parameter is malformed (the detail says which)",
+        401: "No token, or not a valid one (unknown, revoked, expired or wrong)",
+        403: "The token's scope does not cover this route",
+        404: "No such customer or meter, or not one this token may read",
+        409: "Not possible on this back end (the detail says why)",
+        413: "The request body is too large",
+        429: "The token's rate limit is spent: retry after Retry-After seconds",
+        503: "A store the API needs does not answer: retry after Retry-After seconds"}
+_CUSTOMER = _problems(400, 401, 404, 429, 503)
+_FINANCE = _problems(400, 401, 403, 429, 503)
+
+
 def _id(name: str) -> Any:
     return Parameter(min_length=1, max_length=MAX_ID_LENGTH, description=name)
 
@@ -248,7 +271,8 @@ def create_app(backend: Backend, *, now: Callable[[], datetime] = lambda: dateti
     # The hot route (dashboards poll it) runs on the event loop: the back end awaits Redis
     # with an asyncio client, and anything else blocking goes to a thread.
     @get("/v1/customers/{customer_id:str}/charges",
-         summary="Running charges of one billing period", tags=["customer"])
+         summary="Running charges of one billing period", tags=["customer"],
+         responses=_CUSTOMER)
     async def charges(request: Request[Any, Any, Any], customer_id: str,
                       period: str | None = Parameter(
                           default=None, pattern=_PERIOD,
@@ -272,14 +296,14 @@ def create_app(backend: Backend, *, now: Callable[[], datetime] = lambda: dateti
         return Response(body, media_type=MediaType.JSON)  # type: ignore[arg-type]
 
     @get("/v1/customers/{customer_id:str}/usage", sync_to_thread=True,
-         summary="Usage per meter over time", tags=["customer"])
+         summary="Usage per meter over time", tags=["customer"], responses=_CUSTOMER)
     def usage(request: Request[Any, Any, Any], customer_id: str,
               meter: str | None = Parameter(default=None, max_length=MAX_ID_LENGTH),
               from_: datetime | None = Parameter(query="from", default=None,
                                                  description="default: start of the period"),
               to: datetime | None = Parameter(default=None,
                                               description="default: end of the period"),
-              granularity: str = Parameter(default="hour", pattern="^(minute|hour|day)$")
+              granularity: Granularity = Parameter(default="hour")
               ) -> Usage:
         customer(request, customer_id)
         catalog = backend.catalog()
@@ -302,7 +326,8 @@ def create_app(backend: Backend, *, now: Callable[[], datetime] = lambda: dateti
                      buckets=buckets)
 
     @get("/v1/customers/{customer_id:str}/invoices", sync_to_thread=True,
-         summary="Invoice candidates, adjustments and AR documents", tags=["customer"])
+         summary="Invoice candidates, adjustments and AR documents", tags=["customer"],
+         responses=_CUSTOMER)
     def invoices(request: Request[Any, Any, Any], customer_id: str,
                  cursor: str | None = Parameter(default=None, max_length=4096),
                  limit: int | None = Parameter(default=None, ge=1, le=MAX_PAGE)
@@ -311,9 +336,10 @@ def create_app(backend: Backend, *, now: Callable[[], datetime] = lambda: dateti
         return _paged(lambda: queries.documents(backend.query, db, ("candidate", "ar_invoice"),
                                                 page(limit), cursor, customer_id))
 
-    @get("/v1/exceptions", sync_to_thread=True, summary="Rejected events", tags=["finance"])
+    @get("/v1/exceptions", sync_to_thread=True, summary="Rejected events", tags=["finance"],
+         responses=_FINANCE)
     def exceptions(request: Request[Any, Any, Any],
-                   reason: str | None = Parameter(default=None, max_length=64),
+                   reason: Reason | None = None,
                    subject: str | None = Parameter(default=None, max_length=MAX_ID_LENGTH),
                    since: datetime | None = None, until: datetime | None = None,
                    cursor: str | None = Parameter(default=None, max_length=4096),
@@ -326,9 +352,10 @@ def create_app(backend: Backend, *, now: Callable[[], datetime] = lambda: dateti
             _opt_utc(until, "until")))
 
     @get("/v1/exceptions/summary", sync_to_thread=True,
-         summary="Rejected events counted by reason and day", tags=["finance"])
+         summary="Rejected events counted by reason and day", tags=["finance"],
+         responses=_FINANCE)
     def summary(request: Request[Any, Any, Any],
-                reason: str | None = Parameter(default=None, max_length=64),
+                reason: Reason | None = None,
                 subject: str | None = Parameter(default=None, max_length=MAX_ID_LENGTH),
                 since: datetime | None = None, until: datetime | None = None
                 ) -> ExceptionSummary:
@@ -339,7 +366,8 @@ def create_app(backend: Backend, *, now: Callable[[], datetime] = lambda: dateti
 
     @post("/v1/exceptions/retry", sync_to_thread=True, status_code=200,
           summary="Send matching dead letters to the input topic again", tags=["finance"],
-          request_max_body_size=MAX_API_BODY_BYTES)
+          request_max_body_size=MAX_API_BODY_BYTES,
+          responses=_problems(400, 401, 403, 409, 413, 429, 503))
     def retry(request: Request[Any, Any, Any], data: RetryRequest) -> RetryResult:
         finance(request)
         _reason(data.reason)
@@ -351,7 +379,8 @@ def create_app(backend: Backend, *, now: Callable[[], datetime] = lambda: dateti
         return msgspec.convert(result, RetryResult)
 
     @get("/v1/invoice-exceptions", sync_to_thread=True,
-         summary="Held and unpostable invoice candidates, with what to fix", tags=["finance"])
+         summary="Held and unpostable invoice candidates, with what to fix", tags=["finance"],
+         responses=_FINANCE)
     def invoice_exceptions(request: Request[Any, Any, Any],
                            cursor: str | None = Parameter(default=None, max_length=4096),
                            limit: int | None = Parameter(default=None, ge=1, le=MAX_PAGE)
@@ -362,7 +391,7 @@ def create_app(backend: Backend, *, now: Callable[[], datetime] = lambda: dateti
 
     @get("/v1/reconciliation", sync_to_thread=True,
          summary="The usage → rated → invoiced → receivable chain of a month",
-         tags=["finance"])
+         tags=["finance"], responses=_problems(400, 401, 403, 409, 429, 503))
     def reconciliation(request: Request[Any, Any, Any],
                        month: str = Parameter(pattern=_PERIOD, description="YYYY-MM")
                        ) -> Reconciliation:
@@ -377,7 +406,8 @@ def create_app(backend: Backend, *, now: Callable[[], datetime] = lambda: dateti
         return Reconciliation(month=month, balanced=not problems, chain=chain,
                               problems=problems)
 
-    @get("/v1/me", sync_to_thread=True, summary="What this token is", tags=["customer"])
+    @get("/v1/me", sync_to_thread=True, summary="What this token is", tags=["customer"],
+         responses=_problems(401, 429, 503))
     def me(request: Request[Any, Any, Any]) -> Me:
         scope = auth.scope(request)
         current = Month.parse(backend.current_period(scope.customer_id, now()))
@@ -387,7 +417,8 @@ def create_app(backend: Backend, *, now: Callable[[], datetime] = lambda: dateti
                   previous_period=str(previous))
 
     @get("/v1/customers", sync_to_thread=True,
-         summary="The customers this token may read", tags=["customer"])
+         summary="The customers this token may read", tags=["customer"],
+         responses=_problems(401, 429, 503))
     def customers(request: Request[Any, Any, Any]) -> CustomerList:
         scope = auth.scope(request)
         known = backend.catalog().customers
@@ -411,16 +442,15 @@ def create_app(backend: Backend, *, now: Callable[[], datetime] = lambda: dateti
     def healthz() -> Health:
         return Health(status="ok", backend=backend.name)
 
-    @get("/readyz", sync_to_thread=True, summary="The back end answers", tags=["operations"])
-    def readyz(request: Request[Any, Any, Any]) -> Response[Any]:
+    @get("/readyz", sync_to_thread=True, summary="The back end answers", tags=["operations"],
+         responses={503: ResponseSpec(Health, description="Not ready: the problems say why",
+                                      generate_examples=False)})
+    def readyz(request: Request[Any, Any, Any]) -> Response[Health]:
         problems = backend.problems()
         if problems:
-            return Response(msgspec.json.encode(Health(status="unavailable",
-                                                       backend=backend.name,
-                                                       problems=problems)),
-                            status_code=503, media_type=MediaType.JSON)
-        return Response(msgspec.json.encode(Health(status="ready", backend=backend.name)),
-                        media_type=MediaType.JSON)
+            return Response(Health(status="unavailable", backend=backend.name,
+                                   problems=problems), status_code=503)
+        return Response(Health(status="ready", backend=backend.name))
 
     @get("/metrics", sync_to_thread=False, summary="Prometheus metrics", tags=["operations"],
          include_in_schema=False)
@@ -469,6 +499,10 @@ def _static(name: str, media_type: str) -> Response[Any]:
 def openapi_document(app: Litestar) -> bytes:
     """The OpenAPI document, with sorted keys so the committed copy diffs cleanly."""
     schema = app.openapi_schema.to_schema()
+    # The probes take no token (Litestar drops an empty `security` list, which is how
+    # OpenAPI says so).
+    for path in ("/healthz", "/readyz"):
+        schema["paths"][path]["get"]["security"] = []
     return msgspec.json.format(msgspec.json.encode(_sorted(schema)), indent=2) + b"\n"
 
 

@@ -179,6 +179,11 @@ class FolderBackend:
             except (OSError, CatalogError) as exc:
                 msg = f"{self.out} cannot be read as a run's folder: {exc}"
                 raise BackendUnavailable(msg) from exc
+            except RuntimeError as exc:  # chDB: the store is open in another process
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                msg = (f"{self.out}/clickhouse cannot be opened (is another `meterwax api` "
+                       f"or `meterwax sql` using it?): {first}")
+                raise BackendUnavailable(msg) from exc
             written = datetime.fromtimestamp(stamp[1] / 1e9, UTC)
             self._gen = _Generation(stamp, store, catalog, report, written, {})
             return self._gen
