@@ -422,7 +422,8 @@ def _store_documents(store: Any, candidates: Sequence[InvoiceCandidate], erp: Er
     """What the API lists, into the run's embedded store beside the rated windows (the same
     tables stream mode fills), stamped with the run's clock: the API of a folder and of a
     stream deployment then answer from the same SQL."""
-    store.write_documents(documents_of(candidates, erp.ar_invoices, erp.exceptions, at))
+    store.write_documents(documents_of(candidates, erp.ar_invoices, erp.exceptions, at,
+                                       erp.journals))
     chunk: list[ExceptionRecord] = []
     for record in exceptions:
         chunk.append(record)

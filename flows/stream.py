@@ -181,6 +181,11 @@ def build_stream(settings: StreamSettings, catalog: LiveCatalog,
                                                datetime.now(UTC)))
             invoice_exceptions(erp.exceptions)
 
+    def store_journals(items: Sequence[list[Journal]]) -> None:
+        journals = [j for chunk in items for j in chunk]
+        if journals:
+            store.write_documents(documents_of([], [], [], datetime.now(UTC), journals))
+
     def store_rejections(items: Sequence[list[ExceptionRecord]]) -> None:
         store.write_rejections(rejections_of([r for chunk in items for r in chunk],
                                              datetime.now(UTC)))
@@ -204,9 +209,13 @@ def build_stream(settings: StreamSettings, catalog: LiveCatalog,
                             _journal_key)
         js = op.stateful_batch("journal", keyed_c,
                                lambda resume: JournalLogic(catalog, resume))
-        out = op.map("journal_messages", op.key_rm("journal_unkey", js),
+        unkeyed = op.key_rm("journal_unkey", js)
+        out = op.map("journal_messages", unkeyed,
                      lambda j: keyed(topics.journals, [j], "journal_id"))
         op.output("journals_out", out, producer)
+        # Beside the topic, in ClickHouse: the API's reconciliation reads the journals there.
+        op.output("journals_store", op.map("journal_rows", unkeyed, lambda j: [j]),
+                  CallbackSink(store_journals))
 
     flow = build_flow(catalog.current, config, source, sinks, dedup_factory=dedup_factory,
                       flow_id="meterwax_stream", recoverable=True, with_journal_feed=journals,

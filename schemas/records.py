@@ -148,7 +148,7 @@ class AcceptedEvent(msgspec.Struct, kw_only=True):
     raw: str  # the original message (UTF-8; undecodable bytes replaced, see README)
 
 
-DocumentKind = Literal["candidate", "ar_invoice", "invoice_exception"]
+DocumentKind = Literal["candidate", "ar_invoice", "invoice_exception", "journal"]
 
 
 class StoredDocument(msgspec.Struct, kw_only=True):
@@ -160,9 +160,11 @@ class StoredDocument(msgspec.Struct, kw_only=True):
     customer_id: str
     subscription_id: str
     billing_period: str
-    status: str  # candidates: ready | held; AR: invoice | credit_memo; exceptions: their reasons
+    # candidates: ready | held; AR: invoice | credit_memo; exceptions: their reasons; journals:
+    # "journal" (customer and subscription empty: a journal sums a legal entity's month)
+    status: str
     currency: str
-    amount: Decimal  # subtotal (candidates, exceptions) or total (AR)
+    amount: Decimal  # subtotal (candidates, exceptions), total (AR) or total debit (journals)
     body: str
     written_at: datetime
 

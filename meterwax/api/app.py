@@ -20,6 +20,7 @@ names the token id, not the token.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import threading
@@ -75,6 +76,7 @@ from schemas.records import REASONS, Reason
 Granularity = Literal["minute", "hour", "day"]
 
 PROBLEM_JSON = "application/problem+json"
+log = logging.getLogger("meterwax.api")
 # Months the domain stores (operators/limits.py: event times from 1970 to 2200).
 _PERIOD = r"^(19[7-9][0-9]|2[01][0-9][0-9])-(0[1-9]|1[0-2])$"
 _MONTH_IN = re.compile(r"\b[0-9]{4}-(0[1-9]|1[0-2])\b")
@@ -122,6 +124,10 @@ def _handle_problem(request: Request[Any, Any, Any], exc: Exception) -> Response
         return _problem(request, 503, "Service Unavailable", str(exc), {"Retry-After": "1"})
     if isinstance(exc, NotSupported):
         return _problem(request, 409, "Conflict", str(exc))
+    # Logged with its traceback (the request line only: never its headers, which hold the
+    # token).
+    log.error("unexpected error answering %s %s", request.method, request.url.path,
+              exc_info=exc)
     return _problem(request, 500, "Internal Server Error",
                     f"unexpected {type(exc).__name__}; the error is in the server's log")
 

@@ -392,9 +392,9 @@ class StreamBackend:
         return got
 
     def reconciliation(self, month: str) -> dict[str, Any]:
-        msg = ("the reconciliation of a stream deployment is not served yet: it needs the "
-               "ingest counts, which stream mode keeps in its metrics, not in ClickHouse")
-        raise NotSupported(msg)
+        from meterwax.api.queries import stream_reconciliation
+
+        return stream_reconciliation(self.query, self.database, self.catalog(), month)
 
     def retry(self, reason: str | None, subject: str | None, since: datetime | None,
               until: datetime | None, dry_run: bool) -> dict[str, Any]:

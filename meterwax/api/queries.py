@@ -31,7 +31,8 @@ from schemas.api import (
 
 Query = Callable[[str, Mapping[str, Any] | None], list[dict[str, Any]]]
 
-_AMOUNT_FIELD = {"candidate": "subtotal", "ar_invoice": "total", "invoice_exception": "subtotal"}
+_AMOUNT_FIELD = {"candidate": "subtotal", "ar_invoice": "total", "invoice_exception": "subtotal",
+                 "journal": "total_debit"}
 _CURSOR_PART_CHARS = 1024
 
 
@@ -193,3 +194,38 @@ def _aware(value: Any) -> datetime:
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
     return datetime.fromisoformat(str(value)).replace(tzinfo=UTC)
+
+
+_RATED_OF_MONTH = """
+SELECT subscription_id, meter, toString(argMax(cumulative_amount, rating_seq)) AS amount
+FROM `{db}`.rated_windows_final WHERE period = {{month:String}}
+GROUP BY subscription_id, meter
+"""
+
+
+def stream_reconciliation(query: Query, db: str, catalog: Any, month: str) -> dict[str, Any]:
+    """The month's chain from what a stream deployment wrote to ClickHouse: the rated windows,
+    the candidates, the AR invoices, the invoice exceptions and the journals actually emitted
+    (not recomputed), through the same `erp_chain` file mode reconciles with. It starts at the
+    rated usage: the ingest counts of a stream are in its metrics, not in ClickHouse."""
+    from operators.erp import ErpOutput, erp_chain
+    from schemas.erp import ArInvoice, InvoiceException, Journal
+    from schemas.records import InvoiceCandidate
+
+    decoders: dict[str, msgspec.json.Decoder[Any]] = {
+        "candidate": msgspec.json.Decoder(InvoiceCandidate),
+        "ar_invoice": msgspec.json.Decoder(ArInvoice),
+        "invoice_exception": msgspec.json.Decoder(InvoiceException),
+        "journal": msgspec.json.Decoder(Journal)}
+    docs: dict[str, list[Any]] = {k: [] for k in decoders}
+    for row in query(f"SELECT kind, body FROM `{db}`.billing_documents FINAL "
+                     "WHERE billing_period = {month:String} ORDER BY kind, id",
+                     {"month": month}):
+        docs[row["kind"]].append(decoders[row["kind"]].decode(row["body"]))
+    rated = {(r["subscription_id"], month, r["meter"]): Decimal(r["amount"])
+             for r in query(_RATED_OF_MONTH.format(db=db), {"month": month})
+             if r["subscription_id"] in catalog.subscriptions}
+    erp = ErpOutput(ar_invoices=docs["ar_invoice"], journals=docs["journal"],
+                    exceptions=docs["invoice_exception"])
+    chain, problems = erp_chain(catalog, rated, docs["candidate"], erp, with_schedules=False)
+    return {"erp": {"chain": msgspec.to_builtins(chain)}, "problems": problems}

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from schemas.erp import ArInvoice, InvoiceException
+from schemas.erp import ArInvoice, InvoiceException, Journal
 from schemas.records import (
     AcceptedEvent,
     ExceptionRecord,
@@ -154,8 +154,8 @@ REJECTED_COLUMNS: tuple[str, ...] = StoredRejection.__struct_fields__
 
 
 def documents_of(candidates: Sequence[InvoiceCandidate], ar_invoices: Sequence[ArInvoice],
-                 exceptions: Sequence[InvoiceException], written_at: datetime
-                 ) -> list[StoredDocument]:
+                 exceptions: Sequence[InvoiceException], written_at: datetime,
+                 journals: Sequence[Journal] = ()) -> list[StoredDocument]:
     """The billing documents of one batch as rows of billing_documents; `body` is each
     document's own JSON, as the files and topics carry it."""
     enc = _ROW_ENCODER.encode
@@ -174,6 +174,10 @@ def documents_of(candidates: Sequence[InvoiceCandidate], ar_invoices: Sequence[A
                             billing_period=e.billing_period, status=",".join(e.reasons),
                             currency=e.currency, amount=e.subtotal, body=enc(e).decode(),
                             written_at=written_at) for e in exceptions]
+    rows += [StoredDocument(kind="journal", id=j.journal_id, customer_id="", subscription_id="",
+                            billing_period=j.period, status="journal", currency=j.currency,
+                            amount=j.total_debit, body=enc(j).decode(), written_at=written_at)
+             for j in journals]
     return rows
 
 
