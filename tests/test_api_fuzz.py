@@ -23,16 +23,22 @@ CHECKS = ",".join(("not_a_server_error", "status_code_conformance", "content_typ
                    "unsupported_method", "missing_required_header", "ignored_auth"))
 
 
+TOKENS: list[str] = []  # every token this module sent, for the last test
+SERVER: list[subprocess.Popen[str]] = []
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     out = tmp_path_factory.mktemp("fuzz") / "demo"
     assert meterwax("demo", "--size", "3000", "--out", str(out)).returncode == 0
     proc, base = start_api("--out", str(out), "--rate-limit", "100000")
+    SERVER.append(proc)
     try:
         yield base, out
     finally:
-        proc.terminate()
-        proc.wait(30)
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(30)
 
 
 @pytest.mark.parametrize("scope", ["finance", "customer:acme"])
@@ -41,6 +47,7 @@ def test_the_live_server_keeps_to_its_openapi_document(served: tuple[str, Path],
     base, out = served
     made = meterwax("tokens", "create", "--scope", scope, "--out", str(out))
     token = made.stdout.strip().splitlines()[-1]
+    TOKENS.append(token)
     schemathesis = Path(sys.executable).with_name("schemathesis")
     proc = subprocess.run(
         [str(schemathesis), "run", str(ROOT / "schemas" / "openapi.json"), "--url", base,
@@ -49,3 +56,15 @@ def test_the_live_server_keeps_to_its_openapi_document(served: tuple[str, Path],
         cwd=out.parent, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
     assert "passed" in proc.stdout
+
+
+def test_the_server_never_wrote_a_token_anywhere(served: tuple[str, Path]) -> None:
+    """After every request above (errors and 500-free fuzzing alike), nothing the server wrote
+    holds a token or its secret."""
+    assert TOKENS, "runs after the fuzzing"
+    proc = SERVER[0]
+    proc.terminate()
+    out, err = proc.communicate(timeout=30)
+    for token in TOKENS:
+        secret = token.split("_", 2)[2]
+        assert token not in out + err and secret not in out + err

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import anyio.to_thread
 import msgspec
@@ -38,7 +38,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.types import ASGIApp, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
@@ -246,8 +246,14 @@ _CUSTOMER = _problems(400, 401, 404, 429, 503)
 _FINANCE = _problems(400, 401, 403, 429, 503)
 
 
-def _id(name: str) -> Any:
-    return Parameter(min_length=1, max_length=MAX_ID_LENGTH, description=name)
+# Query parameters shared by several routes.
+Period = Annotated[str | None, QueryParameter(pattern=_PERIOD,
+                                              description="YYYY-MM; default the current one")]
+Cursor = Annotated[str | None, QueryParameter(max_length=4096,
+                                              description="next_cursor of the previous page")]
+Limit = Annotated[int | None, QueryParameter(ge=1, le=MAX_PAGE,
+                                             description=f"items a page (default {DEFAULT_PAGE})")]
+Subject = Annotated[str | None, QueryParameter(max_length=MAX_ID_LENGTH)]
 
 
 def create_app(backend: Backend, *, now: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -279,11 +285,8 @@ def create_app(backend: Backend, *, now: Callable[[], datetime] = lambda: dateti
     @get("/v1/customers/{customer_id:str}/charges",
          summary="Running charges of one billing period", tags=["customer"],
          responses=_CUSTOMER)
-    async def charges(request: Request[Any, Any, Any], customer_id: str,
-                      period: str | None = Parameter(
-                          default=None, pattern=_PERIOD,
-                          description="YYYY-MM; default the current one")
-                      ) -> Response[Charges]:
+    async def charges(request: Request[Any, Any, Any], customer_id: FromPath[str],
+                      period: Period = None) -> Response[Charges]:
         await auth.prefetch(request)
         customer(request, customer_id)
         got = await backend.charges_inputs(customer_id, period, now())
@@ -303,14 +306,13 @@ def create_app(backend: Backend, *, now: Callable[[], datetime] = lambda: dateti
 
     @get("/v1/customers/{customer_id:str}/usage", sync_to_thread=True,
          summary="Usage per meter over time", tags=["customer"], responses=_CUSTOMER)
-    def usage(request: Request[Any, Any, Any], customer_id: str,
-              meter: str | None = Parameter(default=None, max_length=MAX_ID_LENGTH),
-              from_: datetime | None = Parameter(query="from", default=None,
-                                                 description="default: start of the period"),
-              to: datetime | None = Parameter(default=None,
-                                              description="default: end of the period"),
-              granularity: Granularity = Parameter(default="hour")
-              ) -> Usage:
+    def usage(request: Request[Any, Any, Any], customer_id: FromPath[str],
+              meter: Annotated[str | None, QueryParameter(max_length=MAX_ID_LENGTH)] = None,
+              from_: Annotated[datetime | None, QueryParameter(
+                  name="from", description="default: start of the period")] = None,
+              to: Annotated[datetime | None, QueryParameter(
+                  description="default: end of the period")] = None,
+              granularity: FromQuery[Granularity] = "hour") -> Usage:
         customer(request, customer_id)
         catalog = backend.catalog()
         if meter is not None and meter not in catalog.meters:
@@ -334,10 +336,8 @@ def create_app(backend: Backend, *, now: Callable[[], datetime] = lambda: dateti
     @get("/v1/customers/{customer_id:str}/invoices", sync_to_thread=True,
          summary="Invoice candidates, adjustments and AR documents", tags=["customer"],
          responses=_CUSTOMER)
-    def invoices(request: Request[Any, Any, Any], customer_id: str,
-                 cursor: str | None = Parameter(default=None, max_length=4096),
-                 limit: int | None = Parameter(default=None, ge=1, le=MAX_PAGE)
-                 ) -> DocumentPage:
+    def invoices(request: Request[Any, Any, Any], customer_id: FromPath[str],
+                 cursor: Cursor = None, limit: Limit = None) -> DocumentPage:
         customer(request, customer_id)
         return _paged(lambda: queries.documents(backend.query, db, ("candidate", "ar_invoice"),
                                                 page(limit), cursor, customer_id))
@@ -345,12 +345,10 @@ def create_app(backend: Backend, *, now: Callable[[], datetime] = lambda: dateti
     @get("/v1/exceptions", sync_to_thread=True, summary="Rejected events", tags=["finance"],
          responses=_FINANCE)
     def exceptions(request: Request[Any, Any, Any],
-                   reason: Reason | None = None,
-                   subject: str | None = Parameter(default=None, max_length=MAX_ID_LENGTH),
-                   since: datetime | None = None, until: datetime | None = None,
-                   cursor: str | None = Parameter(default=None, max_length=4096),
-                   limit: int | None = Parameter(default=None, ge=1, le=MAX_PAGE)
-                   ) -> RejectedPage:
+                   reason: FromQuery[Reason | None] = None, subject: Subject = None,
+                   since: FromQuery[datetime | None] = None,
+                   until: FromQuery[datetime | None] = None,
+                   cursor: Cursor = None, limit: Limit = None) -> RejectedPage:
         finance(request)
         _reason(reason)
         return _paged(lambda: queries.rejected(
@@ -361,10 +359,9 @@ def create_app(backend: Backend, *, now: Callable[[], datetime] = lambda: dateti
          summary="Rejected events counted by reason and day", tags=["finance"],
          responses=_FINANCE)
     def summary(request: Request[Any, Any, Any],
-                reason: Reason | None = None,
-                subject: str | None = Parameter(default=None, max_length=MAX_ID_LENGTH),
-                since: datetime | None = None, until: datetime | None = None
-                ) -> ExceptionSummary:
+                reason: FromQuery[Reason | None] = None, subject: Subject = None,
+                since: FromQuery[datetime | None] = None,
+                until: FromQuery[datetime | None] = None) -> ExceptionSummary:
         finance(request)
         _reason(reason)
         return queries.rejected_summary(backend.query, db, reason, subject,
@@ -374,7 +371,7 @@ def create_app(backend: Backend, *, now: Callable[[], datetime] = lambda: dateti
           summary="Send matching dead letters to the input topic again", tags=["finance"],
           request_max_body_size=MAX_API_BODY_BYTES,
           responses=_problems(400, 401, 403, 409, 413, 429, 503))
-    def retry(request: Request[Any, Any, Any], data: RetryRequest) -> RetryResult:
+    def retry(request: Request[Any, Any, Any], data: JSONBody[RetryRequest]) -> RetryResult:
         finance(request)
         _reason(data.reason)
         if data.reason == "CONTRACT_REFUSED":
@@ -388,9 +385,7 @@ def create_app(backend: Backend, *, now: Callable[[], datetime] = lambda: dateti
          summary="Held and unpostable invoice candidates, with what to fix", tags=["finance"],
          responses=_FINANCE)
     def invoice_exceptions(request: Request[Any, Any, Any],
-                           cursor: str | None = Parameter(default=None, max_length=4096),
-                           limit: int | None = Parameter(default=None, ge=1, le=MAX_PAGE)
-                           ) -> DocumentPage:
+                           cursor: Cursor = None, limit: Limit = None) -> DocumentPage:
         finance(request)
         return _paged(lambda: queries.documents(backend.query, db, ("invoice_exception",),
                                                 page(limit), cursor))
@@ -399,7 +394,8 @@ def create_app(backend: Backend, *, now: Callable[[], datetime] = lambda: dateti
          summary="The usage → rated → invoiced → receivable chain of a month",
          tags=["finance"], responses=_problems(400, 401, 403, 409, 429, 503))
     def reconciliation(request: Request[Any, Any, Any],
-                       month: str = Parameter(pattern=_PERIOD, description="YYYY-MM")
+                       month: Annotated[str, QueryParameter(pattern=_PERIOD,
+                                                            description="YYYY-MM")]
                        ) -> Reconciliation:
         finance(request)
         report = backend.reconciliation(month)

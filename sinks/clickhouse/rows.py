@@ -39,9 +39,11 @@ DECIMAL_INTEGER_DIGITS = 38 - DECIMAL_SCALE
 # Batch encoding (shared)
 
 
-def _decimal_text(value: Decimal, field: str) -> str:
-    """`value` as plain decimal text, if Decimal(38, 18) holds it exactly. ClickHouse silently
-    truncates extra fractional digits, so they are refused here instead."""
+def _decimal_text(value: Decimal, field: str, integer_digits: int = DECIMAL_INTEGER_DIGITS
+                  ) -> str:
+    """`value` as plain decimal text, if Decimal(38, 18) (or `integer_digits` + 18) holds it
+    exactly. ClickHouse silently truncates extra fractional digits, so they are refused here
+    instead."""
     if not value.is_finite():
         msg = f"{field}: {value} is not finite"
         raise UnstorableValueError(msg)
@@ -54,8 +56,8 @@ def _decimal_text(value: Decimal, field: str) -> str:
     if exponent < -DECIMAL_SCALE and any(digits):
         msg = f"{field}: {value} has more than {DECIMAL_SCALE} fractional digits"
         raise UnstorableValueError(msg)
-    if value and value.adjusted() >= DECIMAL_INTEGER_DIGITS:
-        msg = f"{field}: {value} has more than {DECIMAL_INTEGER_DIGITS} integer digits"
+    if value and value.adjusted() >= integer_digits:
+        msg = f"{field}: {value} has more than {integer_digits} integer digits"
         raise UnstorableValueError(msg)
     return format(value, "f")
 
@@ -148,6 +150,7 @@ def events_insert_sql(database: str, token: str) -> str:
 
 
 DOCUMENTS_TABLE = "billing_documents"
+DOCUMENT_AMOUNT_INTEGER_DIGITS = 76 - DECIMAL_SCALE  # Decimal(76, 18): migration 0005
 DOCUMENT_COLUMNS: tuple[str, ...] = StoredDocument.__struct_fields__
 REJECTED_TABLE = "rejected_events"
 REJECTED_COLUMNS: tuple[str, ...] = StoredRejection.__struct_fields__
@@ -193,7 +196,7 @@ def rejections_of(records: Sequence[ExceptionRecord], rejected_at: datetime
 
 def encode_documents(rows: Sequence[StoredDocument]) -> bytes:
     for row in rows:
-        _decimal_text(row.amount, "amount")
+        _decimal_text(row.amount, "amount", DOCUMENT_AMOUNT_INTEGER_DIGITS)
         _datetime_text(row.written_at, "written_at")
     return _ROW_ENCODER.encode_lines(sorted(rows, key=_DOCUMENT_ORDER))[:-1]
 
