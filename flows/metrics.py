@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Sequence
 
@@ -58,6 +59,25 @@ INVOICE_EXCEPTIONS = Counter("meterwax_invoice_exceptions_total",
 INVOICE_EXCEPTION_AMOUNT = Counter("meterwax_invoice_exceptions_amount_total",
                                    "Subtotal of held or unpostable candidates, by currency",
                                    ["currency"])
+
+
+# What recovery pays every epoch (Bytewax snapshots every touched key): per step, the bytes of
+# the latest snapshot of each key this process holds, summed. A rise that follows the months
+# elapsed rather than the work in flight is a leak.
+STATE_BYTES = Gauge("meterwax_state_snapshot_bytes",
+                    "Bytes of the latest recovery snapshot of every key this process holds, "
+                    "per step", ["step"])
+_STATE: dict[str, dict[str, int]] = {"ingest": {}, "rate": {}}
+_STATE_TOTAL: dict[str, int] = {"ingest": 0, "rate": 0}
+_STATE_LOCK = threading.Lock()
+
+
+def state_snapshot(step: str, key: str, size: int) -> None:
+    with _STATE_LOCK:  # a running total: every key's snapshot is taken every epoch
+        sizes = _STATE[step]
+        _STATE_TOTAL[step] += size - sizes.get(key, 0)
+        sizes[key] = size
+        STATE_BYTES.labels(step).set(_STATE_TOTAL[step])
 
 
 def windows_rated(windows: Sequence[RatedWindow], *, queryable: bool,

@@ -31,6 +31,7 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
+from flows.metrics import state_snapshot
 from flows.sources import Chunk, ContractsBatch
 from operators import ids
 from operators.catalog import Catalog, CatalogError
@@ -316,8 +317,10 @@ class IngestLogic(StatefulBatchLogic[Chunk, IngestItem, Any]):
     def snapshot(self) -> Any:
         if self.ingestor is None or not self.recoverable:
             return None
-        return _frozen((self.partition, self.ingestor.state, self.dedup.snapshot(),
+        blob = _frozen((self.partition, self.ingestor.state, self.dedup.snapshot(),
                         self._held_blob if self.live is not None else None))
+        state_snapshot("ingest", self.partition, len(blob))
+        return blob
 
 
 def _refusal(topic: str, offset: int, key: bytes | None, value: bytes | None, why: str
@@ -382,7 +385,9 @@ class RateLogic(StatefulBatchLogic[SubscriptionOps, RatingItem, Any]):
     def snapshot(self) -> Any:
         if self.rater is None or not self.recoverable:
             return None
-        return _frozen((self.rater.sub.id, self.rater.state))
+        blob = _frozen((self.rater.sub.id, self.rater.state))
+        state_snapshot("rate", self.rater.sub.id, len(blob))
+        return blob
 
 
 def _of_type(step: str, stream: Stream[Any], kind: type, unwrap: Callable[[Any], Any]

@@ -57,3 +57,11 @@ def test_invoice_exceptions_count_by_reason_and_amount_by_currency() -> None:
     assert sample("meterwax_invoice_exceptions_total",
                   reason="MISSING_PAYMENT_TERMS") == before + 1
     assert sample("meterwax_invoice_exceptions_amount_total", currency="EUR") == amount + 12.5
+
+
+def test_state_size_is_the_latest_snapshot_of_each_key_summed() -> None:
+    metrics.state_snapshot("rate", "sub-x", 100)
+    metrics.state_snapshot("rate", "sub-y", 50)
+    base = sample("meterwax_state_snapshot_bytes", step="rate")
+    metrics.state_snapshot("rate", "sub-x", 120)  # the same key again: replaced, not added
+    assert sample("meterwax_state_snapshot_bytes", step="rate") == base + 20
