@@ -13,8 +13,10 @@ What it does:
   4. each back end: `--clients` asyncio connections with HTTP/1.1 keep-alive, each sending
      `GET /v1/customers/<c>/charges` back to back for `--seconds` (customers round-robin, one
      finance token per client so no client hits the per-token rate limit);
-  5. floor: the same number of asyncio clients doing the one HGETALL the stream back end does
-     per request, on the same hash, for the same time.
+  5. floors: the same number of asyncio clients doing the one HGETALL the stream back end does
+     per request, on the same hash, for the same time; and the same HTTP clients against a bare
+     ASGI app under the same uvicorn answering a fixed body (bench/asgi_floor.py): what the
+     server and client machinery cost on this machine before meterwax does anything.
 
 Prints requests/s, p50 and p99 per back end next to the floor, and last one JSON line with every
 figure. A benchmark, not a test: nothing here asserts a speed. The clients share the machine
@@ -215,13 +217,25 @@ def main() -> int:
         elif opts.backend in ("stream", "both"):
             print("stream back end skipped: set METERWAX_REDIS_URL and METERWAX_KAFKA_BOOTSTRAP "
                   '(eval "$(scripts/services.sh env)")', file=sys.stderr)
+    port = free_port()
+    bare = subprocess.Popen([sys.executable, "-m", "uvicorn", "bench.asgi_floor:app", "--port",
+                             str(port), "--log-level", "warning", "--no-access-log"],
+                            cwd=ROOT, env=env, text=True)
+    for _ in range(300):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            time.sleep(0.1)
+    http_floor = measure("floor: bare ASGI app", (bare, port), ["-"] * opts.clients,
+                         opts.seconds)
     print(f"{opts.clients} clients, {opts.seconds:g} s each, GET /v1/customers/<c>/charges")
-    print(f"{'back end':28} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'% of floor':>11}")
-    for r in [*results, *([floor] if floor else [])]:
+    print(f"{'back end':28} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'% of Redis floor':>17}")
+    for r in [*results, http_floor, *([floor] if floor else [])]:
         share = f"{100 * r['rps'] / floor['rps']:.1f}%" if floor else "-"
-        print(f"{r['backend']:28} {r['rps']:>8} {r['p50_ms']:>8} {r['p99_ms']:>8} {share:>11}")
+        print(f"{r['backend']:28} {r['rps']:>8} {r['p50_ms']:>8} {r['p99_ms']:>8} {share:>17}")
     print(json.dumps({"clients": opts.clients, "seconds": opts.seconds, "results": results,
-                      "floor": floor}))
+                      "floor": floor, "http_floor": http_floor}))
     return 0
 
 
