@@ -23,7 +23,7 @@ from operators.catalog import Catalog, parse_catalog
 from operators.invoicing import period_lines
 from operators.periods import Month
 from schemas.records import RatedWindow
-from sinks.redis_dedup import RetryPolicy
+from sinks.redis_dedup import RedisUnavailable, RetryPolicy
 from sinks.running_charges import (
     ChargesUnavailable,
     RunningCharges,
@@ -376,3 +376,37 @@ def test_apply_deadline_raises_charges_unavailable() -> None:
     with pytest.raises(ChargesUnavailable, match="running charges of 1 window"):
         store.apply([USD_1], CATALOG)
     assert 25 < now[0] <= 30
+
+
+def test_the_async_hash_reader_reads_what_redis_py_reads(db: tuple[str, redis.Redis]) -> None:
+    import asyncio
+
+    from sinks.running_charges import AsyncHashReader
+
+    url, raw = db
+    key = f"t-{uuid.uuid4().hex[:8]}:h"
+    raw.hset(key, mapping={"u:1:a:m": "1|USD|2|3.5|9", "t": "12|", "\u00e9": "x" * 100_000})
+    raw.set(key + ":s", "a string")
+    reader = AsyncHashReader.of(url)
+    assert reader is not None
+    assert AsyncHashReader.of("rediss://127.0.0.1:6380") is None  # TLS: redis-py's client
+    assert AsyncHashReader.of("unix:///tmp/redis.sock") is None
+
+    async def go() -> None:
+        assert await reader.hgetall(key) == raw.hgetall(key)  # a 100 kB value: several reads
+        assert await reader.hgetall("missing") == {}
+        with pytest.raises(RedisUnavailable, match="WRONGTYPE"):
+            await reader.hgetall(key + ":s")
+        assert await reader.hgetall(key) == raw.hgetall(key)  # the pool recovers
+        got = await asyncio.gather(*(reader.hgetall(key) for _ in range(40)))
+        assert all(g == raw.hgetall(key) for g in got)
+        # a server that never answers: a timeout, not a hang
+        with socket.socket() as silent:
+            silent.bind(("127.0.0.1", 0))
+            silent.listen()
+            mute = AsyncHashReader("127.0.0.1", silent.getsockname()[1], timeout=0.3)
+            with pytest.raises(TimeoutError):
+                await mute.hgetall(key)
+        reader.close()
+
+    asyncio.run(go())

@@ -28,7 +28,8 @@ import msgspec
 
 from operators.catalog import Catalog, CatalogError, load_catalog
 from operators.periods import Month
-from sinks.running_charges import parse_charges
+from sinks.redis_dedup import RedisUnavailable
+from sinks.running_charges import AsyncHashReader, parse_charges
 from sinks.tokens import FileTokenStore, RedisTokenStore, TokenStore
 
 
@@ -334,13 +335,16 @@ class StreamBackend:
 
         p = period or self.current_period(customer_id, now)
         if self._aredis is None:
-            # One asyncio client per event loop (created on first use, in the loop).
-            self._aredis = aredis.Redis.from_url(self.settings.redis_url,
-                                                 socket_timeout=2.0, socket_connect_timeout=2.0)
+            # Created on first use, in the event loop: hiredis over asyncio streams for a
+            # plain redis:// URL, redis-py's asyncio client for anything else.
+            self._aredis = (AsyncHashReader.of(self.settings.redis_url)
+                            or aredis.Redis.from_url(self.settings.redis_url,
+                                                     socket_timeout=2.0,
+                                                     socket_connect_timeout=2.0))
         try:
             raw = await self._aredis.hgetall(self.charges.key(customer_id, p))
-        except (redis.RedisError, OSError) as exc:
-            msg = f"Redis: {exc}"
+        except (redis.RedisError, RedisUnavailable, OSError, TimeoutError) as exc:
+            msg = f"Redis: {exc or type(exc).__name__}"
             raise BackendUnavailable(msg) from exc
         got = parse_charges(customer_id, p, raw)
         closed = (frozenset() if Month.parse(p).end > now

@@ -7,10 +7,8 @@ import os
 import pickle
 from typing import Any
 
-from litestar import Litestar
-
 from flows.settings import ApiSettings
-from meterwax.api.app import create_app
+from meterwax.api.app import FastCharges, create_app
 from meterwax.api.backends import Backend, FolderBackend, StreamBackend
 
 
@@ -24,7 +22,7 @@ def backend_of(settings: ApiSettings) -> Backend:
 _WORKER_SETTINGS = "_METERWAX_API_WORKER_SETTINGS"
 
 
-def worker_app() -> Litestar:
+def worker_app() -> FastCharges:
     """The app of one worker process of `meterwax api --workers N`."""
     settings: ApiSettings = pickle.loads(base64.b64decode(os.environ[_WORKER_SETTINGS]))
     backend = backend_of(settings)
