@@ -18,6 +18,12 @@ EVENTS = Counter("meterwax_events_total", "Events read, by the bucket they lande
                  ["bucket"])
 LATE = Counter("meterwax_late_after_close_total",
                "Rated events for a period whose invoice candidate was already issued")
+# Dedup at work: a duplicate is prevented (EVENTS{bucket="duplicate"}); a replay is the same
+# message read again after a restart or rebalance, recognised by its origin and let through (its
+# writes are idempotent). Replays after every restart are normal; duplicates rising is a producer.
+REPLAYS = Counter("meterwax_replays_recognised_total",
+                  "Events read again from the same input position and recognised as replays, "
+                  "not duplicates (processed again; every write is idempotent)")
 BLANK = Counter("meterwax_blank_lines_total", "Blank input messages skipped")
 # The backlog of rejected usage being worked: retried events by where they landed this time.
 RETRIED = Counter("meterwax_retried_events_total",
@@ -117,6 +123,7 @@ def record(batches: Sequence[IngestStats]) -> None:
     for s in batches:
         EVENTS.labels("rated").inc(s.rated)
         EVENTS.labels("duplicate").inc(s.duplicates)
+        REPLAYS.inc(s.replays)
         EVENTS.labels("unmetered").inc(s.unmetered)
         for reason, n in s.exceptions.items():
             if n:

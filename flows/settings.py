@@ -663,6 +663,9 @@ class ApiSettings:
     rate_burst: float = 200.0
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
     workers: int = 1
+    # How often the current and previous months are reconciled in the background for the
+    # variance gauges (0: only when /v1/reconciliation is asked). Each worker process checks.
+    reconcile_every: timedelta = timedelta(minutes=5)
 
     def __repr__(self) -> str:
         return (f"ApiSettings(host={self.host!r}, port={self.port!r}, out={self.out!r}, "
@@ -686,6 +689,10 @@ class ApiSettings:
         rate = opts.value("rate_limit", parse_rate, 100.0)
         workers = opts.value("workers", int_between(1, 64), 1)
         burst = opts.value("rate_burst", parse_rate, max(200.0, 2 * rate))
+        reconcile_every = opts.value("reconcile_every", parse_duration, timedelta(minutes=5))
+        if timedelta(0) < reconcile_every < timedelta(seconds=10):
+            opts.add("reconcile_every", "must be 0 (off) or at least 10s: each check reads "
+                                        "two months of documents")
         if burst < 1:
             opts.add("rate_burst", "must be at least 1")
         redis_url = clickhouse = bootstrap = None
@@ -719,7 +726,7 @@ class ApiSettings:
                    topics=Topics.with_prefix(opts.text("topic_prefix", "meterwax.") or ""),
                    redis_namespace=opts.text("redis_namespace", "meterwax") or "",
                    rate_limit=rate, rate_burst=burst, kafka_security=security,
-                   workers=workers)
+                   workers=workers, reconcile_every=reconcile_every)
 
 
 @dataclass(frozen=True)

@@ -251,6 +251,9 @@ def _parser() -> argparse.ArgumentParser:
     api.add_argument("--rate-burst", dest="rate_burst", default=None,
                      help="requests a token may send at once (default twice the rate, "
                           "at least 200)")
+    api.add_argument("--reconcile-every", dest="reconcile_every", default=None,
+                     help="reconcile the current and previous month this often for the "
+                          "meterwax_reconciliation_variances gauge (default 5m; 0: off)")
     api.add_argument("-w", "--workers", default=None,
                      help="server processes sharing the port (default 1; one per core)")
     _kafka_security(api)

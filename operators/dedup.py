@@ -28,6 +28,11 @@ Origin = tuple[str, int, int]  # (source name, partition, offset)
 
 
 class DedupStore(Protocol):
+    # Claims this process answered True because the same message (same origin) had claimed
+    # the identity before: a replay recognised, not a duplicate. In-process and monotonic, for
+    # metrics only: it is not part of any snapshot or result.
+    replays: int
+
     def claim(self, items: Sequence[tuple[str, Origin]],
               expires: Sequence[int] | None = None) -> list[bool]: ...
 
@@ -40,6 +45,7 @@ class DedupStore(Protocol):
 
 class MemoryDedup:
     def __init__(self) -> None:
+        self.replays = 0
         self.first: dict[str, Origin] = {}
         # period end (epoch seconds) -> the identities first claimed for that period. Forgetting
         # is by whole periods, so a list per period costs one reference per identity.
@@ -66,7 +72,9 @@ class MemoryDedup:
                 out.append(True)
             else:
                 same = seen == origin
-                if not same and expires is not None:
+                if same:
+                    self.replays += 1
+                elif expires is not None:
                     at = expires[n]
                     if at > self.until.get(identity, -1):
                         self.until[identity] = at

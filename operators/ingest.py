@@ -147,6 +147,10 @@ class IngestStats:
     # Events retried from a dead letter (`meterwax exceptions retry`), by the bucket they landed
     # in this time: "rated", "duplicate", "unmetered", "blank" or an exception reason.
     retried: dict[str, int] = field(default_factory=dict)
+    # Events the dedup store let through again because the same message (same origin) had
+    # claimed them before: replays after a restart, processed again with idempotent writes.
+    # Already counted in `rated` (or wherever they landed); for metrics, not reconciliation.
+    replays: int = 0
 
 
 @dataclass
@@ -422,7 +426,9 @@ class Ingestor:
         stats.blank += blank
         stats.read += index - start - blank
 
+        replays = self.dedup.replays
         firsts = self.dedup.claim(claims, expires) if claims else []
+        stats.replays += self.dedup.replays - replays
         admit = self._admit
         duplicates = 0
         for judged, first in zip(decoded, firsts, strict=True):

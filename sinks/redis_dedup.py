@@ -10,9 +10,10 @@ Nothing lives in this process, so there is nothing to snapshot: a restarted work
 One round trip per batch. A single Lua script runs over every key of the batch, in order:
 
     SET key origin NX EX ttl   -> stored: 1 (the first occurrence)
-    else GET key == origin     -> 1 (the same message again) or 0 (a duplicate)
+    else GET key == origin     -> 2 (the same message again: a replay) or 0 (a duplicate)
 
-and returns the list of 0/1. A script runs atomically, so no other client can interleave between
+and returns the list of 0/1/2 (1 and 2 both answer True; 2 is counted in `replays`).
+A script runs atomically, so no other client can interleave between
 the SET and the GET of a key, and the batch order is kept. It is sent with EVALSHA; after a
 NOSCRIPT reply (a restarted or flushed server has lost its script cache) it is sent once with
 EVAL, which answers and also caches the script again. Every key of a batch is touched by one
@@ -131,7 +132,7 @@ for i = 1, #KEYS do
   if redis.call('SET', KEYS[i], origin, 'NX', 'EX', ttl) then
     out[i] = 1
   elseif redis.call('GET', KEYS[i]) == origin then
-    out[i] = 1
+    out[i] = 2
   else
     out[i] = 0
   end
@@ -166,6 +167,9 @@ class RedisDedup:
         self.namespace = namespace
         self.ttl = ttl
         self.retry = retry if retry is not None else RetryPolicy()
+        # Replays recognised (module docstring). A batch retried after an attempt that reached
+        # Redis but whose reply was lost counts its claims here too: they are the same messages.
+        self.replays = 0
         self._sleep = sleep
         self._clock = clock
         self._ttl_arg = str(int(seconds)).encode()
@@ -215,7 +219,8 @@ class RedisDedup:
         if len(answers) != len(items):
             msg = f"dedup script answered {len(answers)} claims for {len(items)}"
             raise RuntimeError(msg)
-        return [a == 1 for a in answers]
+        self.replays += answers.count(2)
+        return [a != 0 for a in answers]
 
     def close(self) -> None:
         self.client.close()

@@ -9,6 +9,7 @@ import re
 import secrets
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -20,7 +21,7 @@ import pytest
 from litestar.testing import TestClient
 
 from meterwax.api.app import create_app, openapi_document
-from meterwax.api.backends import FolderBackend
+from meterwax.api.backends import BackendUnavailable, FolderBackend
 from operators.tokens import TokenRecord, new_token, parse_scope
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -331,6 +332,50 @@ def test_a_customer_token_on_a_finance_route_is_403(
     assert r.status_code == 403
     assert r.json()["title"] == "Forbidden"
     assert client.post("/v1/exceptions/retry", json={}, headers=acme).status_code == 403
+
+
+class _Unbalanced(FolderBackend):
+    """The run's folder with one variance named for 2026-11, and a check that fails once."""
+
+    calls = 0
+
+    def reconciliation(self, month: str) -> dict[str, Any]:
+        self.calls += 1
+        if self.calls == 1:
+            raise BackendUnavailable("ClickHouse did not answer")
+        report = dict(super().reconciliation(month))
+        return {**report, "problems": ["sub-acme 2026-11: invoiced 10.00 but rated 10.01"]}
+
+
+def test_reconciliation_variances_are_gauges_checked_in_the_background(
+        run_dir: Path, backend: FolderBackend, client: TestClient[Any], clock: Clock) -> None:
+    def gauge(text: str, month: str) -> float | None:
+        found = re.search(rf'^meterwax_reconciliation_variances{{month="{month}"}} (\S+)$',
+                          text, re.M)
+        return None if found is None else float(found.group(1))
+
+    fin = bearer(token(backend, "finance", clock))
+    assert client.get("/v1/reconciliation?month=2026-10", headers=fin).status_code == 200
+    assert gauge(client.get("/metrics").text, "2026-10") == 0.0  # asked: a balanced month
+    unbalanced = _Unbalanced(run_dir)
+    at = Clock()
+    at.at = datetime(2026, 12, 3, 6, tzinfo=UTC)
+    # The checker reconciles the previous and the current month (2026-11, 2026-12) at start,
+    # then every `reconcile_every`; the first check fails and is logged, not fatal.
+    with TestClient(create_app(unbalanced, now=at.now, reconcile_every=0.05)) as c:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            text = c.get("/metrics").text
+            if gauge(text, "2026-11") is not None and gauge(text, "2026-12") is not None:
+                break
+            time.sleep(0.05)
+        assert gauge(text, "2026-11") == 1.0  # the variance naming 2026-11
+        assert gauge(text, "2026-12") == 0.0
+        checked = re.search(r'^meterwax_reconciliation_checked_timestamp_seconds'
+                            r'{month="2026-12"} (\S+)$', text, re.M)
+        assert checked is not None and float(checked.group(1)) == at.at.timestamp()
+        assert c.get("/healthz").status_code == 200
+    unbalanced.close()
 
 
 def test_a_token_over_its_rate_limit_gets_429_then_recovers(backend: FolderBackend) -> None:

@@ -286,6 +286,18 @@ def test_future_event_does_not_claim_its_identity_in_the_same_run() -> None:
     assert (result.stats.rated, result.stats.duplicates) == (len(BASE) + 1, 0)
 
 
+def test_a_replay_is_recognised_and_counted_apart_from_duplicates() -> None:
+    # A restart re-reads the same positions: the same messages are rated again (writes are
+    # idempotent) and counted as replays; a copy at a new position is still a duplicate.
+    dedup, state = MemoryDedup(), IngestState()
+    batch = list(enumerate(BASE, start=1))
+    first = Ingestor(CATALOG, config(), dedup, "file", 0, state).process(batch)
+    assert (first.stats.rated, first.stats.duplicates, first.stats.replays) == (len(BASE), 0, 0)
+    again = Ingestor(CATALOG, config(), dedup, "file", 0, state).process(
+        [*batch[:3], (len(BASE) + 1, BASE[0])])
+    assert (again.stats.rated, again.stats.duplicates, again.stats.replays) == (3, 1, 3)
+
+
 def test_future_event_replayed_once_due_is_judged_normally() -> None:
     soon = NOW + timedelta(days=2)
     future = line(eid="early", time=rfc3339(soon))

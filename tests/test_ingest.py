@@ -404,6 +404,7 @@ def test_dedup_store_replay_of_the_same_origin_is_not_a_duplicate() -> None:
     assert store.claim([("k", ("file", 0, 1)), ("k", ("file", 0, 2))]) == [True, False]
     assert store.claim([("k", ("file", 0, 1)), ("j", ("file", 0, 3))]) == [True, True]
     assert store.claim([("k", ("file", 1, 1))]) == [False]
+    assert store.replays == 1  # the second batch's k: a replay recognised, not a duplicate
 
 
 # -- exception records, blank lines, the watermark ----------------------------------------------

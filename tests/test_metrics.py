@@ -9,6 +9,7 @@ from decimal import Decimal
 from prometheus_client import REGISTRY
 
 from flows import metrics
+from operators.ingest import IngestStats
 from schemas.erp import InvoiceException
 from schemas.records import RatedWindow
 
@@ -65,3 +66,11 @@ def test_state_size_is_the_latest_snapshot_of_each_key_summed() -> None:
     base = sample("meterwax_state_snapshot_bytes", step="rate")
     metrics.state_snapshot("rate", "sub-x", 120)  # the same key again: replaced, not added
     assert sample("meterwax_state_snapshot_bytes", step="rate") == base + 20
+
+
+def test_replays_and_duplicates_are_counted_apart() -> None:
+    replays = sample("meterwax_replays_recognised_total")
+    duplicates = sample("meterwax_events_total", bucket="duplicate")
+    metrics.record([IngestStats(duplicates=2, replays=5), IngestStats(replays=1)])
+    assert sample("meterwax_replays_recognised_total") == replays + 6
+    assert sample("meterwax_events_total", bucket="duplicate") == duplicates + 2

@@ -118,6 +118,7 @@ def test_semantics_table(dedup: RedisDedup, case: str) -> None:
     for batch, want in zip(batches, expected, strict=True):
         assert memory.claim(batch) == want  # the table is MemoryDedup's own behaviour
         assert dedup.claim(batch) == want
+        assert dedup.replays == memory.replays  # the same message again, counted alike
 
 
 def test_empty_batch_is_no_round_trip(url: str, namespace: str) -> None:

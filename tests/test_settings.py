@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from flows.settings import (
+    ApiSettings,
     Options,
     Secret,
     SettingsError,
@@ -254,3 +255,22 @@ def test_retry_settings_read_like_the_stream_and_report_every_problem() -> None:
     assert settings.topics.dead_letter == "prod.dead-letter"
     assert (settings.select.reason, settings.select.subject) == ("UNKNOWN_SUBJECT", "acme-prod")
     assert not settings.dry_run
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    (None, timedelta(minutes=5)), ("0", timedelta(0)), ("10s", timedelta(seconds=10)),
+    ("1h", timedelta(hours=1))])
+def test_api_reconcile_every(tmp_path: Path, given: str | None,
+                             expected: timedelta) -> None:
+    (tmp_path / "reconciliation.json").write_text("{}")
+    values = {"out": str(tmp_path), "reconcile_every": given}
+    assert ApiSettings.from_mapping(values, environ={}).reconcile_every == expected
+
+
+@pytest.mark.parametrize("given", ["5s", "-1", "soon"])
+def test_api_reconcile_every_refused(tmp_path: Path, given: str) -> None:
+    (tmp_path / "reconciliation.json").write_text("{}")
+    with pytest.raises(SettingsError) as err:
+        ApiSettings.from_mapping({"out": str(tmp_path), "reconcile_every": given}, environ={})
+    (problem,) = err.value.problems
+    assert problem.startswith("--reconcile-every: ")

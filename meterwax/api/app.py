@@ -20,6 +20,7 @@ names the token id, not the token.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import re
@@ -40,7 +41,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.types import ASGIApp, Receive, Scope, Send
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 from meterwax.api import queries
 from meterwax.api.backends import Backend, BackendUnavailable, NotSupported
@@ -88,6 +89,16 @@ REQUESTS = Counter("meterwax_api_requests_total", "API requests by route and sta
 LATENCY = Histogram("meterwax_api_request_seconds", "API request latency by route and status",
                     ["route", "status"],
                     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0))
+# Reconciliation as an alert: the variances named for a month the last time this process
+# reconciled it (every `--reconcile-every` for the current and the previous month, and whenever
+# /v1/reconciliation is asked), and when. 0 is a balanced month; a stale timestamp is a check
+# that stopped running.
+RECONCILIATION_VARIANCES = Gauge(
+    "meterwax_reconciliation_variances",
+    "Variances (problems) named by the last reconciliation of a month", ["month"])
+RECONCILIATION_CHECKED = Gauge(
+    "meterwax_reconciliation_checked_timestamp_seconds",
+    "When this process last reconciled a month (Unix time)", ["month"])
 
 
 class ApiProblem(Exception):
@@ -258,8 +269,8 @@ Subject = Annotated[str | None, QueryParameter(max_length=MAX_ID_LENGTH)]
 
 def create_app(backend: Backend, *, now: Callable[[], datetime] = lambda: datetime.now(UTC),
                monotonic: Callable[[], float] = time.monotonic,
-               rate: float = DEFAULT_RATE_LIMIT, burst: float = DEFAULT_RATE_BURST
-               ) -> FastCharges:
+               rate: float = DEFAULT_RATE_LIMIT, burst: float = DEFAULT_RATE_BURST,
+               reconcile_every: float = 0.0) -> FastCharges:
     auth = Auth(backend, now, monotonic, rate, burst)
     db = backend.database
     answers: dict[tuple[str, str, Any], bytes] = {}
@@ -403,6 +414,9 @@ def create_app(backend: Backend, *, now: Callable[[], datetime] = lambda: dateti
                                                             description="YYYY-MM")]
                        ) -> Reconciliation:
         finance(request)
+        return reconcile_month(month)
+
+    def reconcile_month(month: str) -> Reconciliation:
         report = backend.reconciliation(month)
         chain = [row for row in report.get("erp", {}).get("chain", [])
                  if row.get("period") == month]
@@ -410,6 +424,8 @@ def create_app(backend: Backend, *, now: Callable[[], datetime] = lambda: dateti
         # events read that landed in no bucket): both unbalance the month.
         problems = [p for p in report.get("problems", [])
                     if month in p or not _MONTH_IN.search(p)]
+        RECONCILIATION_VARIANCES.labels(month).set(len(problems))
+        RECONCILIATION_CHECKED.labels(month).set(now().timestamp())
         return Reconciliation(month=month, balanced=not problems, chain=chain,
                               problems=problems)
 
@@ -487,7 +503,43 @@ def create_app(backend: Backend, *, now: Callable[[], datetime] = lambda: dateti
         debug=False,
     )
     app.state.backend = backend
+    if reconcile_every > 0:
+        checker = _ReconciliationChecker(reconcile_month, now, reconcile_every)
+        app.on_startup.append(checker.start)
+        app.on_shutdown.append(checker.stop)
     return FastCharges(app, auth, backend, now, charges_body)
+
+
+class _ReconciliationChecker:
+    """Reconciles the current and the previous month every `every` seconds in the background
+    (a thread per check: it reads ClickHouse), so the variance gauges say something without
+    anyone asking. A failed check is logged and tried again at the next interval: a store that
+    is down is what /readyz reports, and it must not stop the API."""
+
+    def __init__(self, reconcile: Callable[[str], Any], now: Callable[[], datetime],
+                 every: float) -> None:
+        self.reconcile, self.now, self.every = reconcile, now, every
+        self.task: asyncio.Task[None] | None = None
+
+    def months(self) -> list[str]:
+        current = Month.of(self.now())
+        return [Month.of(current.start - timedelta(days=1)).key, current.key]
+
+    async def run(self) -> None:
+        while True:
+            for month in self.months():
+                try:
+                    await asyncio.to_thread(self.reconcile, month)
+                except Exception as exc:  # logged; the next interval tries again
+                    log.warning("reconciliation of %s failed: %s", month, type(exc).__name__)
+            await asyncio.sleep(self.every)
+
+    async def start(self) -> None:
+        self.task = asyncio.create_task(self.run())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
 
 
 _CHARGES_PATH = re.compile(r"/v1/customers/([^/%]+)/charges")

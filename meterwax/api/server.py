@@ -26,7 +26,8 @@ def worker_app() -> FastCharges:
     """The app of one worker process of `meterwax api --workers N`."""
     settings: ApiSettings = pickle.loads(base64.b64decode(os.environ[_WORKER_SETTINGS]))
     backend = backend_of(settings)
-    app = create_app(backend, rate=settings.rate_limit, burst=settings.rate_burst)
+    app = create_app(backend, rate=settings.rate_limit, burst=settings.rate_burst,
+                     reconcile_every=settings.reconcile_every.total_seconds())
     app.on_shutdown.append(backend.close)
     return app
 
@@ -51,7 +52,8 @@ def serve(settings: ApiSettings) -> int:
                     **config)
         return 0
     backend = backend_of(settings)
-    app = create_app(backend, rate=settings.rate_limit, burst=settings.rate_burst)
+    app = create_app(backend, rate=settings.rate_limit, burst=settings.rate_burst,
+                     reconcile_every=settings.reconcile_every.total_seconds())
     print(f"meterwax api: serving {what} on http://{settings.host}:{settings.port} "
           f"(tokens: `meterwax tokens create`; Ctrl-C to stop)", flush=True)
     try:
