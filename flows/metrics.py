@@ -59,7 +59,7 @@ CONSUMER_LAG = Gauge("meterwax_consumer_lag_messages",
                      "Messages behind the end of each input partition (librdkafka statistics, "
                      "every 5 s)", ["topic", "partition"])
 # What finance looks at first: candidates kept out of the ERP, by reason, and their amount
-# (a float here, for dashboards; the books are the invoice-exceptions topic and table).
+# with tax (a float here, for dashboards; the books are the invoice-exceptions topic and table).
 INVOICE_EXCEPTIONS = Counter("meterwax_invoice_exceptions_total",
                              "Invoice candidates held or unpostable, by reason", ["reason"])
 INVOICE_EXCEPTION_AMOUNT = Counter("meterwax_invoice_exceptions_amount_total",
@@ -99,7 +99,7 @@ def invoice_exceptions(exceptions: Sequence[InvoiceException]) -> None:
     for e in exceptions:
         for reason in e.reasons:
             INVOICE_EXCEPTIONS.labels(reason).inc()
-        INVOICE_EXCEPTION_AMOUNT.labels(e.currency).inc(float(e.subtotal))
+        INVOICE_EXCEPTION_AMOUNT.labels(e.currency).inc(float(e.total))
 
 
 def kafka_statistics(text: str) -> None:

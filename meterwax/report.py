@@ -29,8 +29,8 @@ def print_run_summary(result: RunResult, out: TextIO, detailed: bool = True) -> 
         out.write("\nCharges per customer (invoice candidates + adjustments)\n")
         per: dict[tuple[str, str, str], Decimal] = defaultdict(lambda: ZERO)
         for c in result.candidates:
-            per[(c.customer_id, c.billing_period, c.currency)] += c.subtotal
-        rows = [["customer", "period", "currency", "amount"]]
+            per[(c.customer_id, c.billing_period, c.currency)] += c.total
+        rows = [["customer", "period", "currency", "amount with tax"]]
         rows += [[cust, period, cur, fmt(amount)] for (cust, period, cur), amount
                  in sorted(per.items())]
         _table(rows, out, right={3})
@@ -40,21 +40,22 @@ def print_run_summary(result: RunResult, out: TextIO, detailed: bool = True) -> 
         for c in result.candidates:
             if c.adjusts:
                 adjustments[c.adjusts].append(c)
-        rows = [["candidate", "customer", "service period", "lines", "subtotal", "adj",
-                 "adjusted", "status"]]
+        rows = [["candidate", "customer", "service period", "lines", "subtotal", "tax", "total",
+                 "adj", "adjusted total", "status"]]
         for c in result.candidates:
             if c.adjusts:
                 continue
             adj = adjustments.get(c.invoice_candidate_id, [])
-            total = c.subtotal + sum((a.subtotal for a in adj), ZERO)
+            total = c.total + sum((a.total for a in adj), ZERO)
             status = c.status if c.status == "ready" else "HELD: " + ", ".join(c.hold_reasons)
             rows.append([
                 c.invoice_candidate_id, c.customer_id,
                 f"{c.period_start:%Y-%m-%d %H:%M} → {c.period_end:%Y-%m-%d %H:%M}",
-                str(len(c.lines)), f"{fmt(c.subtotal)} {c.currency}", str(len(adj)),
-                f"{fmt(total)} {c.currency}" if adj else "", status,
+                str(len(c.lines)), f"{fmt(c.subtotal)} {c.currency}", fmt(c.tax_total),
+                fmt(c.total), str(len(adj)), f"{fmt(total)} {c.currency}" if adj else "",
+                status,
             ])
-        _table(rows, out, right={3, 4, 5, 6})
+        _table(rows, out, right={3, 4, 5, 6, 7, 8})
 
     if detailed:
         _print_erp(result, out)
@@ -124,5 +125,5 @@ def _print_erp(result: RunResult, out: TextIO) -> None:
     if not erp.exceptions:
         out.write("  none\n")
     for exc in erp.exceptions:
-        out.write(f"  {exc.invoice_candidate_id:<34} {fmt(exc.subtotal):>10} {exc.currency}  "
+        out.write(f"  {exc.invoice_candidate_id:<34} {fmt(exc.total):>10} {exc.currency}  "
                   f"{', '.join(exc.reasons)}: {'; '.join(exc.details)}\n")

@@ -43,14 +43,18 @@ AGGREGATIONS = ("count", "sum", "max", "unique_count", "latest")
 MODELS = ("per_unit", "graduated", "volume", "package", "percentage")
 RECOGNITION = ("ratable", "point_in_time")
 FeeRecognition = Literal["ratable", "point_in_time"]
-GL_ROLES = ("receivable", "usage_revenue", "subscription_revenue", "deferred_revenue")
+GL_ROLES = ("receivable", "usage_revenue", "subscription_revenue", "deferred_revenue",
+            "tax_payable", "discounts", "customer_credits")
+DISCOUNT_SCOPES = ("usage", "fixed_fees", "all")
+DiscountScope = Literal["usage", "fixed_fees", "all"]
 
 # The keys each kind of mapping may hold: anything else is a problem, with the nearest valid key
 # suggested. Kept next to the parser below, which reads exactly these.
 SECTIONS = ("legal_entities", "meters", "plans", "customers")
 # Top-level settings, each optional.
 SETTINGS = ("billing_start",)
-LEGAL_ENTITY_KEYS = ("id", "gl_accounts", "currencies")
+LEGAL_ENTITY_KEYS = ("id", "gl_accounts", "currencies", "tax_codes")
+TAX_CODE_KEYS = ("id", "rate", "reverse_charge")
 METER_KEYS = ("id", "event_type", "aggregation", "value")
 PLAN_KEYS = ("id", "currency", "fixed_fees", "charges")
 FIXED_FEE_KEYS = ("id", "amount", "revenue_recognition")
@@ -64,8 +68,9 @@ MODEL_KEYS: Mapping[str, tuple[str, ...]] = {
 }
 TIER_KEYS = ("up_to", "unit_price", "flat_price")
 CUSTOMER_KEYS = ("id", "legal_entity", "subjects", "tax_registration", "payment_terms_days",
-                 "subscriptions")
-SUBSCRIPTION_KEYS = ("id", "plan", "start", "end")
+                 "tax_code", "subscriptions")
+SUBSCRIPTION_KEYS = ("id", "plan", "start", "end", "discounts")
+DISCOUNT_KEYS = ("id", "percent", "amount", "applies_to", "from", "months")
 
 # Size limits of the file and its lists. The file limit keeps a mistaken path (a log, a dump)
 # from being read into memory; list limits bound the work per event (meters of one type are all
@@ -76,6 +81,9 @@ MAX_FIXED_FEES = 100
 MAX_SUBJECTS = 10_000
 MAX_SUBSCRIPTIONS = 10_000
 MAX_PAYMENT_TERMS_DAYS = 3650
+MAX_TAX_CODES = 100
+MAX_DISCOUNTS = 100
+MAX_DISCOUNT_MONTHS = 1200  # a hundred years: beyond it, leave `months` out (no end)
 # A decimal text longer than this is a paste accident, and `Decimal` itself raises on exponents
 # beyond its range: the text is refused before it is converted.
 MAX_NUMBER_CHARS = 64
@@ -92,10 +100,43 @@ _MONTH = re.compile(r"\d{4}-\d{2}")
 
 
 @dataclass(frozen=True, slots=True)
+class TaxCode:
+    id: str
+    rate: Decimal  # a fraction: "0.19" is 19 %
+    reverse_charge: bool = False  # the buyer accounts for the tax: rate 0, said on the invoice
+
+
+@dataclass(frozen=True, slots=True)
 class LegalEntity:
     id: str
     gl_accounts: Mapping[str, str]
     currencies: tuple[str, ...] = ()  # empty: any currency may be posted
+    # Empty: this entity computes no tax (every candidate's tax_total is 0). Otherwise every
+    # customer of the entity names one of these, or its candidates are held (MISSING_TAX_CODE).
+    tax_codes: Mapping[str, TaxCode] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Discount:
+    """A subscription's commercial discount over the billing periods [first, first + months).
+
+    Exactly one of `percent` (of the undiscounted lines of `applies_to`) and `amount` (off the
+    whole invoice, capped so the subtotal never goes below zero) is set."""
+
+    id: str
+    first: Month
+    months: int | None  # None: no end
+    percent: Decimal | None = None  # 0 < percent <= 100
+    amount: Decimal | None = None  # in the plan's currency, at most its minor units
+    applies_to: DiscountScope = "all"
+
+    def applies_in(self, month: Month) -> bool:
+        if month < self.first:
+            return False
+        if self.months is None:
+            return True
+        elapsed = (month.year - self.first.year) * 12 + month.month - self.first.month
+        return elapsed < self.months
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +194,7 @@ class Subscription:
     plan_id: str
     start: datetime
     end: datetime | None
+    discounts: tuple[Discount, ...] = ()  # in the order listed: amount discounts apply so
 
     def active_at(self, at: datetime) -> bool:
         return self.start <= at and (self.end is None or at < self.end)
@@ -166,13 +208,18 @@ class Customer:
     tax_registration: str | None
     payment_terms_days: int | None
     subscriptions: tuple[Subscription, ...]  # sorted by start, non-overlapping
+    tax_code: str | None = None  # one of its legal entity's tax codes
 
-    def hold_reasons(self) -> tuple[str, ...]:
+    def hold_reasons(self, entity: LegalEntity | None = None) -> tuple[str, ...]:
+        """Why this customer's candidates are held; `entity`: its legal entity, whose tax codes
+        decide whether a missing tax code holds them."""
         reasons = []
         if not self.tax_registration:
             reasons.append("MISSING_TAX_REGISTRATION")
         if self.payment_terms_days is None:
             reasons.append("MISSING_PAYMENT_TERMS")
+        if entity is not None and entity.tax_codes and self.tax_code is None:
+            reasons.append("MISSING_TAX_CODE")
         return tuple(reasons)
 
 
@@ -552,9 +599,11 @@ class _Parser:
             self.declared[section] = {
                 item["id"] for item in (listed if isinstance(listed, list | tuple) else ())
                 if isinstance(item, dict) and isinstance(item.get("id"), str)}
+        self.entity_tax_codes: dict[str, frozenset[str]] = {}
         entities = self.legal_entities(doc)
         meters = self.meters(doc)
         plans = self.plans(doc)
+        self.plan_currency = {p.id: p.currency for p in plans.values()}
         customers = self.customers(doc)
         billing_start = self.month(doc, "billing_start")
         if self.count > len(self.problems):
@@ -564,16 +613,18 @@ class _Parser:
             raise CatalogError(self.problems)
         return Catalog(entities, meters, plans, customers, billing_start)
 
-    def month(self, doc: Mapping[str, Any], key: str) -> Month | None:
-        value = doc.get(key)
+    def month(self, doc: Mapping[str, Any], key: str, where: str = "",
+              required: bool = False) -> Month | None:
+        value = self.given(doc, key, where, required)
         if value is None:
             return None
+        path = join_path(where, key)
         if not isinstance(value, str) or not _MONTH.fullmatch(value):
-            self.err(key, f"must be a quoted month \"YYYY-MM\" (UTC), got {show(value)}")
+            self.err(path, f"must be a quoted month \"YYYY-MM\" (UTC), got {show(value)}")
             return None
         month = Month.parse(value)
         if not MIN_TIME.year <= month.year < MAX_TIME.year or not 1 <= month.month <= 12:
-            self.err(key, f"{value} is not a month within {_RANGE}")
+            self.err(path, f"{value} is not a month within {_RANGE}")
             return None
         return month
 
@@ -585,8 +636,34 @@ class _Parser:
             ident = self.text(item, "id", where)
             accounts = self.gl_accounts(item.get("gl_accounts"), f"{where}.gl_accounts")
             currencies = self.currencies(item.get("currencies"), f"{where}.currencies")
+            codes = self.tax_codes(item, where)
             if self.unique(seen, ident, where, "legal entity") and ident:
-                out[ident] = LegalEntity(ident, accounts, currencies)
+                out[ident] = LegalEntity(ident, accounts, currencies, codes)
+        return out
+
+    def tax_codes(self, entity: Mapping[str, Any], where: str) -> dict[str, TaxCode]:
+        out: dict[str, TaxCode] = {}
+        seen: dict[str, str] = {}
+        for twhere, item in self.items(entity, "tax_codes", where, limit=MAX_TAX_CODES):
+            self.keys(item, TAX_CODE_KEYS, twhere)
+            ident = self.text(item, "id", twhere)
+            rate = self.amount(item, "rate", twhere)
+            if rate is not None and rate > 1:
+                self.err(f"{twhere}.rate", f"is a fraction (\"0.19\" is 19 %), at most 1; got "
+                                           f"{item['rate']!r}")
+                rate = None
+            reverse = item.get("reverse_charge", False)
+            if not isinstance(reverse, bool):
+                self.err(f"{twhere}.reverse_charge", f"must be true or false, got {show(reverse)}")
+                reverse = None
+            elif reverse and rate is not None and rate != 0:
+                self.err(f"{twhere}.rate", "a reverse-charge tax code has rate \"0\" (the "
+                                           "buyer accounts for the tax)")
+                rate = None
+            if (self.unique(seen, ident, twhere, "tax code") and ident and rate is not None
+                    and reverse is not None):
+                out[ident] = TaxCode(ident, rate, reverse)
+        self.entity_tax_codes[str(entity.get("id"))] = frozenset(seen)
         return out
 
     def gl_accounts(self, raw: Any, where: str) -> dict[str, str]:
@@ -842,6 +919,17 @@ class _Parser:
                     self.err(f"{where}.tax_registration",
                              f"{problem} (leave it empty if unknown)")
                     tax = None
+            tax_code = self.text(item, "tax_code", where, required=False)
+            if tax_code is not None and entity is not None \
+                    and entity in self.entity_tax_codes:
+                codes = self.entity_tax_codes[entity]
+                if not codes:
+                    self.err(f"{where}.tax_code", f"legal entity {entity!r} declares no "
+                                                  "tax_codes")
+                elif tax_code not in codes:
+                    self.err(f"{where}.tax_code", f"unknown tax code {tax_code!r} of legal "
+                                                  f"entity {entity!r}"
+                                                  f"{self.suggest(tax_code, tuple(sorted(codes)))}")
             terms = item.get("payment_terms_days")
             if terms is not None and (isinstance(terms, bool) or not isinstance(terms, int)
                                       or not 0 <= terms <= MAX_PAYMENT_TERMS_DAYS):
@@ -864,9 +952,11 @@ class _Parser:
                 if start and end and end <= start:
                     self.err(f"{swhere}.end", "must be after start")
                     continue
+                discounts = self.discounts(sub, swhere, self.plan_currency.get(plan or ""))
                 if (self.unique(sub_ids, sid, swhere, "subscription") and sid and plan
                         and start and ident):
-                    subs.append((swhere, Subscription(sid, ident, plan, start, end)))
+                    subs.append((swhere, Subscription(sid, ident, plan, start, end,
+                                                      discounts)))
             subs.sort(key=lambda pair: pair[1].start)
             for (_, a), (bwhere, b) in itertools.pairwise(subs):
                 if a.end is None or a.end > b.start:
@@ -874,8 +964,52 @@ class _Parser:
                                      "customer")
             if self.unique(seen, ident, where, "customer") and ident and entity:
                 out[ident] = Customer(ident, entity, subjects, tax or None, terms,
-                                      tuple(s for _, s in subs))
+                                      tuple(s for _, s in subs), tax_code)
         return out
+
+    def discounts(self, sub: Mapping[str, Any], where: str, currency: str | None
+                  ) -> tuple[Discount, ...]:
+        out: list[Discount] = []
+        seen: dict[str, str] = {}
+        for dwhere, item in self.items(sub, "discounts", where, limit=MAX_DISCOUNTS):
+            self.keys(item, DISCOUNT_KEYS, dwhere)
+            ident = self.text(item, "id", dwhere)
+            first = self.month(item, "from", dwhere, required=True)
+            months = item.get("months")
+            if months is not None and (isinstance(months, bool) or not isinstance(months, int)
+                                       or not 1 <= months <= MAX_DISCOUNT_MONTHS):
+                self.err(f"{dwhere}.months", f"must be a whole number of billing periods from 1 "
+                                             f"to {MAX_DISCOUNT_MONTHS} (leave it out for no "
+                                             f"end), got {show(months)}")
+                months = None
+                first = None
+            has_percent, has_amount = "percent" in item, "amount" in item
+            percent = amount = None
+            scope: str | None = "all"
+            if has_percent == has_amount:
+                self.err(dwhere, "give exactly one of percent and amount")
+            elif has_percent:
+                percent = self.amount(item, "percent", dwhere, positive=True)
+                if percent is not None and percent > 100:
+                    self.err(f"{dwhere}.percent", f"must be at most 100, got {item['percent']!r}")
+                    percent = None
+                scope = self.choice(item, "applies_to", dwhere, DISCOUNT_SCOPES, "scope",
+                                    default="all")
+            else:
+                amount = self.amount(item, "amount", dwhere, positive=True)
+                if "applies_to" in item:
+                    self.err(f"{dwhere}.applies_to", "an amount discount applies to the whole "
+                                                     "invoice; applies_to is for percent ones")
+                if (amount is not None and currency
+                        and _exact_scale(amount) > MINOR_UNITS[currency]):
+                    self.err(f"{dwhere}.amount", f"{item['amount']} has more decimals than "
+                                                 f"{currency} allows ({MINOR_UNITS[currency]})")
+                    amount = None
+            if (self.unique(seen, ident, dwhere, "discount") and ident and first is not None
+                    and scope is not None and (percent is not None or amount is not None)):
+                out.append(Discount(ident, first, months, percent, amount,
+                                    cast(DiscountScope, scope)))
+        return tuple(out)
 
     def subjects(self, raw: Any, where: str, owner: str, subject_owner: dict[str, str]
                  ) -> tuple[str, ...]:

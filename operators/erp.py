@@ -27,8 +27,10 @@ from operators.catalog import Catalog
 from operators.money import ZERO, round_money
 from operators.periods import Month
 from schemas.erp import (
+    ArCreditApplied,
     ArInvoice,
     ArInvoiceLine,
+    ArTaxLine,
     InvoiceException,
     Journal,
     JournalLine,
@@ -39,7 +41,10 @@ from schemas.reconciliation import ChainQuantities, ChainRow
 from schemas.records import InvoiceCandidate, InvoiceLine
 
 _REVENUE_ROLE = {"usage": "usage_revenue", "minimum_true_up": "usage_revenue",
-                 "fixed_fee": "subscription_revenue"}
+                 "fixed_fee": "subscription_revenue", "discount": "discounts"}
+# The lines a discount line's revenue follows (its `applies_to`).
+_SCOPE_KINDS = {"usage": ("usage", "minimum_true_up"), "fixed_fees": ("fixed_fee",),
+                "all": ("usage", "minimum_true_up", "fixed_fee")}
 _ONE_US = timedelta(microseconds=1)
 
 
@@ -105,6 +110,23 @@ def schedule_entries(line: InvoiceLine, start: datetime, end: datetime, currency
     return cumulative_split(days, {days[-1]: line.amount}, line.amount, currency)
 
 
+def discount_entries(line: InvoiceLine, scope: Sequence[RevenueSchedule], start: datetime,
+                     end: datetime, currency: str) -> list[ScheduleEntry]:
+    """A discount is recognized as the revenue it reduces: each day's exact share of the
+    discount is the day's share of the discounted lines' schedules. With nothing (net) to
+    follow, on the last day of the service period, like a point-in-time line."""
+    days = service_days(start, end)
+    by_day: dict[date, Decimal] = defaultdict(lambda: ZERO)
+    for schedule in scope:
+        for entry in schedule.entries:
+            by_day[entry.date] += entry.amount
+    base = sum(by_day.values(), ZERO)
+    if base == 0:
+        return cumulative_split(days, {days[-1]: line.amount}, line.amount, currency)
+    exact = {day: line.amount * amount / base for day, amount in by_day.items()}
+    return cumulative_split(days, exact, line.amount, currency)
+
+
 # -- checks -----------------------------------------------------------------------------------
 
 
@@ -112,16 +134,25 @@ def _problems(catalog: Catalog, cand: InvoiceCandidate) -> list[tuple[str, str]]
     """(reason, detail) for everything that keeps this candidate out of the ERP."""
     out: list[tuple[str, str]] = []
     customer = catalog.customers[cand.customer_id]
+    entity = catalog.legal_entities[cand.legal_entity]
     for reason in cand.hold_reasons:
         what = {"MISSING_TAX_REGISTRATION": "tax_registration",
-                "MISSING_PAYMENT_TERMS": "payment_terms_days"}.get(reason, reason)
-        out.append((reason, f"customer {customer.id!r} has no {what}"))
-    entity = catalog.legal_entities[cand.legal_entity]
+                "MISSING_PAYMENT_TERMS": "payment_terms_days",
+                "MISSING_TAX_CODE": "tax_code"}.get(reason, reason)
+        detail = f"customer {customer.id!r} has no {what}"
+        if reason == "MISSING_TAX_CODE":
+            detail += (f" (legal entity {entity.id!r} taxes with one of "
+                       f"{', '.join(sorted(entity.tax_codes))})")
+        out.append((reason, detail))
     if entity.currencies and cand.currency not in entity.currencies:
         out.append(("CURRENCY_NOT_POSTABLE",
                     f"legal entity {entity.id!r} posts {', '.join(entity.currencies)}, "
                     f"not {cand.currency}"))
     needed = {"receivable"} | {_REVENUE_ROLE[line.kind] for line in cand.lines}
+    if cand.taxes:
+        needed.add("tax_payable")
+    if cand.credits_applied:
+        needed.add("customer_credits")
     for role in sorted(needed):
         if role not in entity.gl_accounts:
             out.append(("MISSING_GL_ACCOUNT",
@@ -141,22 +172,28 @@ def _ar_invoice(catalog: Catalog, cand: InvoiceCandidate) -> ArInvoice:
         ArInvoiceLine(
             line_id=line.line_id,
             kind=line.kind,
-            item=(line.meter or line.fee_id or ""),
+            item=(line.meter or line.fee_id or line.discount_id or ""),
             amount=line.amount,
             gl_account=entity.gl_accounts[_REVENUE_ROLE[line.kind]],
             revenue_recognition=line.revenue_recognition,  # type: ignore[arg-type]
             service_period_start=cand.period_start,
             service_period_end=cand.period_end,
             quantity=line.quantity,
-            performance_obligation=ids.performance_obligation(cand.subscription_id,
-                                                          line.meter or line.fee_id or ""),
+            performance_obligation=ids.performance_obligation(
+                cand.subscription_id, line.meter or line.fee_id or line.discount_id or ""),
         )
         for line in cand.lines
     ]
+    taxes = [ArTaxLine(tax_code=t.tax_code, rate=t.rate, base=t.base, amount=t.amount,
+                       reverse_charge=t.reverse_charge,
+                       gl_account=entity.gl_accounts["tax_payable"]) for t in cand.taxes]
+    notes = [f"Reverse charge: the customer accounts for the tax (tax code {t.tax_code}, "
+             f"customer tax registration {customer.tax_registration})."
+             for t in cand.taxes if t.reverse_charge]
     return ArInvoice(
         ar_invoice_id=cand.invoice_candidate_id,
         invoice_candidate_id=cand.invoice_candidate_id,
-        document_type="credit_memo" if cand.subtotal < 0 else "invoice",
+        document_type="credit_memo" if cand.total < 0 else "invoice",
         adjusts_ar_invoice_id=cand.adjusts,
         customer_id=customer.id,
         tax_registration=customer.tax_registration,
@@ -171,8 +208,16 @@ def _ar_invoice(catalog: Catalog, cand: InvoiceCandidate) -> ArInvoice:
         billing_period=cand.billing_period,
         subscription_id=cand.subscription_id,
         plan_id=cand.plan_id,
-        total=cand.subtotal,
+        subtotal=cand.subtotal,
+        tax_total=cand.tax_total,
+        total=cand.total,
+        amount_due=cand.amount_due,
         lines=lines,
+        taxes=taxes,
+        credits_applied=[ArCreditApplied(credit_id=c.credit_id, amount=c.amount,
+                                         gl_account=entity.gl_accounts["customer_credits"])
+                         for c in cand.credits_applied],
+        notes=notes,
     )
 
 
@@ -189,7 +234,10 @@ def _journal(catalog: Catalog, entity_id: str, currency: str, period: str,
     entity = catalog.legal_entities[entity_id]
     month_end = last_service_day(Month.parse(period).end)
     zero = round_money(ZERO, currency)
-    receivable = sum((inv.total for inv in invoices), zero)
+    receivable = sum((inv.amount_due for inv in invoices), zero)
+    applied = sum((c.amount for inv in invoices for c in inv.credits_applied), zero)
+    tax = sum((t.amount for inv in invoices for t in inv.taxes), zero)
+    # Signed amounts on the credit side: revenue positive, discounts (contra revenue) negative.
     credits: dict[str, Decimal] = defaultdict(lambda: zero)
     for inv in invoices:
         for line in inv.lines:
@@ -202,7 +250,13 @@ def _journal(catalog: Catalog, entity_id: str, currency: str, period: str,
     lines = [JournalLine(account=entity.gl_accounts["receivable"], role="receivable",
                          **dict(zip(("debit", "credit"), _side(receivable, zero, True),
                                     strict=True)))]
-    for role in ("usage_revenue", "subscription_revenue", "deferred_revenue"):
+    if applied:
+        debit, credit = _side(applied, zero, natural_debit=True)
+        lines.append(JournalLine(account=entity.gl_accounts["customer_credits"],
+                                 role="customer_credits", debit=debit, credit=credit))
+    credits["tax_payable"] = tax
+    for role in ("usage_revenue", "subscription_revenue", "discounts", "deferred_revenue",
+                 "tax_payable"):
         amount = credits.get(role, zero)
         if amount:
             debit, credit = _side(amount, zero, natural_debit=False)
@@ -242,11 +296,13 @@ def build_erp(catalog: Catalog, candidates: Iterable[InvoiceCandidate]) -> ErpOu
                 currency=cand.currency,
                 billing_period=cand.billing_period,
                 subtotal=cand.subtotal,
+                total=cand.total,
                 reasons=sorted({reason for reason, _ in problems}),
                 details=[detail for _, detail in problems],
             ))
             continue
-        if cand.adjusts and all(line.amount == 0 for line in cand.lines):
+        if cand.adjusts and all(line.amount == 0 for line in cand.lines) \
+                and all(t.amount == 0 for t in cand.taxes):
             out.quantity_only.append(cand.invoice_candidate_id)
             continue
         ready.append(cand)
@@ -257,7 +313,21 @@ def build_erp(catalog: Catalog, candidates: Iterable[InvoiceCandidate]) -> ErpOu
         invoice = _ar_invoice(catalog, cand)
         out.ar_invoices.append(invoice)
         groups[(invoice.legal_entity, invoice.currency, invoice.billing_period)].append(invoice)
-        for src, line in zip(cand.lines, invoice.lines, strict=True):
+        own: list[RevenueSchedule] = []
+        kind_of = {line.line_id: line.kind for line in cand.lines}
+        position = {line.line_id: n for n, line in enumerate(cand.lines)}
+        # Discount lines follow the schedules of the lines they discount: those first.
+        order = sorted(zip(cand.lines, invoice.lines, strict=True),
+                       key=lambda pair: pair[0].kind == "discount")
+        for src, line in order:
+            if src.kind == "discount":
+                follow = _SCOPE_KINDS[src.applies_to or "all"]
+                entries = discount_entries(
+                    src, [x for x in own if kind_of[x.line_id] in follow],
+                    cand.period_start, cand.period_end, cand.currency)
+            else:
+                entries = schedule_entries(src, cand.period_start, cand.period_end,
+                                           cand.currency)
             schedule = RevenueSchedule(
                 schedule_id=ids.schedule_id(line.line_id),
                 line_id=line.line_id,
@@ -267,11 +337,11 @@ def build_erp(catalog: Catalog, candidates: Iterable[InvoiceCandidate]) -> ErpOu
                 revenue_recognition=line.revenue_recognition,
                 gl_account=line.gl_account,
                 amount=line.amount,
-                entries=schedule_entries(src, cand.period_start, cand.period_end,
-                                         cand.currency),
+                entries=entries,
             )
+            own.append(schedule)
             schedules[line.line_id] = schedule
-            out.schedules.append(schedule)
+        out.schedules.extend(sorted(own, key=lambda x: position[x.line_id]))
     for (entity_id, currency, period), invoices in sorted(groups.items()):
         out.journals.append(_journal(catalog, entity_id, currency, period, invoices,
                                      schedules))
@@ -306,7 +376,10 @@ def erp_chain(catalog: Catalog, rated_amounts: Mapping[tuple[str, str, str], Dec
 
 _ChainKey = tuple[str, str, str]  # (legal entity, currency, period)
 _CHAIN_FIELDS = ("rated_usage", "invoiced_usage", "invoiced_total", "not_posted", "ar_total",
-                 "journal_receivable", "journal_debit", "journal_credit")
+                 "journal_receivable", "journal_debit", "journal_credit", "invoiced_tax",
+                 "invoiced_discounts", "not_posted_tax", "ar_tax", "ar_discounts",
+                 "posted_discounts", "ar_credits_applied", "journal_tax_payable",
+                 "journal_customer_credits")
 
 
 class _Chain:
@@ -319,6 +392,7 @@ class _Chain:
         self.kept_out: dict[_ChainKey, dict[str, Decimal]] = defaultdict(dict)
         # key -> meter -> [ingested, rated, invoiced] quantity
         self.quantities: dict[_ChainKey, dict[str, list[Decimal]]] = defaultdict(dict)
+        self.discounts: dict[str, Decimal] = {}  # candidate id -> its discount lines' sum
 
     def row(self, key: _ChainKey) -> dict[str, Decimal]:
         if key not in self.rows:
@@ -352,23 +426,37 @@ class _Chain:
                         q = self.quantities[key].setdefault(x.meter, [ZERO] * 3)
                         q[2] += x.quantity or ZERO
             r = self.row(key)
-            r["invoiced_total"] += cand.subtotal
-            r["invoiced_usage"] += sum((x.amount for x in cand.lines if x.kind == "usage"),
-                                       self.zero_of[cand.currency])
+            zero = self.zero_of[cand.currency]
+            r["invoiced_total"] += cand.total
+            r["invoiced_tax"] += cand.tax_total
+            r["invoiced_usage"] += sum((x.amount for x in cand.lines if x.kind == "usage"), zero)
+            discounts = sum((x.amount for x in cand.lines if x.kind == "discount"), zero)
+            r["invoiced_discounts"] += discounts
+            self.discounts[cand.invoice_candidate_id] = discounts
 
     def add_erp(self, erp: ErpOutput) -> None:
         for exc in erp.exceptions:
             key = (exc.legal_entity, exc.currency, exc.billing_period)
-            self.row(key)["not_posted"] += exc.subtotal
+            self.row(key)["not_posted"] += exc.total
+            self.row(key)["not_posted_tax"] += exc.total - exc.subtotal
             for reason in exc.reasons:
-                self.kept_out[key][reason] = self.kept_out[key].get(reason, ZERO) + exc.subtotal
+                self.kept_out[key][reason] = self.kept_out[key].get(reason, ZERO) + exc.total
         for inv in erp.ar_invoices:
-            self.row((inv.legal_entity, inv.currency, inv.billing_period))["ar_total"] += \
-                inv.total
+            r = self.row((inv.legal_entity, inv.currency, inv.billing_period))
+            r["ar_total"] += inv.total
+            r["ar_tax"] += inv.tax_total
+            r["ar_discounts"] += sum((x.amount for x in inv.lines if x.kind == "discount"), ZERO)
+            r["posted_discounts"] += self.discounts.get(inv.invoice_candidate_id, ZERO)
+            r["ar_credits_applied"] += sum((c.amount for c in inv.credits_applied), ZERO)
         for j in erp.journals:
             r = self.row((j.legal_entity, j.currency, j.period))
-            receivable = next(x for x in j.lines if x.role == "receivable")
-            r["journal_receivable"] += receivable.debit - receivable.credit
+            for x in j.lines:
+                if x.role == "receivable":
+                    r["journal_receivable"] += x.debit - x.credit
+                elif x.role == "customer_credits":
+                    r["journal_customer_credits"] += x.debit - x.credit
+                elif x.role == "tax_payable":
+                    r["journal_tax_payable"] += x.credit - x.debit
             r["journal_debit"] += j.total_debit
             r["journal_credit"] += j.total_credit
 
@@ -393,6 +481,12 @@ class _Chain:
                 ar_total=str(r["ar_total"]), journal_receivable=str(r["journal_receivable"]),
                 journal_debit=str(r["journal_debit"]), journal_credit=str(r["journal_credit"]),
                 not_posted_by_reason={k: str(v) for k, v in sorted(self.kept_out[key].items())},
+                invoiced_tax=str(r["invoiced_tax"]),
+                invoiced_discounts=str(r["invoiced_discounts"]), ar_tax=str(r["ar_tax"]),
+                ar_discounts=str(r["ar_discounts"]),
+                ar_credits_applied=str(r["ar_credits_applied"]),
+                journal_tax_payable=str(r["journal_tax_payable"]),
+                journal_customer_credits=str(r["journal_customer_credits"]),
             ))
         return out, problems
 
@@ -409,9 +503,24 @@ def _row_problems(label: str, r: Mapping[str, Decimal]) -> list[str]:
         problems.append(f"{label}: invoiced {r['invoiced_total']} less not posted "
                         f"{r['not_posted']} is {expected_posted}, AR invoices total "
                         f"{r['ar_total']}")
-    if r["ar_total"] != r["journal_receivable"]:
-        problems.append(f"{label}: AR invoices total {r['ar_total']}, journal receivable "
+    due = r["ar_total"] - r["ar_credits_applied"]
+    if due != r["journal_receivable"]:
+        problems.append(f"{label}: AR invoices total {r['ar_total']} less credits applied "
+                        f"{r['ar_credits_applied']} is {due}, journal receivable "
                         f"{r['journal_receivable']}")
+    if r["ar_credits_applied"] != r["journal_customer_credits"]:
+        problems.append(f"{label}: AR credits applied {r['ar_credits_applied']}, journal "
+                        f"customer credits {r['journal_customer_credits']}")
+    posted_tax = r["invoiced_tax"] - r["not_posted_tax"]
+    if posted_tax != r["ar_tax"]:
+        problems.append(f"{label}: invoiced tax {r['invoiced_tax']} less not posted "
+                        f"{r['not_posted_tax']} is {posted_tax}, AR tax {r['ar_tax']}")
+    if r["ar_tax"] != r["journal_tax_payable"]:
+        problems.append(f"{label}: AR tax {r['ar_tax']}, journal tax payable "
+                        f"{r['journal_tax_payable']}")
+    if r["posted_discounts"] != r["ar_discounts"]:
+        problems.append(f"{label}: discounts of the posted candidates "
+                        f"{r['posted_discounts']}, on their AR invoices {r['ar_discounts']}")
     if r["journal_debit"] != r["journal_credit"]:
         problems.append(f"{label}: journal debits {r['journal_debit']} != credits "
                         f"{r['journal_credit']}")
@@ -423,8 +532,16 @@ def _document_problems(erp: ErpOutput, with_schedules: bool = True) -> list[str]
     problems = []
     by_line = {s.line_id: s for s in erp.schedules}
     for inv in erp.ar_invoices:
-        if sum((x.amount for x in inv.lines), round_money(ZERO, inv.currency)) != inv.total:
-            problems.append(f"AR invoice {inv.ar_invoice_id}: lines do not sum to its total")
+        zero = round_money(ZERO, inv.currency)
+        if sum((x.amount for x in inv.lines), zero) != inv.subtotal:
+            problems.append(f"AR invoice {inv.ar_invoice_id}: lines do not sum to its subtotal")
+        if sum((t.amount for t in inv.taxes), zero) != inv.tax_total \
+                or inv.subtotal + inv.tax_total != inv.total:
+            problems.append(f"AR invoice {inv.ar_invoice_id}: subtotal {inv.subtotal} and tax "
+                            f"{inv.tax_total} do not make its total {inv.total}")
+        if inv.total - sum((c.amount for c in inv.credits_applied), zero) != inv.amount_due:
+            problems.append(f"AR invoice {inv.ar_invoice_id}: total less credits applied is "
+                            f"not its amount due {inv.amount_due}")
         if not with_schedules:
             continue
         for line in inv.lines:

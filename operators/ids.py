@@ -93,6 +93,15 @@ def minimum_line_key(meter: str) -> str:
     return f"minimum:{meter}"
 
 
+def discount_line_key(discount_id: str) -> str:
+    return f"discount:{discount_id}"
+
+
+def tax_key(tax_code: str) -> str:
+    """Not a line: a candidate's tax under one code, kept beside its lines (invoicing)."""
+    return f"tax:{tax_code}"
+
+
 def line_id(invoice_candidate_id: str, key: str) -> str:
     return f"{invoice_candidate_id}:{key}"
 

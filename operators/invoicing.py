@@ -2,9 +2,20 @@
 
 Lines, in plan order: each fixed fee (prorated by the active share of the calendar month), then
 per charge a usage line (zero included) and, if the charge has a minimum the rounded usage does
-not reach, a minimum true-up line. Each line is rounded once; the subtotal is the sum of the
-rounded lines. Adjustments carry only the lines that changed, as deltas, so a candidate plus its
-adjustments always sums to the full period exactly.
+not reach, a minimum true-up line. Then the subscription's discounts that apply in the period,
+in the order listed: first every `percent` discount, computed on the undiscounted lines of its
+scope and rounded once; then every `amount` discount, capped so that the subtotal never goes
+below zero. Each is a negative line (`<candidate>:discount:<id>`). Each line is rounded once;
+the subtotal is the sum of the rounded lines, discounts included.
+
+Tax, when the customer's legal entity declares tax codes: once per candidate, on the subtotal,
+`round_half_up(subtotal x rate)` under the customer's tax code. A customer of such an entity
+without a tax code is held (MISSING_TAX_CODE) and no tax is computed until it has one.
+
+Adjustments carry only what changed, as deltas: lines, discount lines, and the tax (the tax of
+the period priced from scratch less the tax already issued, with the change of its base). So a
+candidate plus its adjustments always sums exactly to the full period priced from scratch, tax
+included, which a rounding of each adjustment's own subtotal would not.
 """
 
 from __future__ import annotations
@@ -14,22 +25,40 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
+from typing import Literal
 
 from operators import ids
-from operators.catalog import Catalog, Plan, Subscription
+from operators.catalog import Catalog, Discount, Plan, Subscription
 from operators.money import ZERO, round_fraction, round_money
 from operators.periods import Month, service_period
 from operators.pricers import price
-from schemas.records import InvoiceCandidate, InvoiceLine, LineKind, Recognition
+from schemas.records import (
+    DiscountScope,
+    InvoiceCandidate,
+    InvoiceLine,
+    LineKind,
+    Recognition,
+    TaxAmount,
+)
+
+# "tax": a candidate's tax under one tax code, kept with the lines so that adjustments take its
+# delta like any line's; `quantity` holds its base. Never an invoice line.
+ValueKind = LineKind | Literal["tax"]
+_SCOPE_KINDS: dict[DiscountScope, frozenset[str]] = {
+    "usage": frozenset({"usage", "minimum_true_up"}),
+    "fixed_fees": frozenset({"fixed_fee"}),
+    "all": frozenset({"usage", "minimum_true_up", "fixed_fee"}),
+}
 
 
 @dataclass(frozen=True, slots=True)
 class LineValue:
-    kind: LineKind
-    ref: str  # fee id or meter id
-    quantity: Decimal | None
+    kind: ValueKind
+    ref: str  # fee id, meter id, discount id or tax code
+    quantity: Decimal | None  # usage: the quantity; tax: the base
     amount: Decimal
     recognition: Recognition | None
+    applies_to: DiscountScope | None = None  # discount lines
 
 
 def _micros(delta: timedelta) -> int:
@@ -77,7 +106,47 @@ def period_lines(catalog: Catalog, sub: Subscription, month: Month,
         if charge.minimum is not None and usage < charge.minimum:
             lines[ids.minimum_line_key(charge.meter)] = LineValue(
                 "minimum_true_up", charge.meter, None, charge.minimum - usage, "consumption")
+    return discounted_and_taxed(catalog, sub, month, lines)
+
+
+def discounted_and_taxed(catalog: Catalog, sub: Subscription, month: Month,
+                         lines: dict[str, LineValue]) -> dict[str, LineValue]:
+    """`lines` (fees, usage, true-ups) with the discount lines of `month` and the tax entry
+    added (module docstring). The running charges (operators/charges.py) finish what has
+    accrued so far with this same function, so their discounts and tax are the invoice's."""
+    currency = catalog.plans[sub.plan_id].currency
+    apply_discounts(lines, [d for d in sub.discounts if d.applies_in(month)], currency)
+    customer = catalog.customers[sub.customer_id]
+    entity = catalog.legal_entities[customer.legal_entity]
+    code = entity.tax_codes.get(customer.tax_code) if customer.tax_code else None
+    if code is not None:
+        base = sum((line.amount for line in lines.values()), ZERO)
+        lines[ids.tax_key(code.id)] = LineValue("tax", code.id, base,
+                                                round_money(base * code.rate, currency), None)
     return lines
+
+
+def apply_discounts(lines: dict[str, LineValue], discounts: list[Discount], currency: str
+                    ) -> None:
+    """Add the discount lines of one period to `lines` (module docstring for the rules)."""
+    undiscounted = list(lines.values())
+    for d in discounts:
+        if d.percent is None:
+            continue
+        kinds = _SCOPE_KINDS[d.applies_to]
+        base = sum((x.amount for x in undiscounted if x.kind in kinds), ZERO)
+        off = round_money(base * d.percent / 100, currency)
+        lines[ids.discount_line_key(d.id)] = LineValue("discount", d.id, None, -off,
+                                                       "proportional", d.applies_to)
+    subtotal = sum((x.amount for x in lines.values()), ZERO)
+    for d in discounts:
+        if d.amount is None:
+            continue
+        off = min(d.amount, max(subtotal, ZERO))
+        subtotal -= off
+        lines[ids.discount_line_key(d.id)] = LineValue("discount", d.id, None,
+                                                       round_money(-off, currency),
+                                                       "proportional", "all")
 
 
 def diff_lines(before: Mapping[str, LineValue], after: Mapping[str, LineValue]
@@ -91,11 +160,11 @@ def diff_lines(before: Mapping[str, LineValue], after: Mapping[str, LineValue]
         rec = (new or old).recognition  # type: ignore[union-attr]
         amount = (new.amount if new else ZERO) - (old.amount if old else ZERO)
         quantity = None
-        if kind == "usage":
+        if kind in ("usage", "tax"):
             quantity = (new.quantity if new and new.quantity is not None else ZERO) - (
                 old.quantity if old and old.quantity is not None else ZERO)
         if amount != 0 or (quantity is not None and quantity != 0):
-            out[key] = LineValue(kind, ref, quantity, amount, rec)
+            out[key] = LineValue(kind, ref, quantity, amount, rec, (new or old).applies_to)  # type: ignore[union-attr]
     return out
 
 
@@ -119,21 +188,34 @@ def candidate(catalog: Catalog, sub: Subscription, month: Month, lines: Mapping[
     cut = service_period(month, sub.start, sub.end)
     assert cut is not None
     rendered = []
+    taxes = []
+    entity = catalog.legal_entities[customer.legal_entity]
     for key, line in lines.items():
+        if line.kind == "tax":
+            code = entity.tax_codes.get(line.ref)
+            taxes.append(TaxAmount(
+                tax_code=line.ref, rate=code.rate if code else ZERO,
+                base=round_money(line.quantity or ZERO, plan.currency),
+                amount=line.amount, reverse_charge=bool(code and code.reverse_charge)))
+            continue
         rendered.append(InvoiceLine(
             line_id=ids.line_id(candidate_id, key),
             kind=line.kind,
             amount=line.amount,
-            meter=line.ref if line.kind != "fixed_fee" else None,
+            meter=line.ref if line.kind in ("usage", "minimum_true_up") else None,
             fee_id=line.ref if line.kind == "fixed_fee" else None,
             quantity=line.quantity,
             revenue_recognition=line.recognition,
             consumption=_consumption((consumption or {}).get(line.ref))
             if line.kind == "usage" else None,
+            discount_id=line.ref if line.kind == "discount" else None,
+            applies_to=line.applies_to if line.kind == "discount" else None,
         ))
-    holds = list(customer.hold_reasons())
+    holds = list(customer.hold_reasons(entity))
     start: datetime = cut[0]
     end: datetime = cut[1]
+    subtotal = round_money(sum((line.amount for line in rendered), ZERO), plan.currency)
+    tax_total = round_money(sum((t.amount for t in taxes), ZERO), plan.currency)
     return InvoiceCandidate(
         invoice_candidate_id=candidate_id,
         candidate_type="adjustment" if adjusts else "invoice",
@@ -147,7 +229,12 @@ def candidate(catalog: Catalog, sub: Subscription, month: Month, lines: Mapping[
         period_start=start,
         period_end=end,
         lines=rendered,
-        subtotal=round_money(sum((line.amount for line in lines.values()), ZERO), plan.currency),
+        subtotal=subtotal,
         status="held" if holds else "ready",
         hold_reasons=holds,
+        taxes=taxes,
+        tax_total=tax_total,
+        total=subtotal + tax_total,
+        credits_applied=[],
+        amount_due=subtotal + tax_total,
     )

@@ -98,7 +98,7 @@ class _Invoiced:
 
     quantity: dict[RatedKey, Decimal]
     amount: dict[RatedKey, Decimal]
-    totals: dict[str, dict[str, Decimal]]  # currency -> status -> subtotal
+    totals: dict[str, dict[str, Decimal]]  # currency -> status -> total with tax
     billed: set[tuple[str, str]]  # (subscription, period) with an original candidate
     counts: dict[str, int]
 
@@ -225,9 +225,16 @@ def _invoiced(candidates: Iterable[InvoiceCandidate], problems: list[str]) -> _I
         if line_sum != cand.subtotal:
             problems.append(f"candidate {cand.invoice_candidate_id}: lines sum to {line_sum}, "
                             f"subtotal says {cand.subtotal}")
+        tax_sum = sum((t.amount for t in cand.taxes), ZERO)
+        applied = sum((c.amount for c in cand.credits_applied), ZERO)
+        if tax_sum != cand.tax_total or cand.subtotal + cand.tax_total != cand.total \
+                or cand.total - applied != cand.amount_due:
+            problems.append(f"candidate {cand.invoice_candidate_id}: subtotal {cand.subtotal}, "
+                            f"tax {cand.tax_total} (taxes sum to {tax_sum}), total {cand.total}, "
+                            f"credits {applied} and amount due {cand.amount_due} disagree")
         zero = round_money(ZERO, cand.currency)
         cur = side.totals.setdefault(cand.currency, {"ready": zero, "held": zero})
-        cur[cand.status] += cand.subtotal
+        cur[cand.status] += cand.total
         for line in cand.lines:
             if line.kind == "usage" and line.meter is not None:
                 key = (cand.subscription_id, cand.billing_period, line.meter)

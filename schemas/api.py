@@ -20,10 +20,11 @@ class ChargeLine(msgspec.Struct, kw_only=True, omit_defaults=True):
     """A line as the period's invoice candidate will carry it: same id, kind and rounding."""
 
     line_id: str
-    kind: str  # fixed_fee | usage
-    amount: str
+    kind: str  # fixed_fee | usage | minimum_true_up (once issued) | discount
+    amount: str  # negative for a discount
     meter: str | None = None
     fee_id: str | None = None
+    discount_id: str | None = None
     quantity: str | None = None
 
 
@@ -32,18 +33,23 @@ class SubscriptionCharges(msgspec.Struct, kw_only=True):
     plan_id: str
     currency: str
     lines: list[ChargeLine]
-    subtotal: str
+    subtotal: str  # the lines, discounts included
+    tax_total: str  # the customer's tax on the subtotal (0 where its entity computes none)
+    total: str
     as_of: datetime | None  # the event time this subscription is rated up to; None: nothing yet
 
 
 class CurrencyTotal(msgspec.Struct, kw_only=True):
     currency: str
-    amount: str
+    amount: str  # the subtotals
+    tax_total: str
+    total: str  # with tax
 
 
 class Charges(msgspec.Struct, kw_only=True):
-    """A customer's running charges for one billing period. Minimum true-ups are decided when
-    the period closes and appear on the invoice candidate, not here."""
+    """A customer's running charges for one billing period, with its discounts and tax on what
+    has accrued so far. Minimum true-ups are decided when the period closes and appear here
+    once its candidate is issued."""
 
     customer_id: str
     period: str

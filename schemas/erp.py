@@ -15,7 +15,8 @@ from typing import Literal
 
 import msgspec
 
-RevenueRecognition = Literal["consumption", "ratable", "point_in_time"]
+# "proportional": a discount line, recognized in proportion to the lines it discounts.
+RevenueRecognition = Literal["consumption", "ratable", "point_in_time", "proportional"]
 DocumentType = Literal["invoice", "credit_memo"]
 
 
@@ -23,15 +24,33 @@ class ArInvoiceLine(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One line of an AR invoice; `line_id` is the source invoice-candidate line id."""
 
     line_id: str
-    kind: Literal["fixed_fee", "usage", "minimum_true_up"]
-    item: str  # the meter id, or the fixed fee id
-    amount: Decimal
-    gl_account: str  # revenue account credited for this line (legal entity's GL)
+    kind: Literal["fixed_fee", "usage", "minimum_true_up", "discount"]
+    item: str  # the meter id, the fixed fee id, or the discount id
+    amount: Decimal  # negative for a discount
+    # revenue account credited for this line (legal entity's GL); a discount's is debited
+    gl_account: str
     revenue_recognition: RevenueRecognition
     service_period_start: datetime
     service_period_end: datetime
     quantity: Decimal | None = None
     performance_obligation: str  # "<subscription>:<item>": what is delivered over the period
+
+
+class ArTaxLine(msgspec.Struct, kw_only=True):
+    """The tax of an AR invoice under one tax code, credited to the entity's tax payable."""
+
+    tax_code: str
+    rate: Decimal
+    base: Decimal
+    amount: Decimal
+    reverse_charge: bool  # rate 0: the customer accounts for the tax (see `notes`)
+    gl_account: str
+
+
+class ArCreditApplied(msgspec.Struct, kw_only=True):
+    credit_id: str
+    amount: Decimal
+    gl_account: str  # the entity's customer_credits account, debited
 
 
 class ArInvoice(msgspec.Struct, kw_only=True):
@@ -55,20 +74,29 @@ class ArInvoice(msgspec.Struct, kw_only=True):
     billing_period: str  # YYYY-MM
     subscription_id: str
     plan_id: str
-    total: Decimal  # the sum of the line amounts, equal to the candidate subtotal
+    subtotal: Decimal  # the sum of the line amounts (discounts included), the candidate's
+    tax_total: Decimal
+    total: Decimal  # subtotal + tax_total
+    amount_due: Decimal  # total - credits applied: the receivable
     lines: list[ArInvoiceLine]
+    taxes: list[ArTaxLine]
+    credits_applied: list[ArCreditApplied]
+    notes: list[str]  # e.g. the reverse-charge statement the law requires on the invoice
 
 
 class JournalLine(msgspec.Struct, kw_only=True):
     account: str
-    role: Literal["receivable", "usage_revenue", "subscription_revenue", "deferred_revenue"]
+    role: Literal["receivable", "customer_credits", "usage_revenue", "subscription_revenue",
+                  "discounts", "deferred_revenue", "tax_payable"]
     debit: Decimal
     credit: Decimal
 
 
 class Journal(msgspec.Struct, kw_only=True):
-    """A summary journal for one legal entity, currency and month. Debits equal credits to the
-    minor unit; the receivable equals the sum of that entity's ready candidates for the month."""
+    """A summary journal for one legal entity, currency and month. Debits (receivable: the
+    amounts due; customer credits applied; discounts) equal credits (revenue, deferred revenue,
+    tax payable) to the minor unit; the receivable equals the amounts due of that entity's
+    posted candidates for the month."""
 
     journal_id: str
     legal_entity: str
@@ -110,6 +138,7 @@ class InvoiceException(msgspec.Struct, kw_only=True):
     currency: str
     billing_period: str
     subtotal: Decimal
+    total: Decimal  # with tax: what the receivable would have been
     reasons: list[str]  # e.g. MISSING_TAX_REGISTRATION, MISSING_GL_ACCOUNT
     details: list[str]  # one readable sentence per reason, naming what to fix
 

@@ -74,6 +74,15 @@ class ChainRow(msgspec.Struct, frozen=True):
     journal_debit: str
     journal_credit: str
     not_posted_by_reason: dict[str, str]
+    # Tax, discounts and prepaid credits through the same stages: invoiced (every candidate),
+    # on the AR invoices, and in the journal (tax payable credited, customer credits debited).
+    invoiced_tax: str
+    invoiced_discounts: str
+    ar_tax: str
+    ar_discounts: str
+    ar_credits_applied: str
+    journal_tax_payable: str
+    journal_customer_credits: str
 
 
 class ErpSummary(msgspec.Struct, frozen=True):

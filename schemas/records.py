@@ -40,10 +40,12 @@ Reason = Literal["INVALID_JSON", "INVALID_EVENT", "FUTURE_EVENT", "LATE_BEYOND_R
                  "INVALID_VALUE", "PERIOD_LIMIT_EXCEEDED", "INTERNAL_ERROR",
                  "CONTRACT_REFUSED"]
 
-LineKind = Literal["fixed_fee", "usage", "minimum_true_up"]
+LineKind = Literal["fixed_fee", "usage", "minimum_true_up", "discount"]
+DiscountScope = Literal["usage", "fixed_fees", "all"]
 CandidateType = Literal["invoice", "adjustment"]
 CandidateStatus = Literal["ready", "held"]
-Recognition = Literal["consumption", "ratable", "point_in_time"]
+# "proportional": a discount line, recognized in proportion to the lines it discounts.
+Recognition = Literal["consumption", "ratable", "point_in_time", "proportional"]
 RowKind = Literal["window", "correction"]
 
 
@@ -107,6 +109,26 @@ class InvoiceLine(msgspec.Struct, kw_only=True, omit_defaults=True):
     # Usage lines: the exact, unrounded amount rated on each UTC day of the service period
     # (for an adjustment, the change per day). Drives consumption revenue schedules.
     consumption: list[tuple[str, Decimal]] | None = None
+    # Discount lines (negative amounts): the subscription's discount id, and the lines it was
+    # computed on ("usage": usage and minimum true-ups; "fixed_fees"; "all").
+    discount_id: str | None = None
+    applies_to: DiscountScope | None = None
+
+
+class TaxAmount(msgspec.Struct, kw_only=True):
+    """The tax of a candidate under one tax code: `amount = round_half_up(base x rate)` for an
+    invoice; an adjustment carries the change of both (from-scratch tax less the tax issued)."""
+
+    tax_code: str
+    rate: Decimal
+    base: Decimal
+    amount: Decimal
+    reverse_charge: bool
+
+
+class CreditApplied(msgspec.Struct, kw_only=True):
+    credit_id: str
+    amount: Decimal
 
 
 class InvoiceCandidate(msgspec.Struct, kw_only=True):
@@ -122,9 +144,14 @@ class InvoiceCandidate(msgspec.Struct, kw_only=True):
     period_start: datetime
     period_end: datetime
     lines: list[InvoiceLine]
-    subtotal: Decimal
+    subtotal: Decimal  # the sum of the lines, discounts included
     status: CandidateStatus
     hold_reasons: list[str]
+    taxes: list[TaxAmount]  # empty when the legal entity computes no tax
+    tax_total: Decimal
+    total: Decimal  # subtotal + tax_total
+    credits_applied: list[CreditApplied]  # prepaid credits, ready original invoices only
+    amount_due: Decimal  # total - credits applied: what the receivable is
 
 
 ENCODER = msgspec.json.Encoder(decimal_format="string")
@@ -164,7 +191,7 @@ class StoredDocument(msgspec.Struct, kw_only=True):
     # "journal" (customer and subscription empty: a journal sums a legal entity's month)
     status: str
     currency: str
-    amount: Decimal  # subtotal (candidates, exceptions), total (AR) or total debit (journals)
+    amount: Decimal  # total with tax (candidates, exceptions, AR) or total debit (journals)
     body: str
     written_at: datetime
 

@@ -110,17 +110,17 @@ def all_pages(client: TestClient[Any], path: str, headers: dict[str, str], limit
 def test_charges_of_a_closed_period_are_its_candidate_lines(
         client: TestClient[Any], backend: FolderBackend, clock: Clock, run_dir: Path) -> None:
     """Once a period is wholly rated, its running charges are what was invoiced for it: the
-    candidate plus its adjustments, line by line (same ids, same rounding), minimum true-ups
-    aside (decided at close)."""
+    candidate plus its adjustments, line by line (same ids, same rounding), discounts, minimum
+    true-ups and tax included."""
     invoiced: dict[str, Decimal] = Counter()  # type: ignore[assignment]
     quantities: dict[str, Decimal] = Counter()  # type: ignore[assignment]
+    taxes: dict[str, Decimal] = Counter()  # type: ignore[assignment]
     for c in lines_of(run_dir / "invoice_candidates.jsonl"):
         if c["billing_period"] != "2026-10":
             continue
         original = c["adjusts"] or c["invoice_candidate_id"]
+        taxes[c["subscription_id"]] += Decimal(c["tax_total"])
         for line in c["lines"]:
-            if line["kind"] == "minimum_true_up":
-                continue
             key = original + line["line_id"][len(c["invoice_candidate_id"]):]
             invoiced[key] += Decimal(line["amount"])
             quantities[key] += Decimal(line.get("quantity") or 0)
@@ -141,8 +141,10 @@ def test_charges_of_a_closed_period_are_its_candidate_lines(
                 if line["kind"] == "usage":
                     assert Decimal(line["quantity"]) == quantities[line["line_id"]], line
             assert Decimal(sub["subtotal"]) == total
-    assert seen == {k: v for k, v in invoiced.items() if k in seen}
-    assert set(invoiced) <= set(seen)
+            assert Decimal(sub["tax_total"]) == taxes[sub["subscription_id"]]
+            assert Decimal(sub["total"]) == total + taxes[sub["subscription_id"]]
+    assert any(k.split(":")[-2] == "discount" for k in seen)  # the example has discounts
+    assert seen == dict(invoiced)
 
 
 def test_charges_default_to_the_period_the_data_reached_and_say_how_fresh(
@@ -204,7 +206,7 @@ def test_invoices_page_through_every_candidate_and_ar_document(
     assert set(got) == set(want)
     for key, item in got.items():
         assert item["document"] == want[key]  # byte-for-byte the record the outputs carry
-        assert item["amount"] == want[key].get("subtotal", want[key].get("total"))
+        assert item["amount"] == want[key]["total"]  # with tax, for candidates and AR alike
 
 
 # -- finance endpoints -------------------------------------------------------------------------

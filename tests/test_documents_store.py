@@ -25,7 +25,9 @@ def candidate(subtotal: str, status: str = "ready") -> InvoiceCandidate:
         period_end=datetime(2026, 11, 1, tzinfo=UTC),
         lines=[InvoiceLine(line_id="sub-1:2026-10:usage:m", kind="usage",
                            amount=Decimal(subtotal), meter="m", quantity=Decimal(1))],
-        subtotal=Decimal(subtotal), status=status, hold_reasons=[])  # type: ignore[arg-type]
+        subtotal=Decimal(subtotal), status=status, hold_reasons=[],  # type: ignore[arg-type]
+        taxes=[], tax_total=Decimal("0.00"), total=Decimal(subtotal), credits_applied=[],
+        amount_due=Decimal(subtotal))
 
 
 def test_documents_are_stored_once_by_id_with_their_exact_json(tmp_path: Path) -> None:
@@ -33,7 +35,8 @@ def test_documents_are_stored_once_by_id_with_their_exact_json(tmp_path: Path) -
     huge = "100000000000000178500.29"
     exc = InvoiceException(invoice_candidate_id="sub-1:2026-10", customer_id="c",
                            legal_entity="le", currency="USD", billing_period="2026-10",
-                           subtotal=Decimal(huge), reasons=["MISSING_TAX_REGISTRATION"],
+                           subtotal=Decimal(huge), total=Decimal(huge),
+                           reasons=["MISSING_TAX_REGISTRATION"],
                            details=["customer 'c' has no tax_registration"])
     with ChdbStore(str(tmp_path / "ch")) as store:
         rows = documents_of([candidate(huge, "held")], [], [exc], AT)

@@ -19,6 +19,7 @@ from operators.catalog import Catalog, load_catalog, parse_catalog
 from operators.engine import EngineResult, run_engine
 from operators.erp import ErpOutput, build_erp, cumulative_split, erp_chain
 from operators.ingest import IngestConfig
+from operators.money import round_money
 from operators.reconcile import summarize
 from schemas.erp import json_schema
 from schemas.records import ENCODER
@@ -58,8 +59,11 @@ def test_one_ar_invoice_per_ready_candidate_with_lines_summing_to_the_subtotal(d
         c.invoice_candidate_id for c in ready)
     cands = by_id(result.candidates, "invoice_candidate_id")
     for inv in erp.ar_invoices:
-        assert inv.total == cands[inv.invoice_candidate_id].subtotal
-        assert sum(x.amount for x in inv.lines) == inv.total
+        cand = cands[inv.invoice_candidate_id]
+        assert (inv.subtotal, inv.tax_total, inv.total, inv.amount_due) == (
+            cand.subtotal, cand.tax_total, cand.total, cand.amount_due)
+        assert sum(x.amount for x in inv.lines) == inv.subtotal
+        assert inv.subtotal + inv.tax_total == inv.total
         assert [x.line_id for x in inv.lines] == [
             x.line_id for x in cands[inv.invoice_candidate_id].lines]
 
@@ -116,7 +120,9 @@ def test_adjustment_is_its_own_document_referencing_the_original(dirty) -> None:
     docs = by_id(erp.ar_invoices, "ar_invoice_id")
     storage = docs["sub-acme-1:2026-10:adj-1"]
     assert storage.adjusts_ar_invoice_id == "sub-acme-1:2026-10"
-    assert storage.document_type == "invoice" and str(storage.total) == "1.90"
+    # 1.90 of late storage, and acme's 8.875 % New York sales tax on it
+    assert storage.document_type == "invoice" and str(storage.subtotal) == "1.90"
+    assert (str(storage.tax_total), str(storage.total)) == ("0.17", "2.07")
     # the late api call changed only a quantity: nothing to post
     assert "sub-acme-1:2026-10:adj-2" not in docs
     assert "sub-acme-1:2026-10:adj-2" in erp.quantity_only
@@ -166,7 +172,12 @@ def test_credit_memo_when_late_usage_lowers_the_amount() -> None:
     ]
     _, erp = run(catalog, lines)
     memo = by_id(erp.ar_invoices, "ar_invoice_id")["sub-acme-1:2026-10:adj-1"]
-    assert memo.document_type == "credit_memo" and str(memo.total) == "-4.80"
+    assert memo.document_type == "credit_memo" and str(memo.subtotal) == "-4.80"
+    # with the tax it reverses: the period's tax from scratch less the tax already issued
+    assert str(memo.total) == "-5.22"
+    original = by_id(erp.ar_invoices, "ar_invoice_id")["sub-acme-1:2026-10"]
+    assert original.tax_total + memo.tax_total == round_money(
+        (original.subtotal + memo.subtotal) * Decimal("0.08875"), "USD")
     journal = by_id(erp.journals, "journal_id")["us-inc:USD:2026-10"]
     assert journal.total_debit == journal.total_credit
     receivable = next(x for x in journal.lines if x.role == "receivable")
@@ -189,7 +200,7 @@ def test_journal_per_entity_currency_month_balances_and_matches_ready_candidates
     for j in erp.journals:
         assert j.total_debit == j.total_credit
         receivable = next(x for x in j.lines if x.role == "receivable")
-        expected = sum(c.subtotal for c in result.candidates
+        expected = sum(c.amount_due for c in result.candidates
                        if c.invoice_candidate_id in posted and c.legal_entity == j.legal_entity
                        and c.currency == j.currency and c.billing_period == j.period)
         assert receivable.debit - receivable.credit == expected
@@ -333,7 +344,7 @@ def test_erp_invariants_on_generated_workloads(size, seed, untaxed) -> None:
         assert j.total_debit == j.total_credit
         receivable = next(x for x in j.lines if x.role == "receivable")
         assert receivable.debit - receivable.credit == sum(
-            c.subtotal for c in result.candidates if c.invoice_candidate_id in posted
+            c.amount_due for c in result.candidates if c.invoice_candidate_id in posted
             and (c.legal_entity, c.currency, c.billing_period)
             == (j.legal_entity, j.currency, j.period))
     schedules = by_id(erp.schedules, "line_id")

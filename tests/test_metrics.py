@@ -53,7 +53,7 @@ def test_invoice_exceptions_count_by_reason_and_amount_by_currency() -> None:
     amount = sample("meterwax_invoice_exceptions_amount_total", currency="EUR")
     metrics.invoice_exceptions([InvoiceException(
         invoice_candidate_id="s:2026-10", customer_id="c", legal_entity="le", currency="EUR",
-        billing_period="2026-10", subtotal=Decimal("12.50"),
+        billing_period="2026-10", subtotal=Decimal("10.50"), total=Decimal("12.50"),
         reasons=["MISSING_PAYMENT_TERMS", "MISSING_TAX_REGISTRATION"], details=["x", "y"])])
     assert sample("meterwax_invoice_exceptions_total",
                   reason="MISSING_PAYMENT_TERMS") == before + 1

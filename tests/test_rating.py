@@ -502,7 +502,8 @@ def test_example_catalog_october() -> None:
         # 49 * 14/31 = 22.129 -> 22.13; 150 * 14/31 = 67.741 -> 67.74
         "sub-globex-starter:2026-10": ("USD", D("89.87"), "ready", []),
         # 500 * 17/31 = 274.193 -> 274.19; + 50.00 minimum on active users
-        "sub-globex-growth:2026-10": ("USD", D("324.19"), "ready", []),
+        # 20 % off its 50.00 of usage (the example's `launch` discount)
+        "sub-globex-growth:2026-10": ("USD", D("314.19"), "ready", []),
         "sub-initech-1:2026-10": ("USD", D("199.00"), "held", ["MISSING_TAX_REGISTRATION"]),
         # 50000 * 22/31 = 35483.87 -> 35484; + 10000 minimum; one call is in the free tier
         "sub-umbrella-1:2026-10": ("JPY", D("45484"), "ready", []),
@@ -513,8 +514,11 @@ def test_example_catalog_october() -> None:
     report = balanced(cat, result)
     assert msgspec.to_builtins(report.invoiced.totals_by_currency) == {
         "EUR": {"ready": "450.00", "held": "0.00"},
-        "JPY": {"ready": "45484", "held": "0"},
-        "USD": {"ready": "996.96", "held": "749.00"},   # 582.90 + 89.87 + 324.19; 199 + 550
+        # totals with tax: 45484 + 10 % consumption tax (4548.4 -> 4548)
+        "JPY": {"ready": "50032", "held": "0"},
+        # 634.63 (582.90 + 8.875 % NY) + 96.39 (89.87 + 7.25 % CA) + 336.97 (314.19 + 7.25 %);
+        # held: 199.00 (exempt) + 589.88 (550.00 + 7.25 %)
+        "USD": {"ready": "1067.99", "held": "788.88"},
     }
     last = last_cumulative(result.windows)
     assert last[("sub-acme-1", "2026-10", "gmv")].cumulative_amount == D("2.900")

@@ -31,7 +31,7 @@ from schemas.api import (
 
 Query = Callable[[str, Mapping[str, Any] | None], list[dict[str, Any]]]
 
-_AMOUNT_FIELD = {"candidate": "subtotal", "ar_invoice": "total", "invoice_exception": "subtotal",
+_AMOUNT_FIELD = {"candidate": "total", "ar_invoice": "total", "invoice_exception": "total",
                  "journal": "total_debit"}
 _CURSOR_PART_CHARS = 1024
 

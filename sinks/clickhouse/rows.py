@@ -165,7 +165,7 @@ def documents_of(candidates: Sequence[InvoiceCandidate], ar_invoices: Sequence[A
     sub_of = {c.invoice_candidate_id: c.subscription_id for c in candidates}
     rows = [StoredDocument(kind="candidate", id=c.invoice_candidate_id, customer_id=c.customer_id,
                            subscription_id=c.subscription_id, billing_period=c.billing_period,
-                           status=c.status, currency=c.currency, amount=c.subtotal,
+                           status=c.status, currency=c.currency, amount=c.total,
                            body=enc(c).decode(), written_at=written_at) for c in candidates]
     rows += [StoredDocument(kind="ar_invoice", id=a.ar_invoice_id, customer_id=a.customer_id,
                             subscription_id=a.subscription_id, billing_period=a.billing_period,
@@ -175,7 +175,7 @@ def documents_of(candidates: Sequence[InvoiceCandidate], ar_invoices: Sequence[A
                             customer_id=e.customer_id,
                             subscription_id=sub_of.get(e.invoice_candidate_id, ""),
                             billing_period=e.billing_period, status=",".join(e.reasons),
-                            currency=e.currency, amount=e.subtotal, body=enc(e).decode(),
+                            currency=e.currency, amount=e.total, body=enc(e).decode(),
                             written_at=written_at) for e in exceptions]
     rows += [StoredDocument(kind="journal", id=j.journal_id, customer_id="", subscription_id="",
                             billing_period=j.period, status="journal", currency=j.currency,

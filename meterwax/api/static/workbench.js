@@ -102,7 +102,8 @@ async function loadHeld() {
 }
 
 const CHAIN = ["rated_usage", "invoiced_usage", "invoiced_total", "not_posted", "ar_total",
-  "journal_receivable", "journal_debit", "journal_credit"];
+  "journal_receivable", "journal_debit", "journal_credit", "invoiced_tax", "ar_tax",
+  "journal_tax_payable", "ar_discounts", "ar_credits_applied", "journal_customer_credits"];
 
 function variances(r) {
   // Which cells disagree with what they must equal (the same checks reconciliation makes).
@@ -110,7 +111,13 @@ function variances(r) {
   const n = (k) => Number(r[k]);
   if (n("rated_usage") !== n("invoiced_usage")) bad.add("invoiced_usage");
   if (Math.abs(n("invoiced_total") - n("not_posted") - n("ar_total")) > 1e-9) bad.add("ar_total");
-  if (n("ar_total") !== n("journal_receivable")) bad.add("journal_receivable");
+  if (Math.abs(n("ar_total") - n("ar_credits_applied") - n("journal_receivable")) > 1e-9) {
+    bad.add("journal_receivable");
+  }
+  if (n("ar_tax") !== n("journal_tax_payable")) bad.add("journal_tax_payable");
+  if (n("ar_credits_applied") !== n("journal_customer_credits")) {
+    bad.add("journal_customer_credits");
+  }
   if (n("journal_debit") !== n("journal_credit")) bad.add("journal_credit");
   return bad;
 }
