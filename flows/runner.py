@@ -34,7 +34,7 @@ from operators.catalog import Catalog, load_catalog
 from operators.clock import fixed_clock, system_clock
 from operators.erp import ErpOutput, build_erp
 from operators.ingest import IngestConfig, IngestStats
-from operators.limits import DEFAULT_MAX_FUTURE, DEFAULT_RETENTION
+from operators.limits import DEFAULT_ADJUSTMENT_CYCLE, DEFAULT_MAX_FUTURE, DEFAULT_RETENTION
 from operators.reconcile import RatedKey, RatedSummary, StatsTotal, reconcile
 from schemas.reconciliation import Reconciliation, RunFacts
 from schemas.records import ExceptionRecord, InvoiceCandidate
@@ -58,11 +58,12 @@ class RunOptions:
     retention: timedelta = DEFAULT_RETENTION  # and file mode's dedup memory (operators/dedup.py)
     # Judge the input as of this instant instead of the system clock (replays, the demo).
     now: datetime | None = None
+    adjustment_cycle: timedelta = DEFAULT_ADJUSTMENT_CYCLE
 
     def ingest_config(self) -> IngestConfig:
         return IngestConfig(window=self.window, allowed_lateness=self.allowed_lateness,
                             max_future=self.max_future,
-                            retention=self.retention,
+                            retention=self.retention, adjustment_cycle=self.adjustment_cycle,
                             clock=system_clock if self.now is None else fixed_clock(self.now))
 
 
@@ -449,6 +450,7 @@ def _run_facts(opts: RunOptions, elapsed: float, stats: StatsTotal, out: Path) -
         workers=opts.workers,
         max_future_seconds=int(opts.max_future.total_seconds()),
         retention_seconds=int(opts.retention.total_seconds()),
+        adjustment_cycle_seconds=int(opts.adjustment_cycle.total_seconds()),
         now=None if opts.now is None else opts.now.astimezone(UTC).isoformat(),
         elapsed_seconds=round(elapsed, 3),
         events_per_second=round(stats.read / elapsed) if elapsed > 0 else None,

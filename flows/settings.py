@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgspec
 
 from operators.limits import (
+    DEFAULT_ADJUSTMENT_CYCLE,
     DEFAULT_MAX_FUTURE,
     DEFAULT_RETENTION,
     MAX_DURATION,
@@ -467,6 +468,7 @@ class StreamSettings:
     dedup_ttl: timedelta = DEFAULT_DEDUP_TTL
     # Events dated further ahead of the system clock than this are quarantined (FUTURE_EVENT).
     max_future: timedelta = DEFAULT_MAX_FUTURE
+    adjustment_cycle: timedelta = DEFAULT_ADJUSTMENT_CYCLE
     workers: int = 1
     process_id: int | None = None
     addresses: tuple[str, ...] = ()
@@ -512,6 +514,8 @@ class StreamSettings:
         window = opts.value("window", parse_window, DEFAULT_WINDOW)
         allowed_lateness = opts.value("allowed_lateness", parse_duration, DEFAULT_LATENESS)
         max_future = opts.value("max_future", parse_duration, DEFAULT_MAX_FUTURE)
+        adjustment_cycle = opts.value("adjustment_cycle", parse_positive_duration,
+                                      DEFAULT_ADJUSTMENT_CYCLE)
         workers = opts.value("workers", parse_workers, 1)
         addresses, process_id = _cluster(opts)
         if catalog:
@@ -529,7 +533,8 @@ class StreamSettings:
             topics=Topics.with_prefix(opts.text("topic_prefix", "meterwax.") or ""),
             redis_namespace=opts.text("redis_namespace", "meterwax") or "",
             dedup_ttl=dedup_ttl, window=window, allowed_lateness=allowed_lateness,
-            max_future=max_future, workers=workers, process_id=process_id,
+            max_future=max_future, adjustment_cycle=adjustment_cycle, workers=workers,
+            process_id=process_id,
             addresses=addresses, stop_at_end=stop_at_end, kafka_security=security,
             metrics_port=metrics_port,
         )

@@ -200,7 +200,7 @@ def build_stream(settings: StreamSettings, catalog: LiveCatalog,
     )
     config = IngestConfig(window=settings.window, allowed_lateness=settings.allowed_lateness,
                           max_future=settings.max_future, retention=settings.dedup_ttl,
-                          ledger=True)
+                          adjustment_cycle=settings.adjustment_cycle, ledger=True)
     source = KafkaChunkSource(kafka, settings.input_topic, settings.chunk, settings.stop_at_end,
                               contracts=topics.contracts)
     def journals(feed: Any) -> None:

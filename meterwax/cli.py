@@ -44,7 +44,7 @@ from flows.settings import (
     parse_window,
 )
 from operators.catalog import Catalog, CatalogError, load_catalog
-from operators.limits import DEFAULT_MAX_FUTURE
+from operators.limits import DEFAULT_ADJUSTMENT_CYCLE, DEFAULT_MAX_FUTURE
 
 T = TypeVar("T")
 
@@ -96,6 +96,7 @@ class Common:
     dedup_ttl: timedelta
     workers: int
     now: datetime | None
+    adjustment_cycle: timedelta
 
 
 def _common_values(c: Checks, args: argparse.Namespace) -> Common:
@@ -111,6 +112,8 @@ def _common_values(c: Checks, args: argparse.Namespace) -> Common:
         dedup_ttl=c.value("dedup_ttl", parse_positive_duration, DEFAULT_DEDUP_TTL),
         workers=c.value("workers", int_between(1, MAX_WORKERS), 1),
         now=c.value("now", parse_instant, None),
+        adjustment_cycle=c.value("adjustment_cycle", parse_positive_duration,
+                                 DEFAULT_ADJUSTMENT_CYCLE),
     )
 
 
@@ -160,6 +163,9 @@ def _parser() -> argparse.ArgumentParser:
     stream.add_argument("--window", default=None, help="tumbling event-time window (default 1m)")
     stream.add_argument("--allowed-lateness", default=None,
                         help="how long after a month ends its period stays open (default 1h)")
+    stream.add_argument("--adjustment-cycle", dest="adjustment_cycle", default=None,
+                        help="late usage for an invoiced period is collected this long "
+                             "(watermark time) into one adjustment per period (default 1d)")
     stream.add_argument("--max-future", dest="max_future", default=None,
                         help="events dated further ahead of the clock than this are "
                              "quarantined as FUTURE_EVENT (default 24h)")
@@ -311,6 +317,10 @@ def _common(p: argparse.ArgumentParser,
                    help="tumbling event-time window (default 1m)")
     p.add_argument("--allowed-lateness", default=None, metavar="DURATION",
                    help="how long after a month ends its period stays open (default 1h)")
+    p.add_argument("--adjustment-cycle", dest="adjustment_cycle", default=None,
+                   metavar="DURATION",
+                   help="late usage for an invoiced period is collected this long (watermark "
+                        "time) into one adjustment per period (default 1d)")
     p.add_argument("--max-future", default=None, metavar="DURATION",
                    help="events dated further ahead of the clock than this are quarantined as "
                         "FUTURE_EVENT (default 24h)")
@@ -381,7 +391,7 @@ def _run(args: argparse.Namespace) -> int:
                       window=common.window, allowed_lateness=common.allowed_lateness,
                       workers=common.workers,
                       max_future=common.max_future, retention=common.dedup_ttl,
-                      now=common.now)
+                      now=common.now, adjustment_cycle=common.adjustment_cycle)
     result = _finished(args.out, lambda: run_file(opts, catalog=catalog))
     if isinstance(result, int):
         return result
@@ -404,7 +414,8 @@ def _demo(args: argparse.Namespace) -> int:
     opts = DemoOptions(size=size, seed=seed, out=args.out, catalog=catalog_path,
                        window=common.window, allowed_lateness=common.allowed_lateness,
                        max_future=common.max_future, retention=common.dedup_ttl,
-                       workers=common.workers, now=common.now)
+                       workers=common.workers, now=common.now,
+                       adjustment_cycle=common.adjustment_cycle)
     return _finished(args.out, lambda: run_demo(opts, catalog=catalog))
 
 

@@ -20,7 +20,7 @@ from meterwax import workload as generator
 from meterwax.report import print_run_summary
 from meterwax.workload import Workload
 from operators.catalog import Catalog, load_catalog
-from operators.limits import DEFAULT_MAX_FUTURE, DEFAULT_RETENTION
+from operators.limits import DEFAULT_ADJUSTMENT_CYCLE, DEFAULT_MAX_FUTURE, DEFAULT_RETENTION
 
 # The generated events span [workload.START, workload.END); judging them as of the end makes
 # the demo give the same result whatever today's date (none is in the future, none is stale).
@@ -38,6 +38,7 @@ class DemoOptions:
     max_future: timedelta = DEFAULT_MAX_FUTURE
     retention: timedelta = DEFAULT_RETENTION
     workers: int = 1
+    adjustment_cycle: timedelta = DEFAULT_ADJUSTMENT_CYCLE
     now: datetime | None = None  # None: DATA_END
 
 
@@ -103,6 +104,7 @@ def run_demo(opts: DemoOptions, catalog: Catalog | None = None) -> int:
                               window=opts.window, allowed_lateness=opts.allowed_lateness,
                               workers=opts.workers,
                               max_future=opts.max_future, retention=opts.retention,
+                              adjustment_cycle=opts.adjustment_cycle,
                               now=DATA_END if opts.now is None else opts.now)
         try:
             result = run_into(run_opts, work, catalog=catalog, events=str(events),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import TextIO
 
@@ -58,6 +59,7 @@ def print_run_summary(result: RunResult, out: TextIO, detailed: bool = True) -> 
         _table(rows, out, right={3, 4, 5, 6, 7, 8})
 
     if detailed:
+        _print_terms(result.candidates, out)
         _print_erp(result, out)
 
     out.write("\nEvents by bucket\n")
@@ -103,6 +105,34 @@ def print_run_summary(result: RunResult, out: TextIO, detailed: bool = True) -> 
     if run is not None:
         out.write(f"\nThroughput: {events.read} events in {run.elapsed_seconds} s = "
                   f"{run.events_per_second} events/s with {run.workers} worker(s)\n")
+
+
+def _print_terms(candidates: Sequence[InvoiceCandidate], out: TextIO) -> None:
+    """Discounts and taxes, summed over candidates and adjustments, per entity and currency."""
+    out.write("\nDiscounts and taxes (candidates + adjustments, per legal entity and currency)\n")
+    discounts: dict[tuple[str, str, str], Decimal] = defaultdict(lambda: ZERO)
+    taxes: dict[tuple[str, str, str], list[Decimal]] = defaultdict(lambda: [ZERO, ZERO])
+    reverse: set[str] = set()
+    for c in candidates:
+        for line in c.lines:
+            if line.kind == "discount":
+                discounts[(c.legal_entity, c.currency, line.discount_id or "")] += line.amount
+        for t in c.taxes:
+            sums = taxes[(c.legal_entity, c.currency, f"{t.tax_code} ({t.rate})")]
+            sums[0] += t.base
+            sums[1] += t.amount
+            if t.reverse_charge:
+                reverse.add(t.tax_code)
+    rows = [["entity", "currency", "discount / tax code", "base", "amount"]]
+    rows += [[e, cur, f"discount {d}", "", fmt(v)] for (e, cur, d), v in sorted(discounts.items())]
+    rows += [[e, cur, code, fmt(b), fmt(a)] for (e, cur, code), (b, a) in sorted(taxes.items())]
+    if len(rows) == 1:
+        out.write("  none (no legal entity declares tax codes, no subscription has discounts)\n")
+        return
+    _table(rows, out, right={3, 4})
+    if reverse:
+        out.write(f"  reverse charge ({', '.join(sorted(reverse))}): the customer accounts for "
+                  "the tax; the AR invoices say so\n")
 
 
 def _print_erp(result: RunResult, out: TextIO) -> None:

@@ -53,6 +53,7 @@ from operators.contracts import Frozen
 from operators.dedup import DedupStore, Origin
 from operators.envelope import Rejection, judge
 from operators.limits import (
+    DEFAULT_ADJUSTMENT_CYCLE,
     DEFAULT_MAX_FUTURE,
     DEFAULT_RETENTION,
     MAX_DURATION,
@@ -63,7 +64,7 @@ from operators.limits import (
 from operators.money import ZERO
 from operators.periods import Month
 from operators.pricers import quantity_cap
-from operators.protocol import Close, Op, Retire, Terms, Tick, Usage
+from operators.protocol import Close, Op, Retire, Settle, Terms, Tick, Usage
 from operators.values import InvalidValue, distinct_key, quantity
 from schemas.events import CloudEvent
 from schemas.records import (
@@ -108,6 +109,9 @@ class IngestConfig:
     # How long after its close a period keeps taking late usage (module docstring).
     retention: timedelta = DEFAULT_RETENTION
     clock: Clock = system_clock
+    # Late usage for an issued period is collected for this long, in watermark time, into one
+    # adjustment per subscription and period (module docstring of operators/rating.py).
+    adjustment_cycle: timedelta = DEFAULT_ADJUSTMENT_CYCLE
 
     def __post_init__(self) -> None:
         if self.window <= timedelta(0) or self.window.total_seconds() % 1:
@@ -119,7 +123,12 @@ class IngestConfig:
         if self.retention <= timedelta(0):
             msg = "retention must be positive"
             raise ValueError(msg)
-        for name in ("window", "allowed_lateness", "max_future", "retention"):
+        cycle = self.adjustment_cycle
+        if cycle <= timedelta(0) or cycle.total_seconds() % 1:
+            msg = "adjustment cycle must be a positive whole number of seconds"
+            raise ValueError(msg)
+        for name in ("window", "allowed_lateness", "max_future", "retention",
+                     "adjustment_cycle"):
             if getattr(self, name) > MAX_DURATION:
                 msg = f"{name} must be at most {MAX_DURATION.days} days"
                 raise ValueError(msg)
@@ -175,11 +184,17 @@ class IngestState:
     # subscription -> end (epoch s) of the latest window it was sent usage for: with the closed
     # and retired periods, what a contracts change may no longer alter (operators/contracts.py).
     rated_until: dict[str, int] = field(default_factory=dict)
+    # subscription -> the adjustment-cycle boundary (epoch s) at which its late usage since the
+    # last Settle is settled into adjustments: the first boundary after the watermark at its
+    # first late contribution.
+    settle: dict[str, int] = field(default_factory=dict)
 
     def __setstate__(self, state: dict[str, object]) -> None:
         # A snapshot of the builds before live contracts has no `rated_until`: resume with
-        # none (the closed and retired periods still freeze what they cover).
+        # none (the closed and retired periods still freeze what they cover). One from before
+        # adjustment cycles has no `settle`: its raters adjusted at once, so nothing waits.
         state.setdefault("rated_until", {})
+        state.setdefault("settle", {})
         self.__dict__.update(state)
 
 
@@ -218,6 +233,8 @@ class Ingestor:
         self._open_ops: dict[tuple[str, str, str, int], Usage] = {}
         # Watermark (s) below which no period can close or retire; -1: unknown.
         self._next_close = -1
+        self._cycle = int(config.adjustment_cycle.total_seconds())
+        self._next_settle = min(self.state.settle.values(), default=MAX_TS)
         # A closed period retires once the watermark is this far past its end.
         self._retire_after = config.allowed_lateness + config.retention
         # Events dated before this are in a retired period (LATE_BEYOND_RETENTION).
@@ -714,6 +731,11 @@ class Ingestor:
         stats.rated += 1
         if late:
             stats.late_after_close += 1
+            if sub_id not in state.settle:
+                due = (wm // self._cycle + 1) * self._cycle
+                state.settle[sub_id] = due
+                if due < self._next_settle:
+                    self._next_settle = due
         if advanced:
             state.watermark = ts
         if window_open:
@@ -723,7 +745,8 @@ class Ingestor:
                 heapq.heappush(state.heap, (window_end, sub_id))
         # Most events move the watermark; only call `_advance` when that can tick a window or
         # close a period (its own two early exits, tested here to save a call per event).
-        if advanced and ((state.heap and state.heap[0][0] <= ts) or ts > self._next_close):
+        if advanced and ((state.heap and state.heap[0][0] <= ts) or ts > self._next_close
+                         or ts >= self._next_settle):
             self._advance(out, ts)
 
     def _advance(self, out: IngestOutput, wm: int) -> None:
@@ -739,6 +762,8 @@ class Ingestor:
                 if ops is None:
                     ops = out.ops[sub_id] = []
                 ops.append(Tick(wm))
+        if wm >= self._next_settle:
+            self._settle(out, wm)
         if wm <= self._next_close:
             return
         first = state.closed_through.next() if state.closed_through else state.bill_from
@@ -754,6 +779,15 @@ class Ingestor:
         if through is not None:
             self._close(out, through, wm)
         self._next_close = min(next_close, self._advance_retirement(out, wm, lateness))
+
+    def _settle(self, out: IngestOutput, wm: int, every: bool = False) -> None:
+        """Tell the subscriptions whose adjustment cycle ended (all of them with `every`, at the
+        end of a bounded input) to settle their late usage into adjustments."""
+        settle = self.state.settle
+        for sub_id in sorted(s for s, due in settle.items() if every or due <= wm):
+            del settle[sub_id]
+            out.ops.setdefault(sub_id, []).append(Settle(wm))
+        self._next_settle = min(settle.values(), default=MAX_TS)
 
     def _advance_retirement(self, out: IngestOutput, wm: int, lateness: int) -> int:
         """Retire the closed periods whose horizon the watermark passed; the watermark at which
@@ -819,6 +853,7 @@ class Ingestor:
             last = Month.of(datetime.fromtimestamp(wm, UTC))
             if self.state.closed_through is None or self.state.closed_through < last:
                 self._close(out, last, wm)
+            self._settle(out, wm, every=True)
         self._send_terms(out)
         return out
 

@@ -57,6 +57,10 @@ DEFAULT_MAX_FUTURE = timedelta(hours=24)
 # for months"). Past it a late copy can no longer be told from a replayed duplicate.
 DEFAULT_RETENTION = timedelta(days=35)
 
+# Late usage for an issued period is settled into one adjustment per period this often, in
+# watermark time (operators/rating.py): one correction document a day, not one per late event.
+DEFAULT_ADJUSTMENT_CYCLE = timedelta(days=1)
+
 # Durations given as arguments (windows, lateness, horizons, TTLs): at most ten years.
 MAX_DURATION = timedelta(days=3660)
 

@@ -10,6 +10,7 @@ sequence, never on batching or worker count.
     Close   close every period through `through`, billing from `start`
     Retire  forget every period through `through`: its retention horizon has passed
     Terms   the contract terms to rate on from now (stream mode: contracts change live)
+    Settle  an adjustment cycle ended: issue one adjustment per period late usage changed
 
 And one message from a rater to the journal step (flows/stream.py):
 
@@ -63,7 +64,15 @@ class Terms(msgspec.Struct, array_like=True, gc=False):
     watermark: int
 
 
-Op = Usage | Tick | Close | Retire | Terms
+class Settle(msgspec.Struct, array_like=True, gc=False):
+    """The watermark crossed the adjustment-cycle boundary after this subscription's first late
+    contribution to an issued period (or the bounded input ended): issue, for every period whose
+    late usage is not yet on a document, one adjustment with everything since the last."""
+
+    watermark: int
+
+
+Op = Usage | Tick | Close | Retire | Terms | Settle
 
 
 class PeriodRetired(msgspec.Struct, array_like=True, gc=False):

@@ -14,7 +14,12 @@ this rater has seen, so "late" means the same whatever the window's history) is 
 as a correction row with its own id, carrying only its events, quantity and delta; the store adds
 it to the window row instead of replacing anything. A contribution to a period whose invoice
 candidate was already issued is never dropped: it is rated the same way, as a correction, and
-yields an adjustment candidate carrying the line deltas.
+the period waits to be settled: on a Settle op (sent by ingest when the watermark crosses the
+adjustment-cycle boundary after the subscription's first late contribution, and at the end of a
+bounded input), every period whose late usage is not yet on a document gets one adjustment
+candidate carrying the line deltas since the last document. So late usage arriving all day
+gives finance one correction per period per day, not one per event; its ids stay `adj-1`,
+`adj-2`, ... in settle order, which the op sequence alone decides.
 
 A period is kept after its close only until its retention horizon (operators/ingest.py): a
 Retire op drops its state (aggregates, amounts, what was issued, the daily amounts) and tells the
@@ -39,6 +44,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -53,7 +59,7 @@ from operators.limits import STORE_LIMIT
 from operators.money import ZERO
 from operators.periods import Month, months_between
 from operators.pricers import PRICERS
-from operators.protocol import Close, Op, PeriodRetired, Retire, Terms, Tick, Usage
+from operators.protocol import Close, Op, PeriodRetired, Retire, Settle, Terms, Tick, Usage
 from schemas.records import (
     CONTRACT_REFUSED,
     INTERNAL_ERROR,
@@ -120,6 +126,13 @@ class RaterState:
     # catalog the rater was built with (file mode).
     terms: SubscriptionTerms | None = None
     terms_version: int = -1
+    # Closed periods with late usage rated since their last document: settled (adjusted) by
+    # the next Settle op, or before they retire.
+    unsettled: set[str] = field(default_factory=set)
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        state.setdefault("unsettled", set())  # snapshots from before adjustment cycles
+        self.__dict__.update(state)
 
 
 class SubscriptionRater:
@@ -162,6 +175,11 @@ class SubscriptionRater:
                     self._retire(op.through, out)
                 elif isinstance(op, Terms):
                     self._terms(op, out)
+                elif isinstance(op, Settle):
+                    if state.unsettled:
+                        due = sorted(state.unsettled)
+                        state.unsettled.clear()
+                        self._adjust(due, out)
                 else:
                     msg = f"unknown op {op!r}"
                     raise ValueError(msg)
@@ -267,7 +285,7 @@ class SubscriptionRater:
             # waiting for it would leave the usage in a window no close will ever rate.
             self._rate_window(period, meter, window_start, out, touched)
         if touched:
-            self._adjust(touched, out)
+            state.unsettled |= touched
 
     def _close_windows(self, wm_ts: int, out: list[Output], touched: set[str]) -> None:
         heap = self.state.heap
@@ -345,7 +363,7 @@ class SubscriptionRater:
     def _quantities(self, pstate: PeriodState) -> dict[str, Decimal]:
         return {m: agg.quantity() for m, agg in pstate.aggs.items()}
 
-    def _adjust(self, touched: set[str], out: list[Output]) -> None:
+    def _adjust(self, touched: Iterable[str], out: list[Output]) -> None:
         for period in sorted(touched):
             pstate = self.state.periods[period]
             month = Month.parse(period)
@@ -365,7 +383,7 @@ class SubscriptionRater:
         state = self.state
         touched: set[str] = set()
         self._close_windows(wm_ts, out, touched)
-        self._adjust(touched, out)
+        state.unsettled |= touched
         sub = self.sub
         first = max(start, Month.of(sub.start))
         last = through
@@ -384,6 +402,10 @@ class SubscriptionRater:
         if state.retired_through is not None and through <= state.retired_through:
             return  # another input partition retired it first
         state.retired_through = through
+        due = sorted(p for p in state.unsettled if p <= through)
+        if due:  # never forget late usage that is on no document yet
+            state.unsettled.difference_update(due)
+            self._adjust(due, out)
         sub = self.sub
         for period in sorted(p for p in state.periods if p <= through):
             pstate = state.periods.pop(period)
@@ -443,6 +465,8 @@ def _describe(op: Op) -> dict[str, object]:
             return {"op": "retire", "through": op.through}
         if isinstance(op, Terms):
             return {"op": "terms", "version": op.version}
+        if isinstance(op, Settle):
+            return {"op": "settle"}
     except Exception:  # a malformed op is described by its text alone
         return {"op": repr(op)[:200]}
     return {"op": repr(op)[:200]}

@@ -105,6 +105,7 @@ class RunFacts(msgspec.Struct, frozen=True):
     workers: int
     max_future_seconds: int
     retention_seconds: int  # the retention horizon and dedup TTL
+    adjustment_cycle_seconds: int
     now: str | None
     elapsed_seconds: float
     events_per_second: int | None

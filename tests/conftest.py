@@ -178,9 +178,10 @@ TEST_NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
 
 def config(window: timedelta = timedelta(minutes=1), lateness: timedelta = timedelta(hours=1),
-           retention: timedelta = DEFAULT_RETENTION) -> IngestConfig:
+           retention: timedelta = DEFAULT_RETENTION,
+           adjustment_cycle: timedelta = timedelta(days=1)) -> IngestConfig:
     return IngestConfig(window=window, allowed_lateness=lateness, retention=retention,
-                        clock=fixed_clock(TEST_NOW))
+                        clock=fixed_clock(TEST_NOW), adjustment_cycle=adjustment_cycle)
 
 
 def run(catalog: Catalog, lines: Iterable[bytes], batch_size: int = 1000,

@@ -97,6 +97,8 @@ BAD_RUN_ARGUMENTS = [
     (["--max-future", "3661d"], "--max-future: '3661d' is longer than the 10-year limit"),
     (["--max-future=-1h"], "--max-future: not a duration: '-1h'"),
     (["--dedup-ttl", "0s"], "--dedup-ttl: must be longer than zero"),
+    (["--adjustment-cycle", "0s"], "--adjustment-cycle: must be longer than zero"),
+    (["--adjustment-cycle", "weekly"], "--adjustment-cycle: not a duration"),
     (["--dedup-ttl", "3661d"], "--dedup-ttl: '3661d' is longer than the 10-year limit"),
     (["--bill-from", "2026-10"], "--bill-from: was removed: set `billing_start: \"YYYY-MM\"`"),
     (["--workers", "0"], "--workers: must be at least 1, got 0"),

@@ -132,8 +132,11 @@ def test_a_customer_published_after_its_month_closed_is_invoiced_for_it() -> Non
     # October closed before d existed: its close comes with the contract, fixed fee included.
     (october,) = [c for c in run.candidates if c.subscription_id == "sub-d"]
     assert october.billing_period == "2026-10" and october.subtotal == 30
-    # The retried usage for it is an adjustment of that candidate.
+    # The retried usage for it is an adjustment of that candidate, settled once the watermark
+    # passes the end of the adjustment cycle it arrived in.
     run.usage(event("2", subject="sd", time="2026-10-06T00:00:00Z"))
+    assert run.candidates[-1].invoice_candidate_id == "sub-d:2026-10"
+    run.usage(event("4", time="2026-11-06T00:00:00Z"))
     assert run.candidates[-1].invoice_candidate_id == "sub-d:2026-10:adj-1"
     assert run.candidates[-1].subtotal == 1
 

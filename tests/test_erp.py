@@ -118,16 +118,15 @@ def test_plan_change_gives_two_documents_each_over_its_own_days(dirty) -> None:
 def test_adjustment_is_its_own_document_referencing_the_original(dirty) -> None:
     _, _, erp = dirty
     docs = by_id(erp.ar_invoices, "ar_invoice_id")
-    storage = docs["sub-acme-1:2026-10:adj-1"]
-    assert storage.adjusts_ar_invoice_id == "sub-acme-1:2026-10"
-    # 1.90 of late storage, and acme's 8.875 % New York sales tax on it
-    assert storage.document_type == "invoice" and str(storage.subtotal) == "1.90"
-    assert (str(storage.tax_total), str(storage.total)) == ("0.17", "2.07")
-    # the late api call changed only a quantity: nothing to post
-    assert "sub-acme-1:2026-10:adj-2" not in docs
-    assert "sub-acme-1:2026-10:adj-2" in erp.quantity_only
-    users = docs["sub-acme-1:2026-10:adj-3"]  # +4.00 usage, -4.00 true-up
-    assert users.total == 0 and users.document_type == "invoice"
+    late = docs["sub-acme-1:2026-10:adj-1"]  # the period's one adjustment of its cycle
+    assert late.adjusts_ar_invoice_id == "sub-acme-1:2026-10"
+    # 1.90 of late storage (the late api call and user move 0.00 net), and acme's 8.875 % New
+    # York sales tax on it
+    assert late.document_type == "invoice" and str(late.subtotal) == "1.90"
+    assert (str(late.tax_total), str(late.total)) == ("0.17", "2.07")
+    users = {x.kind: str(x.amount) for x in late.lines if x.item == "active_users"}
+    assert users == {"usage": "4.00", "minimum_true_up": "-4.00"}
+    assert not [d for d in docs if d.startswith("sub-acme-1:2026-10:adj-2")]
     journal = by_id(erp.journals, "journal_id")["us-inc:USD:2026-10"]
     assert {"sub-acme-1:2026-10", "sub-acme-1:2026-10:adj-1"} <= set(
         journal.source_candidate_ids)

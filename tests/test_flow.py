@@ -148,19 +148,20 @@ def test_dirty_workload_buckets_and_reconciles(catalog: Catalog, expected: Engin
 def test_late_events_produce_adjustments_that_sum_to_the_period(expected: EngineResult) -> None:
     by_id = {c.invoice_candidate_id: c for c in expected.candidates}
     adjustments = [c for c in expected.candidates if c.candidate_type == "adjustment"]
-    # storage max 120.5 -> 130 changes the volume line; the late api call changes only a
-    # quantity in the free tier; the late user u3 adds 4.00 and shrinks the minimum true-up.
-    assert [a.invoice_candidate_id for a in adjustments] == [
-        "sub-acme-1:2026-10:adj-1", "sub-acme-1:2026-10:adj-2", "sub-acme-1:2026-10:adj-3"]
-    storage = {line.line_id: line for line in adjustments[0].lines}
-    assert storage["sub-acme-1:2026-10:adj-1:usage:storage_gb"].quantity == 130 - 120.5
+    # The three late events arrive within one adjustment cycle: one adjustment, settled when
+    # the watermark passes the next day. Storage max 120.5 -> 130 changes the volume line; the
+    # late api call changes only a quantity in the free tier; the late user u3 adds 4.00 and
+    # shrinks the minimum true-up.
+    assert [a.invoice_candidate_id for a in adjustments] == ["sub-acme-1:2026-10:adj-1"]
+    lines = {line.line_id.removeprefix("sub-acme-1:2026-10:adj-1:"): line
+             for line in adjustments[0].lines}
+    assert lines["usage:storage_gb"].quantity == 130 - 120.5
     # volume: 120.5 GB in tier 2 = 120.5 * 0.20 + 5.00 = 29.10; 130 * 0.20 + 5.00 = 31.00
-    assert str(storage["sub-acme-1:2026-10:adj-1:usage:storage_gb"].amount) == "1.90"
-    api = adjustments[1].lines
-    assert [(x.kind, str(x.quantity), str(x.amount)) for x in api] == [("usage", "1", "0.00")]
-    users = {x.kind: x for x in adjustments[2].lines}
-    assert str(users["usage"].amount) == "4.00"
-    assert str(users["minimum_true_up"].amount) == "-4.00"
+    assert str(lines["usage:storage_gb"].amount) == "1.90"
+    api = lines["usage:api_calls"]
+    assert (str(api.quantity), str(api.amount)) == ("1", "0.00")
+    assert str(lines["usage:active_users"].amount) == "4.00"
+    assert str(lines["minimum:active_users"].amount) == "-4.00"
     original = by_id["sub-acme-1:2026-10"]
     total = original.subtotal + sum(a.subtotal for a in adjustments)
     # The full October at the final quantities, priced from scratch:

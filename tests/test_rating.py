@@ -246,6 +246,7 @@ def late_stream() -> list[bytes]:
         *calls("2026-10-31T23:00:00Z", prefix="e"),                # still inside
         *calls("2026-11-01T01:00:01Z", prefix="f"),                # passes it: October closes
         *calls("2026-10-31T23:30:00Z", prefix="g"),                # after close: adj-1
+        *calls("2026-11-02T06:00:00Z", prefix="i"),                # a day later: settles it
         *calls("2026-10-15T00:00:00Z", prefix="h"),                # after close: adj-2
     ]
 
@@ -253,8 +254,9 @@ def late_stream() -> list[bytes]:
 def test_usage_after_close_becomes_adjustment_candidates() -> None:
     cat = simple_catalog(**MINIMUM_PLAN)
     result = run(cat, late_stream())
+    # adj-1 when the watermark crossed the next day; adj-2 (a later cycle) at end of input
     assert candidate_ids(result) == ["sub-1:2026-10", "sub-1:2026-10:adj-1",
-                                     "sub-1:2026-10:adj-2", "sub-1:2026-11"]
+                                     "sub-1:2026-11", "sub-1:2026-10:adj-2"]
     invoice = candidate(result, "sub-1:2026-10")
     # 12 calls at close: 48.00 usage + 2.00 true-up to the 50.00 minimum + 31.00 fee
     assert lines_of(invoice) == {"fee:base": D("31.00"), "usage:calls": D("48.00"),
@@ -272,7 +274,7 @@ def test_usage_after_close_becomes_adjustment_candidates() -> None:
     adj2 = candidate(result, "sub-1:2026-10:adj-2")
     assert lines_of(adj2) == {"usage:calls": D("4.00")}
     assert adj2.subtotal == D("4.00")
-    # November: 3 calls, 12.00 + 38.00 true-up + 31.00
+    # November: 4 calls, 16.00 + 34.00 true-up + 31.00
     assert candidate(result, "sub-1:2026-11").subtotal == D("81.00")
     assert result.stats.late_after_close == 2
     after_close = [r for r in result.windows if r.after_close]
@@ -445,9 +447,9 @@ def test_late_usage_for_a_subscription_that_ended_before_the_first_event() -> No
     assert lines_of(candidate(result, "sub-a:2026-09:adj-1")) == {"usage:calls": D("1.00")}
     assert lines_of(candidate(result, "sub-b:2026-09")) == {
         "fee:base": D("30.00"), "usage:calls": D("0.00")}
-    # One adjustment per late window: each is rated the moment it arrives.
-    assert lines_of(candidate(result, "sub-b:2026-09:adj-1")) == {"usage:calls": D("1.00")}
-    assert lines_of(candidate(result, "sub-b:2026-09:adj-2")) == {"usage:calls": D("1.00")}
+    # Both late September events of sub-b fall in one adjustment cycle: one adjustment.
+    assert lines_of(candidate(result, "sub-b:2026-09:adj-1")) == {"usage:calls": D("2.00")}
+    assert "sub-b:2026-09:adj-2" not in candidate_ids(result)
     balanced(cat, result)
 
 

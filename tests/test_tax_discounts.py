@@ -316,8 +316,8 @@ def test_an_adjustment_after_a_discount_and_tax_sums_to_the_period_from_scratch(
     lines = [*_calls(13, 5), event("nov", time=utc(2026, 11, 3).isoformat()), *late]
     result = run(cat, lines, lateness=timedelta(minutes=5))
     october = [c for c in result.candidates if c.billing_period == "2026-10"]
-    assert october[0].candidate_type == "invoice" and len(october) > 1
-    assert {c.candidate_type for c in october[1:]} == {"adjustment"}
+    # the seven late calls arrive within one adjustment cycle: one adjustment
+    assert [c.candidate_type for c in october] == ["invoice", "adjustment"]
     whole = priced(cat, "20")
     assert sum(c.subtotal for c in october) == whole.subtotal
     assert sum(c.tax_total for c in october) == whole.tax_total
