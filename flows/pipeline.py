@@ -36,8 +36,11 @@ from flows.sources import Chunk, ContractsBatch
 from operators import ids
 from operators.catalog import Catalog, CatalogError
 from operators.contracts import KINDS, ContractsError, catalog_of, decode_record, put, refusals
+from operators.credits import apply as apply_credits
+from operators.credits import may_use_credits, order_key
 from operators.dedup import DedupStore, MemoryDedup
 from operators.ingest import IngestConfig, Ingestor, IngestOutput, IngestState, IngestStats
+from operators.periods import Month, service_period
 from operators.protocol import PeriodRetired, SubscriptionOps, Terms
 from operators.rating import SubscriptionRater
 from schemas.records import (
@@ -426,6 +429,106 @@ def rate(catalog: Catalog, config: IngestConfig, ops: Stream[SubscriptionOps],
     )
 
 
+class CreditLogic(StatefulBatchLogic[InvoiceCandidate | PeriodRetired, JournalFeed, Any]):
+    """One customer's candidates with its prepaid credits applied (operators/credits.py), in
+    the order file mode applies them: invoice date, then candidate id.
+
+    A customer without usable credits, and every candidate credits do not apply to, passes
+    straight through. A ready original that credits may apply to waits until its month is
+    complete for the customer (every subscription active in it has issued its candidate, which
+    the raters do on one Close), and months are settled in order; a retirement of the month, or
+    the end of a bounded input, settles what waits first. So the same input gives the same
+    credits whatever the worker count or batching. Retirements pass through this step, after
+    the candidates they follow, so the journal step still sees them in that order. State: the
+    amounts applied per credit (for as long as the customer has credits) and the months in
+    flight, never the months elapsed."""
+
+    def __init__(self, catalog: Catalog | LiveCatalog, resume: Any, recoverable: bool) -> None:
+        self.catalog = catalog
+        self.recoverable = recoverable
+        self.applied: dict[str, Any] = {}  # credit id -> Decimal applied so far
+        self.pending: dict[str, list[InvoiceCandidate]] = {}  # period -> waiting originals
+        self.arrived: dict[str, set[str]] = {}  # period -> subscriptions that issued it
+        if resume is not None:
+            self.applied, self.pending, self.arrived = pickle.loads(resume)
+
+    def _current(self) -> Catalog:
+        catalog = self.catalog
+        return catalog.current if isinstance(catalog, LiveCatalog) else catalog
+
+    def on_batch(self, values: list[InvoiceCandidate | PeriodRetired]
+                 ) -> tuple[Iterable[JournalFeed], bool]:
+        catalog = self._current()
+        out: JournalFeed = []
+        for item in values:
+            if type(item) is PeriodRetired:
+                self._settle(catalog, out, through=item.period)
+                for period in [p for p in self.arrived if p <= item.period]:
+                    del self.arrived[period]
+                out.append(item)
+                continue
+            assert isinstance(item, InvoiceCandidate)
+            period = item.billing_period
+            if item.adjusts is None:
+                self.arrived.setdefault(period, set()).add(item.subscription_id)
+            if may_use_credits(catalog.customers.get(item.customer_id), item):
+                self.pending.setdefault(period, []).append(item)
+            else:
+                out.append(item)
+        self._settle(catalog, out)
+        return ([out] if out else []), StatefulBatchLogic.RETAIN
+
+    def _complete(self, catalog: Catalog, customer_id: str, period: str) -> bool:
+        customer = catalog.customers.get(customer_id)
+        if customer is None:
+            return True
+        month = Month.parse(period)
+        start = catalog.billing_start
+        expected = {s.id for s in customer.subscriptions
+                    if service_period(month, s.start, s.end) is not None
+                    and (start is None or month >= start)}
+        return expected <= self.arrived.get(period, set())
+
+    def _settle(self, catalog: Catalog, out: JournalFeed, through: str | None = None,
+                every: bool = False) -> None:
+        """Apply credits to the waiting months that are complete (or through `through`, or
+        all of them with `every`), oldest first."""
+        for period in sorted(self.pending):
+            waiting = self.pending[period]
+            customer = catalog.customers.get(waiting[0].customer_id)
+            ready = (every or (through is not None and period <= through)
+                     or self._complete(catalog, waiting[0].customer_id, period))
+            if not ready:
+                break  # months settle in order: a later one waits for this one
+            del self.pending[period]
+            for cand in sorted(waiting, key=order_key):
+                out.append(apply_credits(customer, cand, self.applied)
+                           if customer is not None else cand)
+
+    def on_eof(self) -> tuple[Iterable[JournalFeed], bool]:
+        out: JournalFeed = []
+        self._settle(self._current(), out, every=True)
+        return ([out] if out else []), StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> Any:
+        if not self.recoverable:
+            return None
+        return _frozen((self.applied, self.pending, self.arrived))
+
+
+def credit(catalog: Catalog | LiveCatalog, feed: Stream[JournalFeed], recoverable: bool
+           ) -> Stream[JournalFeed]:
+    """Apply prepaid credits, keyed by customer (CreditLogic)."""
+    singles = op.flat_map("credits_each", feed, lambda items: items)
+    by_customer = op.key_on("key_customer", singles, _customer_of)
+    return op.key_rm("credits_unkey", op.stateful_batch(
+        "credits", by_customer, lambda resume: CreditLogic(catalog, resume, recoverable)))
+
+
+def _customer_of(item: InvoiceCandidate | PeriodRetired) -> str:
+    return item.customer_id
+
+
 def _journal_items(item: RatingItem) -> JournalFeed | None:
     if type(item) is Candidates or type(item) is Retirements:
         return list(item.items)
@@ -456,7 +559,14 @@ def build_flow(catalog: Catalog, config: IngestConfig, source: Source[Chunk], si
     _outputs("exceptions_out", op.merge("all_exceptions", judged.exceptions, rated.failures),
              sinks.exceptions)
     _outputs("windows_out", rated.windows, sinks.windows)
-    _outputs("candidates_out", rated.candidates, sinks.candidates)
+    credited = credit(live if live is not None else catalog, rated.journal_feed, recoverable)
+    _outputs("candidates_out", op.filter_map("credited_candidates", credited, _candidates_of),
+             sinks.candidates)
     if with_journal_feed is not None:
-        with_journal_feed(rated.journal_feed)
+        with_journal_feed(credited)
     return flow
+
+
+def _candidates_of(items: JournalFeed) -> list[InvoiceCandidate] | None:
+    cands = [c for c in items if type(c) is InvoiceCandidate]
+    return cands or None

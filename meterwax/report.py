@@ -60,6 +60,13 @@ def print_run_summary(result: RunResult, out: TextIO, detailed: bool = True) -> 
 
     if detailed:
         _print_terms(result.candidates, out)
+        if report.credits:
+            out.write("\nPrepaid credits (as of the last invoice date)\n")
+            rows = [["customer", "credit", "currency", "granted", "applied", "remaining",
+                     "expired", "expires"]]
+            rows += [[b.customer_id, b.credit_id, b.currency, b.granted, b.applied, b.remaining,
+                      b.expired, b.expires[:10]] for b in report.credits]
+            _table(rows, out, right={3, 4, 5, 6})
         _print_erp(result, out)
 
     out.write("\nEvents by bucket\n")

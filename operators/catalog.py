@@ -68,7 +68,8 @@ MODEL_KEYS: Mapping[str, tuple[str, ...]] = {
 }
 TIER_KEYS = ("up_to", "unit_price", "flat_price")
 CUSTOMER_KEYS = ("id", "legal_entity", "subjects", "tax_registration", "payment_terms_days",
-                 "tax_code", "subscriptions")
+                 "tax_code", "credits", "subscriptions")
+CREDIT_KEYS = ("id", "amount", "currency", "granted", "expires")
 SUBSCRIPTION_KEYS = ("id", "plan", "start", "end", "discounts")
 DISCOUNT_KEYS = ("id", "percent", "amount", "applies_to", "from", "months")
 
@@ -83,6 +84,7 @@ MAX_SUBSCRIPTIONS = 10_000
 MAX_PAYMENT_TERMS_DAYS = 3650
 MAX_TAX_CODES = 100
 MAX_DISCOUNTS = 100
+MAX_CREDITS = 1000
 MAX_DISCOUNT_MONTHS = 1200  # a hundred years: beyond it, leave `months` out (no end)
 # A decimal text longer than this is a paste accident, and `Decimal` itself raises on exponents
 # beyond its range: the text is refused before it is converted.
@@ -201,6 +203,22 @@ class Subscription:
 
 
 @dataclass(frozen=True, slots=True)
+class Credit:
+    """A prepaid credit: usable, in its currency, by the customer's invoices dated (the last day
+    of the service period, at 00:00 UTC) in [granted, expires)."""
+
+    id: str
+    amount: Decimal
+    currency: str
+    granted: datetime
+    expires: datetime
+
+    def usable_on(self, invoice_date: date) -> bool:
+        at = datetime(invoice_date.year, invoice_date.month, invoice_date.day, tzinfo=UTC)
+        return self.granted <= at < self.expires
+
+
+@dataclass(frozen=True, slots=True)
 class Customer:
     id: str
     legal_entity: str
@@ -209,6 +227,7 @@ class Customer:
     payment_terms_days: int | None
     subscriptions: tuple[Subscription, ...]  # sorted by start, non-overlapping
     tax_code: str | None = None  # one of its legal entity's tax codes
+    credits: tuple[Credit, ...] = ()
 
     def hold_reasons(self, entity: LegalEntity | None = None) -> tuple[str, ...]:
         """Why this customer's candidates are held; `entity`: its legal entity, whose tax codes
@@ -964,8 +983,38 @@ class _Parser:
                                      "customer")
             if self.unique(seen, ident, where, "customer") and ident and entity:
                 out[ident] = Customer(ident, entity, subjects, tax or None, terms,
-                                      tuple(s for _, s in subs), tax_code)
+                                      tuple(s for _, s in subs), tax_code,
+                                      self.credits(item, where))
         return out
+
+    def credits(self, customer: Mapping[str, Any], where: str) -> tuple[Credit, ...]:
+        out: list[Credit] = []
+        seen: dict[str, str] = {}
+        for cwhere, item in self.items(customer, "credits", where, limit=MAX_CREDITS):
+            self.keys(item, CREDIT_KEYS, cwhere)
+            ident = self.text(item, "id", cwhere)
+            currency = item.get("currency")
+            if currency is None:
+                self.err(f"{cwhere}.currency", "is required")
+            elif (problem := _currency_problem(currency)) is not None:
+                self.err(f"{cwhere}.currency", f"unknown ISO 4217 currency {problem}"
+                         if isinstance(currency, str) else problem)
+                currency = None
+            amount = self.amount(item, "amount", cwhere, positive=True)
+            if (amount is not None and currency
+                    and _exact_scale(amount) > MINOR_UNITS[currency]):
+                self.err(f"{cwhere}.amount", f"{item['amount']} has more decimals than "
+                                             f"{currency} allows ({MINOR_UNITS[currency]})")
+                amount = None
+            granted = self.instant(item, "granted", cwhere)
+            expires = self.instant(item, "expires", cwhere)
+            if granted and expires and expires <= granted:
+                self.err(f"{cwhere}.expires", "must be after granted")
+                expires = None
+            if (self.unique(seen, ident, cwhere, "credit") and ident and amount is not None
+                    and currency and granted and expires):
+                out.append(Credit(ident, amount, currency, granted, expires))
+        return tuple(out)
 
     def discounts(self, sub: Mapping[str, Any], where: str, currency: str | None
                   ) -> tuple[Discount, ...]:

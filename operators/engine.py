@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from operators.catalog import Catalog
+from operators.credits import settle
 from operators.dedup import MemoryDedup
 from operators.ingest import IngestConfig, Ingestor, IngestOutput
 from operators.protocol import PeriodRetired
@@ -59,4 +60,5 @@ def run_engine(catalog: Catalog, lines: Iterable[bytes], config: IngestConfig,
             batch = []
     drain(ingestor.process(batch))
     drain(ingestor.finish())
+    result.candidates = settle(catalog, result.candidates)
     return result

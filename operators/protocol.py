@@ -80,6 +80,7 @@ class PeriodRetired(msgspec.Struct, array_like=True, gc=False):
     legal_entity: str
     currency: str
     period: str  # YYYY-MM
+    customer_id: str = ""  # the credits step is keyed by customer (flows/pipeline.py)
 
 
 class SubscriptionOps(msgspec.Struct, array_like=True, gc=False):

@@ -411,7 +411,7 @@ class SubscriptionRater:
             pstate = state.periods.pop(period)
             if pstate.closed:
                 out.append(PeriodRetired(sub.id, self.customer.legal_entity, self.plan.currency,
-                                         period))
+                                         period, self.customer.id))
         state.closed = {p for p in state.closed if p > through}
         self._period_ends = {p: end for p, end in self._period_ends.items() if p > through}
         if any(h[1] <= through for h in state.heap):

@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from operators.catalog import Catalog
+from operators.credits import credit_report, invoice_date, over_granted
 from operators.erp import ErpOutput, erp_chain
 from operators.ingest import IngestStats
 from operators.money import ZERO, fmt, round_money
 from schemas.reconciliation import (
+    CreditBalance,
     ErpSummary,
     EventBuckets,
     ExcludedMonth,
@@ -122,6 +124,9 @@ def reconcile(catalog: Catalog, stats: StatsTotal, rated: dict[RatedKey, RatedSu
                             f"{window_events.get(meter, 0)} counted in rated windows")
     erp_summary = None if erp is None else _erp_summary(catalog, stats, rated, candidates, erp,
                                                          problems)
+    dates = [invoice_date(c) for c in candidates]
+    balances = credit_report(catalog, candidates, max(dates) if dates else None)
+    problems.extend(over_granted(balances))
     counts = invoiced.counts
     return Reconciliation(
         balanced=not problems,
@@ -162,6 +167,7 @@ def reconcile(catalog: Catalog, stats: StatsTotal, rated: dict[RatedKey, RatedSu
             ExcludedMonth(customer_id=c, subscription_id=s, period=p)
             for c, s, p in catalog.excluded_months()],
         erp=erp_summary,
+        credits=[CreditBalance(**b) for b in balances],
     )
 
 

@@ -85,6 +85,20 @@ class ChainRow(msgspec.Struct, frozen=True):
     journal_customer_credits: str
 
 
+class CreditBalance(msgspec.Struct, frozen=True):
+    """A prepaid credit as of the run's last invoice date: `granted` = `applied` + `remaining` +
+    `expired` (what was left when it expired)."""
+
+    customer_id: str
+    credit_id: str
+    currency: str
+    granted: str
+    applied: str
+    remaining: str
+    expired: str
+    expires: str
+
+
 class ErpSummary(msgspec.Struct, frozen=True):
     ar_invoices: int
     journals: int
@@ -138,3 +152,4 @@ class Reconciliation(msgspec.Struct, frozen=True, omit_defaults=True):
     excluded_by_billing_start: list[ExcludedMonth] = []
     erp: ErpSummary | None = None
     run: RunFacts | None = None
+    credits: list[CreditBalance] = []

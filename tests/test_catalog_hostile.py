@@ -95,7 +95,7 @@ def acme_sub(start: str | None = None, end: str | None = None) -> tuple[str, str
 
 YAML_PROBLEMS = [
     pytest.param(EXAMPLE_TEXT + "\ncustomers: []\n", "customers",
-                 "duplicate key 'customers' (lines 83 and 149)", id="second-customers-section"),
+                 "duplicate key 'customers' (lines 83 and 154)", id="second-customers-section"),
     pytest.param(edited(acme_sub(end='null, end: "2027-01-01T00:00:00Z"')),
                  "customers[0].subscriptions[0].end", "duplicate key 'end'",
                  id="duplicate-key-in-flow-mapping"),
@@ -162,7 +162,7 @@ YAML_PROBLEMS = [
                  "customers[0].subscriptions[0].start", "is not a valid timestamp",
                  id="timestamp-with-offset-99h"),
     pytest.param(EXAMPLE_TEXT + "---\nlegal_entities: []\n", "catalog",
-                 "a second YAML document starts at line 148", id="two-documents"),
+                 "a second YAML document starts at line 153", id="two-documents"),
     pytest.param(DEEP, None, "nested more than 64 levels deep at line 65",
                  id="nested-too-deep"),
     pytest.param("", "catalog", "the document must be a mapping, got an empty document",

@@ -130,7 +130,7 @@ def test_bad_catalog_lists_every_problem_and_writes_nothing(tmp_path: Path, even
     bad.write_text(
         (ROOT / "catalog" / "example.yaml").read_text()
         .replace('unit_price: "0.002"', "unit_price: 0.002")
-        .replace("currency: EUR", "currency: EUX")
+        .replace("currency: EUR\n", "currency: EUX\n")
         .replace("plan: scale-jpy", "plan: no-such-plan")
     )
     out = tmp_path / "out"

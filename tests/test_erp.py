@@ -180,9 +180,9 @@ def test_credit_memo_when_late_usage_lowers_the_amount() -> None:
     journal = by_id(erp.journals, "journal_id")["us-inc:USD:2026-10"]
     assert journal.total_debit == journal.total_credit
     receivable = next(x for x in journal.lines if x.role == "receivable")
-    # the memo reduces the month's receivable: it is the sum of every posted document
+    # the memo reduces the month's receivable: it is the amount due of every posted document
     assert receivable.debit - receivable.credit == sum(
-        a.total for a in erp.ar_invoices
+        a.amount_due for a in erp.ar_invoices
         if (a.legal_entity, a.currency, a.billing_period) == ("us-inc", "USD", "2026-10"))
     assert memo.total in [a.total for a in erp.ar_invoices]
 
@@ -314,7 +314,11 @@ def test_chain_names_a_variance(dirty) -> None:
     rows, problems = erp_chain(catalog, rated, result.candidates, erp)
     assert problems == []
     usd = next(r for r in rows if r.legal_entity == "us-inc" and r.period == "2026-10")
-    assert usd.ar_total == usd.journal_receivable
+    # globex's prepaid credits (50.00 + 300.00) settle part of the month's AR invoices
+    assert Decimal(usd.ar_credits_applied) == Decimal("350.00")
+    assert Decimal(usd.ar_total) - Decimal(usd.ar_credits_applied) == Decimal(
+        usd.journal_receivable)
+    assert usd.ar_credits_applied == usd.journal_customer_credits
     assert set(usd.not_posted_by_reason) == {"MISSING_PAYMENT_TERMS",
                                                "MISSING_TAX_REGISTRATION"}
     erp.journals[0].lines[0].debit += Decimal("0.01")
