@@ -598,6 +598,29 @@ class _Parser:
         seen[ident] = where
         return True
 
+    def currency(self, obj: Mapping[str, Any], where: str) -> str | None:
+        """`obj["currency"]`, an ISO 4217 code, or None after recording why not."""
+        currency = obj.get("currency")
+        if currency is None:
+            self.err(f"{where}.currency", "is required")
+            return None
+        problem = _currency_problem(currency)
+        if problem is not None:
+            self.err(f"{where}.currency", f"unknown ISO 4217 currency {problem}"
+                     if isinstance(currency, str) else problem)
+            return None
+        return str(currency)
+
+    def in_minor_units(self, amount: Decimal | None, obj: Mapping[str, Any], key: str,
+                       where: str, currency: str | None) -> Decimal | None:
+        """`amount` (read from `obj[key]`), or None when it has more decimals than `currency`
+        allows: a price can be finer than the currency, an amount billed as it stands cannot."""
+        if amount is not None and currency and _exact_scale(amount) > MINOR_UNITS[currency]:
+            self.err(f"{where}.{key}", f"{obj[key]} has more decimals than {currency} allows "
+                                       f"({MINOR_UNITS[currency]})")
+            return None
+        return amount
+
     # -- sections ------------------------------------------------------------------------------
 
     def parse(self, doc: Any) -> Catalog:
@@ -780,26 +803,16 @@ class _Parser:
         for where, item in self.items(doc, "plans", ""):
             self.keys(item, PLAN_KEYS, where)
             ident = self.text(item, "id", where)
-            currency = item.get("currency")
-            if currency is None:
-                self.err(f"{where}.currency", "is required")
-            elif (problem := _currency_problem(currency)) is not None:
-                self.err(f"{where}.currency", f"unknown ISO 4217 currency {problem}"
-                         if isinstance(currency, str) else problem)
-                currency = None
+            currency = self.currency(item, where)
             fees = []
             fee_ids: dict[str, str] = {}
             for fwhere, fee in self.items(item, "fixed_fees", where, limit=MAX_FIXED_FEES):
                 self.keys(fee, FIXED_FEE_KEYS, fwhere)
                 fid = self.text(fee, "id", fwhere)
-                amount = self.amount(fee, "amount", fwhere)
+                amount = self.in_minor_units(self.amount(fee, "amount", fwhere), fee, "amount",
+                                             fwhere, currency)
                 rec = self.choice(fee, "revenue_recognition", fwhere, RECOGNITION,
                                   "revenue recognition", default="ratable")
-                if (amount is not None and currency
-                        and _exact_scale(amount) > MINOR_UNITS[currency]):
-                    self.err(f"{fwhere}.amount", f"{fee['amount']} has more decimals than "
-                                                 f"{currency} allows ({MINOR_UNITS[currency]})")
-                    amount = None
                 if (self.unique(fee_ids, fid, fwhere, "fixed fee") and fid and amount is not None
                         and rec):
                     # `choice` admitted only a name in RECOGNITION.
@@ -810,10 +823,8 @@ class _Parser:
                 charge = self.charge(raw, cwhere)
                 if charge is None:
                     continue
-                if (charge.minimum is not None and currency
-                        and _exact_scale(charge.minimum) > MINOR_UNITS[currency]):
-                    self.err(f"{cwhere}.minimum", f"{raw['minimum']} has more decimals than "
-                                                  f"{currency} allows ({MINOR_UNITS[currency]})")
+                if self.in_minor_units(charge.minimum, raw, "minimum", cwhere,
+                                       currency) is None and charge.minimum is not None:
                     continue
                 # One charge per meter per plan: line ids are keyed by meter, and two prices on
                 # one meter is better written as tiers.
@@ -993,19 +1004,9 @@ class _Parser:
         for cwhere, item in self.items(customer, "credits", where, limit=MAX_CREDITS):
             self.keys(item, CREDIT_KEYS, cwhere)
             ident = self.text(item, "id", cwhere)
-            currency = item.get("currency")
-            if currency is None:
-                self.err(f"{cwhere}.currency", "is required")
-            elif (problem := _currency_problem(currency)) is not None:
-                self.err(f"{cwhere}.currency", f"unknown ISO 4217 currency {problem}"
-                         if isinstance(currency, str) else problem)
-                currency = None
-            amount = self.amount(item, "amount", cwhere, positive=True)
-            if (amount is not None and currency
-                    and _exact_scale(amount) > MINOR_UNITS[currency]):
-                self.err(f"{cwhere}.amount", f"{item['amount']} has more decimals than "
-                                             f"{currency} allows ({MINOR_UNITS[currency]})")
-                amount = None
+            currency = self.currency(item, cwhere)
+            amount = self.in_minor_units(self.amount(item, "amount", cwhere, positive=True),
+                                         item, "amount", cwhere, currency)
             granted = self.instant(item, "granted", cwhere)
             expires = self.instant(item, "expires", cwhere)
             if granted and expires and expires <= granted:
@@ -1045,15 +1046,11 @@ class _Parser:
                 scope = self.choice(item, "applies_to", dwhere, DISCOUNT_SCOPES, "scope",
                                     default="all")
             else:
-                amount = self.amount(item, "amount", dwhere, positive=True)
+                amount = self.in_minor_units(self.amount(item, "amount", dwhere, positive=True),
+                                             item, "amount", dwhere, currency)
                 if "applies_to" in item:
                     self.err(f"{dwhere}.applies_to", "an amount discount applies to the whole "
                                                      "invoice; applies_to is for percent ones")
-                if (amount is not None and currency
-                        and _exact_scale(amount) > MINOR_UNITS[currency]):
-                    self.err(f"{dwhere}.amount", f"{item['amount']} has more decimals than "
-                                                 f"{currency} allows ({MINOR_UNITS[currency]})")
-                    amount = None
             if (self.unique(seen, ident, dwhere, "discount") and ident and first is not None
                     and scope is not None and (percent is not None or amount is not None)):
                 out.append(Discount(ident, first, months, percent, amount,
