@@ -128,7 +128,7 @@ def test_the_page_shows_what_the_api_says(browser: Any, served: tuple[str, str, 
             for tr in page.query_selector_all("#charges-rows tr")] == customers
     acme = get(base, "/v1/customers/acme/charges", finance)
     row = page.inner_text("#charges-rows tr[data-customer=acme]")
-    assert all(f"{t['amount']} {t['currency']}" in row for t in acme["totals"])
+    assert all(f"{t['total']} {t['currency']}" in row for t in acme["totals"])
     assert page.locator("#usage-charts svg").count() >= 1
     assert not problems, problems  # every request answered, none left this server
     # a retry from a folder says why it cannot be done, on the page

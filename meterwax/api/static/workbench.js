@@ -145,7 +145,7 @@ async function loadCharges(customers) {
   body.replaceChildren();
   for (const c of customers) {
     const charges = await api(`/v1/customers/${encodeURIComponent(c)}/charges`);
-    const totals = charges.totals.map((t) => `${t.amount} ${t.currency}`).join(", ") || "—";
+    const totals = charges.totals.map((t) => `${t.total} ${t.currency}`).join(", ") || "—";
     const tr = row([el("td", c), el("td", charges.period), el("td", totals, "num"),
       el("td", charges.as_of || "nothing rated yet"), el("td", charges.updated_at || "—")]);
     tr.dataset.customer = c;
