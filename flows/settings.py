@@ -359,11 +359,11 @@ class Options:
 # -- stream settings -------------------------------------------------------------------------
 
 class SettingsError(ValueError):
-    """Stream settings are unusable; `problems` lists every one."""
+    """A command's settings are unusable; `problems` lists every one, `command` says whose."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], command: str = "stream") -> None:
         self.problems = problems
-        super().__init__("stream settings have problems:\n" + "\n".join(
+        super().__init__(f"{command} settings have problems:\n" + "\n".join(
             f"  - {p}" for p in problems))
 
 
@@ -571,7 +571,7 @@ class RetrySettings:
             opts.add("until", f"must be after --since ({since.isoformat()})")
         security = read_kafka_security(opts)
         if opts.problems:
-            raise SettingsError(opts.problems)
+            raise SettingsError(opts.problems, "exceptions retry")
         return cls(
             kafka_bootstrap=required["kafka_bootstrap"], input_topic=required["input_topic"],
             topics=Topics.with_prefix(opts.text("topic_prefix", "meterwax.") or ""),
@@ -613,7 +613,7 @@ class ContractsSettings:
         bootstrap = opts.required("kafka_bootstrap")
         security = read_kafka_security(opts)
         if opts.problems:
-            raise SettingsError(opts.problems)
+            raise SettingsError(opts.problems, "contracts")
         return cls(kafka_bootstrap=bootstrap,
                    topics=Topics.with_prefix(opts.text("topic_prefix", "meterwax.") or ""),
                    redis_url=opts.text("redis_url") or None,
@@ -724,7 +724,7 @@ class ApiSettings:
                                        f"{flag_label(name)} or {env_name(name)})")
         security = read_kafka_security(opts)
         if opts.problems:
-            raise SettingsError(opts.problems)
+            raise SettingsError(opts.problems, "api")
         return cls(host=host, port=port, out=str(out) if out else None, redis_url=redis_url,
                    clickhouse=clickhouse, kafka_bootstrap=bootstrap,
                    input_topic=opts.text("input_topic") or None,
@@ -761,7 +761,7 @@ class TokensSettings:
             opts.note("meterwax tokens", "give --out DIR (a run's folder) or --redis-url "
                                          "(a stream deployment's, or METERWAX_REDIS_URL)")
         if opts.problems:
-            raise SettingsError(opts.problems)
+            raise SettingsError(opts.problems, "tokens")
         return cls(out=str(out) if out else None,
                    redis_url=None if out else opts.text("redis_url"),
                    redis_namespace=opts.text("redis_namespace", "meterwax") or "")

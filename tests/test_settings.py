@@ -274,3 +274,9 @@ def test_api_reconcile_every_refused(tmp_path: Path, given: str) -> None:
         ApiSettings.from_mapping({"out": str(tmp_path), "reconcile_every": given}, environ={})
     (problem,) = err.value.problems
     assert problem.startswith("--reconcile-every: ")
+
+
+def test_a_settings_error_names_its_command(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError) as err:
+        ApiSettings.from_mapping({"out": str(tmp_path / "missing")}, environ={})
+    assert str(err.value).startswith("api settings have problems:\n  - --out: ")
