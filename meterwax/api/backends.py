@@ -137,7 +137,10 @@ class FolderBackend:
 
     def __init__(self, out_dir: str | Path, *, recheck: float = 0.5,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.out = Path(out_dir)
+        # Absolute: chDB changes the process's working directory while it opens a store, so
+        # a relative folder read by another thread at that moment (a readiness probe while
+        # the reconciliation check opens the store) would not be found.
+        self.out = Path(out_dir).absolute()
         self.tokens: TokenStore = FileTokenStore(self.out)
         self._lock = threading.RLock()
         self._gen: _Generation | None = None
