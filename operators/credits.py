@@ -16,20 +16,19 @@ one customer's months as they complete, which gives the same result.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import msgspec
 
 from operators.catalog import Catalog, Credit, Customer
+from operators.erp import last_service_day
 from operators.money import ZERO, round_money
 from schemas.records import CreditApplied, InvoiceCandidate
 
-_ONE_US = timedelta(microseconds=1)
-
 
 def invoice_date(cand: InvoiceCandidate) -> date:
-    return (cand.period_end - _ONE_US).date()
+    return last_service_day(cand.period_end)
 
 
 def order_key(cand: InvoiceCandidate) -> tuple[date, str]:

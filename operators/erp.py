@@ -24,6 +24,7 @@ from decimal import Decimal
 
 from operators import ids
 from operators.catalog import Catalog
+from operators.invoicing import SCOPE_KINDS
 from operators.money import ZERO, round_money
 from operators.periods import Month
 from schemas.erp import (
@@ -42,9 +43,7 @@ from schemas.records import InvoiceCandidate, InvoiceLine
 
 _REVENUE_ROLE = {"usage": "usage_revenue", "minimum_true_up": "usage_revenue",
                  "fixed_fee": "subscription_revenue", "discount": "discounts"}
-# The lines a discount line's revenue follows (its `applies_to`).
-_SCOPE_KINDS = {"usage": ("usage", "minimum_true_up"), "fixed_fees": ("fixed_fee",),
-                "all": ("usage", "minimum_true_up", "fixed_fee")}
+
 _ONE_US = timedelta(microseconds=1)
 
 
@@ -321,7 +320,7 @@ def build_erp(catalog: Catalog, candidates: Iterable[InvoiceCandidate]) -> ErpOu
                        key=lambda pair: pair[0].kind == "discount")
         for src, line in order:
             if src.kind == "discount":
-                follow = _SCOPE_KINDS[src.applies_to or "all"]
+                follow = SCOPE_KINDS[src.applies_to or "all"]  # the lines it discounts
                 entries = discount_entries(
                     src, [x for x in own if kind_of[x.line_id] in follow],
                     cand.period_start, cand.period_end, cand.currency)

@@ -44,7 +44,7 @@ from schemas.records import (
 # "tax": a candidate's tax under one tax code, kept with the lines so that adjustments take its
 # delta like any line's; `quantity` holds its base. Never an invoice line.
 ValueKind = LineKind | Literal["tax"]
-_SCOPE_KINDS: dict[DiscountScope, frozenset[str]] = {
+SCOPE_KINDS: dict[DiscountScope, frozenset[str]] = {
     "usage": frozenset({"usage", "minimum_true_up"}),
     "fixed_fees": frozenset({"fixed_fee"}),
     "all": frozenset({"usage", "minimum_true_up", "fixed_fee"}),
@@ -133,7 +133,7 @@ def apply_discounts(lines: dict[str, LineValue], discounts: list[Discount], curr
     for d in discounts:
         if d.percent is None:
             continue
-        kinds = _SCOPE_KINDS[d.applies_to]
+        kinds = SCOPE_KINDS[d.applies_to]
         base = sum((x.amount for x in undiscounted if x.kind in kinds), ZERO)
         off = round_money(base * d.percent / 100, currency)
         lines[ids.discount_line_key(d.id)] = LineValue("discount", d.id, None, -off,
