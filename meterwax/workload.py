@@ -55,9 +55,13 @@ from meterwax.workload_model import (
 from operators.catalog import Catalog
 from schemas.records import REASONS
 
-# Late October events are emitted in this stretch of November: well after October's close, which
-# happens once the watermark passes 2026-11-01T01:00Z (period end + the default 1 h lateness).
-LATE_EMIT = (NOV + DAY, NOV + 25 * DAY)
+# Late October events are emitted on 2 November: well after October's close, which happens once
+# the watermark passes 2026-11-01T01:00Z (period end + the default 1 h lateness). One day, because
+# the common shape of late usage is a backlog replayed after an outage (a collector that was down
+# uploads what it buffered), not a uniform month-long trickle; with the default one-day adjustment
+# cycle it gives one adjustment per affected period, as finance would expect. The trickle case is
+# pinned by tests/test_adjustment_cycles.py.
+LATE_EMIT = (NOV + DAY, NOV + 2 * DAY)
 
 # Injected kinds and their share of `size` (each fault's `rate`, in registration order). Below
 # MIN_SIZE_ALL_KINDS a kind gets round(rate*size) lines (possibly none); from it on, at least one
