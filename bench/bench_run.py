@@ -14,12 +14,26 @@ Generates a dirty workload (meterwax/workload.py) into a temporary file, then ti
 Prints a table (rates in events/s and as a percentage of the floor) and, last, one JSON line with
 every figure, for scripts to collect. A benchmark, not a test: nothing here asserts a speed.
 Exit status: 0, or 1 when the pipeline command could not run or failed.
+
+    .venv/bin/python bench/bench_run.py --customers 10000 --size 500000 [--repeat 2]
+
+instead compares catalogs: `meterwax run` over the six-customer example workload and over a
+catalog of N generated customers (meterwax/workload_customers.py) with the same number of events,
+alternated, `--repeat` times each. For each run: wall clock, the dataflow's own time (the
+run's reconciliation.json) and so the time outside it, and the peak resident set size of that
+`meterwax run` process alone: its VmHWM (/proc/PID/status) sampled while it runs, beside the
+ru_maxrss of os.wait4 on that one child (not RUSAGE_CHILDREN, a maximum over every child ever
+waited for; and ru_maxrss also counts what the child held before exec, a copy of this process,
+so the workloads are generated in a separate process). Then the throughput ratio (best wall
+clock of six customers over best of N) and the memory per subscription, (peak RSS of N - peak
+RSS of six) / (subscriptions of N - subscriptions of six).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import shlex
 import shutil
@@ -118,6 +132,141 @@ def pipeline_pass(cmd_base: list[str], path: Path, catalog_path: Path, out_dir: 
             "stdout_tail": proc.stdout.decode("utf-8", "replace").strip().splitlines()[-3:]}
 
 
+def measured_run(cmd_base: list[str], events: Path, catalog_path: Path, out_dir: Path,
+                 workers: int | None, timeout: float | None) -> dict[str, Any]:
+    """One `meterwax run` as a child process: wall clock, its own peak RSS, the dataflow's
+    time from its reconciliation.json."""
+    cmd = [*cmd_base, "run", "--catalog", str(catalog_path), "--events", str(events),
+           "--out", str(out_dir), "--now", DATA_END.isoformat()]
+    if workers is not None:
+        cmd += ["--workers", str(workers)]
+    log = out_dir.with_name(out_dir.name + ".log")
+    with open(log, "wb") as fh:
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
+        except FileNotFoundError as exc:
+            msg = f"the pipeline command is not available: {shlex.join(cmd)} ({exc})"
+            raise PipelineFailed(msg) from exc
+        deadline = None if timeout is None else t0 + timeout
+        hwm = 0
+        while True:
+            # VmHWM while it runs, and wait4 on this one pid at the end (its rusage alone):
+            # ru_maxrss also counts what the child held before exec, a copy of this process.
+            hwm = max(hwm, _peak_rss_kib(proc.pid) or 0)
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if deadline is not None and time.perf_counter() > deadline:
+                proc.kill()
+                proc.wait()
+                msg = f"the pipeline command timed out after {timeout}s: {shlex.join(cmd)}"
+                raise PipelineFailed(msg)
+            time.sleep(0.05)
+        wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode not in (0, 1) or not (out_dir / "reconciliation.json").is_file():
+        tail = log.read_text(errors="replace").strip().splitlines()[-15:]
+        msg = (f"the pipeline command failed with exit status {proc.returncode}:\n  "
+               f"{shlex.join(cmd)}\n" + "\n".join(f"  | {line}" for line in tail))
+        raise PipelineFailed(msg)
+    report = json.loads((out_dir / "reconciliation.json").read_text(encoding="utf-8"))
+    dataflow = float(report["run"]["elapsed_seconds"])
+    # Both in KiB on Linux. VmHWM, sampled every 50 ms, misses a peak only in the last 50 ms
+    # before exit; ru_maxrss is exact unless this process was larger than the child.
+    return {"wall_s": round(wall, 2), "dataflow_s": round(dataflow, 2),
+            "outside_s": round(wall - dataflow, 2), "peak_rss_mib": round(hwm / 1024),
+            "ru_maxrss_mib": round(usage.ru_maxrss / 1024), "balanced": report["balanced"]}
+
+
+def _generate(name: str, catalog_path: Path, events: Path, customers: int, size: int,
+              seed: int) -> tuple[int, int]:
+    """Write one case's events (and, for "many", its catalog): (lines, subscriptions)."""
+    from meterwax.workload_customers import write_customers_catalog, write_customers_workload
+
+    if name == "many":
+        write_customers_catalog(catalog_path, customers, seed)
+    catalog = load_catalog(str(catalog_path))
+    count = (write_workload(events, catalog, size, seed) if name == "six"
+             else write_customers_workload(events, catalog, size, seed))
+    return count, len(catalog.subscriptions)
+
+
+def _peak_rss_kib(pid: int) -> int | None:
+    """VmHWM of a running process (its own peak, reset at exec), None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def customers_main(args: argparse.Namespace, cmd_base: list[str]) -> int:
+    """The --customers comparison (module docstring)."""
+    n = args.customers
+    tmp = Path(tempfile.mkdtemp(prefix="meterwax-bench-customers-"))
+    spawn = multiprocessing.get_context("spawn")
+    figures: dict[str, Any] = {"bench": "bench_run --customers", "customers": n,
+                               "size": args.size, "seed": args.seed, "repeat": args.repeat,
+                               "workers": args.workers}
+    try:
+        six_catalog = args.catalog.resolve()
+        many_catalog = tmp / "catalog.yaml"
+        t0 = time.perf_counter()
+        cases = {"six": (six_catalog, tmp / "six.jsonl"), "many": (many_catalog,
+                                                                   tmp / "many.jsonl")}
+        subscriptions = {}
+        # Generated in a fresh process: the generator of 100,000 customers holds over a GB,
+        # and a child started from a large parent starts its ru_maxrss from the parent's.
+        with spawn.Pool(1) as pool:
+            for name, (cat_path, events) in cases.items():
+                count, subscriptions[name] = pool.apply(
+                    _generate, (name, cat_path, events, n, args.size, args.seed))
+                figures[f"{name}_lines"] = count
+        figures["generate_s"] = round(time.perf_counter() - t0, 1)
+        print(f"workloads: {figures['six_lines']:,} events over the example catalog "
+              f"({subscriptions['six']} subscriptions), {figures['many_lines']:,} over {n:,} "
+              f"generated customers ({subscriptions['many']:,} subscriptions), in {tmp}")
+        runs: dict[str, list[dict[str, Any]]] = {"six": [], "many": []}
+        for i in range(args.repeat):
+            for name, (cat_path, events) in cases.items():  # alternated: drift hits both
+                run = measured_run(cmd_base, events, cat_path, tmp / f"out-{name}-{i}",
+                                   args.workers, args.timeout)
+                runs[name].append(run)
+                print(f"  run {i + 1} {name:>4}: {run['wall_s']:7.2f} s wall "
+                      f"(dataflow {run['dataflow_s']:.2f} s, outside {run['outside_s']:.2f} s), "
+                      f"peak RSS {run['peak_rss_mib']:,} MiB"
+                      + ("" if run["balanced"] else ", NOT BALANCED"))
+                shutil.rmtree(tmp / f"out-{name}-{i}", ignore_errors=True)
+    except PipelineFailed as exc:
+        print(f"PIPELINE NOT MEASURED: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if args.keep:
+            print(f"kept: {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    best = {name: min(r["wall_s"] for r in rs) for name, rs in runs.items()}
+    rss = {name: min(r["peak_rss_mib"] for r in rs) for name, rs in runs.items()}
+    extra_subs = subscriptions["many"] - subscriptions["six"]
+    per_sub_kib = (rss["many"] - rss["six"]) * 1024 / extra_subs if extra_subs else None
+    ratio = best["six"] / best["many"]
+    print(f"\nmeterwax bench: {args.size:,} events, six customers vs {n:,}, best of "
+          f"{args.repeat}, {os.cpu_count()} CPUs")
+    print(f"  wall clock: {best['six']:.2f} s vs {best['many']:.2f} s: throughput with {n:,} "
+          f"customers is {ratio:.2f}x the six-customer workload's")
+    print(f"  peak RSS: {rss['six']:,} MiB vs {rss['many']:,} MiB"
+          + (f": {per_sub_kib:,.1f} KiB per further subscription" if per_sub_kib else ""))
+    figures.update(subscriptions=subscriptions, runs=runs, best_wall_s=best,
+                   peak_rss_mib=rss, throughput_ratio=round(ratio, 3),
+                   kib_per_subscription=round(per_sub_kib, 1) if per_sub_kib else None)
+    print(json.dumps(figures, sort_keys=True))
+    return 0 if all(r["balanced"] for rs in runs.values() for r in rs) else 1
+
+
 def best_of(repeat: int, run: Callable[[int], Any]) -> tuple[float, list[float], Any]:
     times: list[float] = []
     info: Any = None
@@ -151,14 +300,21 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip the in-process engine (it keeps every output in memory)")
     ap.add_argument("--skip-pipeline", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the events file and outputs")
+    ap.add_argument("--customers", type=int, default=None, metavar="N",
+                    help="compare the six-customer workload with one over N generated "
+                         "customers (same --size), instead of the floor comparison")
     args = ap.parse_args(argv)
     if args.size <= 0 or args.repeat <= 0:
         ap.error("--size and --repeat must be positive")
     if args.workers is not None and args.workers <= 0:
         ap.error("--workers must be positive")
+    if args.customers is not None and args.customers <= 0:
+        ap.error("--customers must be positive")
     catalog_path: Path = args.catalog.resolve()
-    catalog = load_catalog(str(catalog_path))
     cmd_base = shlex.split(args.meterwax) if args.meterwax else default_meterwax()
+    if args.customers is not None:
+        return customers_main(args, cmd_base)
+    catalog = load_catalog(str(catalog_path))
 
     tmp = Path(tempfile.mkdtemp(prefix="meterwax-bench-"))
     events = tmp / "events.jsonl"

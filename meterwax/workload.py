@@ -221,12 +221,13 @@ def compose(catalog: Catalog, size: int, seed: int = 7) -> Composition:
 class Workload:
     """`iter(Workload(...))` yields the lines; `.composition` says what they are."""
 
-    def __init__(self, catalog: Catalog, size: int, seed: int = 7) -> None:
+    def __init__(self, catalog: Catalog, size: int, seed: int = 7,
+                 variants: int | None = None) -> None:
         build_tables()
         self.catalog = catalog
         self.size = size
         self.seed = seed
-        self.model = Model(catalog, seed)
+        self.model = Model(catalog, seed, variants)
         counts = _plan_counts(self.model, size)
         comp = Composition(size=size)
         for kind, n in counts.items():

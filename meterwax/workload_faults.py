@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from meterwax.workload_model import DAY, HOUR, NOV, START, Model, Segment, Template, fmt_time
-from operators.catalog import Meter
+from operators.catalog import Customer, Meter
 
 if TYPE_CHECKING:
     from operators.catalog import Catalog
@@ -106,6 +106,7 @@ class Injector:
         self.n = 0
         self.done: dict[str, int] = {}
         self.last_clean: tuple[bytes, tuple[Template, int]] | None = None
+        self._customers_by_id: list[Customer] | None = None
 
     def count(self, kind: str) -> None:
         self.done[kind] = self.done.get(kind, 0) + 1
@@ -129,6 +130,13 @@ class Injector:
         return fault.resend(self, line, meta)
 
     # -- helpers for the faults -------------------------------------------------------------------
+
+    def customers_by_id(self) -> list[Customer]:
+        # Sorted once: sorting every customer for each injected line is quadratic in a large
+        # catalog.
+        if self._customers_by_id is None:
+            self._customers_by_id = sorted(self.catalog.customers.values(), key=lambda c: c.id)
+        return self._customers_by_id
 
     def segment(self, t: int) -> Segment:
         segs = self.model.segments
@@ -308,10 +316,10 @@ def no_active_subscription(inj: Injector, t: int, info: Any) -> bytes:
         cust = rng.choice(gaps)[2]
         t_evt = t
     else:
-        cust = rng.choice(sorted(inj.catalog.customers.values(), key=lambda c: c.id))
+        cust = rng.choice(inj.customers_by_id())
         t_evt = int(cust.subscriptions[0].start.timestamp()) - rng.randrange(
             HOUR, 10 * DAY) if cust.subscriptions else t
-    cands = [tp for tp in inj.model.templates if tp.customer.id == cust.id]
+    cands = list(inj.model.templates_of(cust.id))
     cands.sort(key=lambda tp: (tp.event_type != "api.request", tp.index))
     tmpl = cands[0] if rng.random() < 0.7 else rng.choice(cands)
     return inj.line(tmpl, t_evt)
@@ -355,8 +363,8 @@ def plan_change(inj: Injector, t: int, info: Any) -> bytes:
     rng = inj.rng
     cust, sub, t_evt = info
     plan = inj.catalog.plans[sub.plan_id]
-    cands = [tp for tp in inj.model.templates if tp.customer.id == cust.id
-             and tp.meter is not None and plan.charge_for(tp.meter.id)]
+    cands = [tp for tp in inj.model.templates_of(cust.id)
+             if tp.meter is not None and plan.charge_for(tp.meter.id)]
     cands.sort(key=lambda tp: (tp.event_type != "api.request", tp.index))
     tmpl = cands[0] if rng.random() < 0.8 else rng.choice(cands)
     return inj.line(tmpl, t_evt)

@@ -126,14 +126,29 @@ class Model:
     """What the catalog implies: event templates, segments of time with a fixed set of active
     subscriptions, plan-change boundaries, and gaps without any subscription."""
 
-    def __init__(self, catalog: Catalog, seed: int) -> None:
+    def __init__(self, catalog: Catalog, seed: int, variants: int | None = None) -> None:
         self.catalog = catalog
         self.seed = seed
+        # None: the demo's payload mix (VARIANTS, and a user population per customer). A catalog
+        # of many customers passes a few: the payloads are kept per template, so the default
+        # would hold millions of strings the stream hardly reuses.
+        self.variants = variants
+        self._by_customer: dict[str, list[Template]] | None = None
         self.templates = self._templates(random.Random(f"{seed}:templates"))
         self.segments = self._segments()
         self.seg_starts = [s.lo for s in self.segments]
         self.plan_changes = self._plan_changes()
         self.gaps = self._gaps()
+
+    def templates_of(self, customer_id: str) -> list[Template]:
+        """The customer's templates in index order (the faults that pick one per line would
+        otherwise scan every template of the catalog each time)."""
+        if self._by_customer is None:
+            by: dict[str, list[Template]] = {}
+            for tmpl in self.templates:
+                by.setdefault(tmpl.customer.id, []).append(tmpl)
+            self._by_customer = by
+        return self._by_customer.get(customer_id, [])
 
     def _templates(self, rng: random.Random) -> list[Template]:
         """One template per (customer subject, event type), in catalog order."""
@@ -207,18 +222,19 @@ class Model:
         cid = tmpl.customer.id
         if et in ("storage.snapshot", "seats.set"):
             return []  # computed per event: they move slowly with time
+        n = VARIANTS if self.variants is None else self.variants
         out: list[str] = []
         if et == "api.request":
             routes = ("/v1/orders", "/v1/orders/{id}", "/v1/customers", "/v1/search",
                       "/v2/reports", "/v1/webhooks")
-            for i in range(VARIANTS):
+            for i in range(n):
                 status = 200 if i % 17 else (500 if i % 2 else 429)
                 out.append(_dumps({"method": "GET" if i % 4 else "POST",
                                    "route": routes[i % len(routes)], "status": status,
                                    "latency_ms": int(rng.lognormvariate(3.2, 0.7))}))
         elif et == "llm.completion":
             models = ("gpt-4.1-mini", "claude-haiku", "llama-3-70b")
-            for i in range(VARIANTS):
+            for i in range(n):
                 tokens = max(1, int(rng.lognormvariate(6.5, 1.0)))
                 out.append(_dumps({"model": models[i % 3],
                                    "usage": {"tokens": tokens,
@@ -226,17 +242,19 @@ class Model:
         elif et == "user.active":
             population = {"acme": 300, "globex": 120, "umbrella": 80, "hooli": 60,
                           "tyrell": 40, "initech": 20}.get(cid, 30)
+            if self.variants is not None:
+                population = min(population, self.variants)
             for u in range(population):
                 user: Any = 10000 + u if cid == "umbrella" else f"{cid}-u{u:04d}"
                 out.append(_dumps({"user_id": user, "client": "web" if u % 3 else "ios"}))
         elif et == "payment.captured":
-            for i in range(VARIANTS):
+            for i in range(n):
                 cents = int(rng.lognormvariate(7.5, 1.2))
                 text = f"{cents // 100}.{cents % 100:02d}"
                 amount: Any = text if i % 5 else float(text)  # a JSON number now and then
                 out.append(_dumps({"amount": amount, "order_id": f"o-{rng.getrandbits(24):06x}"}))
         else:
-            for i in range(VARIANTS):
+            for i in range(n):
                 out.append(_dumps({"value": i}))
         return out
 

@@ -19,9 +19,11 @@ import orjson
 import pytest
 
 from meterwax.workload import RATES, Composition, Workload, compose, generate, write_workload
+from meterwax.workload_customers import customers_workload, write_customers_catalog
+from meterwax.workload_customers import main as customers_main
 from meterwax.workload_faults import BUCKETS, FAULTS, SECONDARY
 from operators import reconcile as reconcile_module
-from operators.catalog import Catalog, load_catalog
+from operators.catalog import MODELS, Catalog, load_catalog
 from operators.clock import fixed_clock
 from operators.engine import EngineResult, run_engine
 from operators.ingest import IngestConfig
@@ -310,3 +312,103 @@ def test_every_fault_lands_in_its_bucket(catalog: Catalog) -> None:
         bucket = stats.exceptions if fault.bucket in REASONS else got
         assert bucket[fault.bucket] >= getattr(comp, kind) > 0, kind
         assert all(got[counter] >= getattr(comp, kind) for counter in fault.also), kind
+
+
+# -- many customers (meterwax/workload_customers.py) ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def customers_catalog(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Catalog]:
+    path = tmp_path_factory.mktemp("customers") / "catalog.yaml"
+    assert write_customers_catalog(path, 400, seed=7) == 400
+    return path, load_catalog(str(path))
+
+
+def test_customers_catalog_is_deterministic_by_seed(tmp_path: Path) -> None:
+    a, b, c = tmp_path / "a.yaml", tmp_path / "b.yaml", tmp_path / "c.yaml"
+    write_customers_catalog(a, 120, seed=3)
+    write_customers_catalog(b, 120, seed=3)
+    write_customers_catalog(c, 120, seed=4)
+    assert a.read_bytes() == b.read_bytes()
+    assert a.read_bytes() != c.read_bytes()
+
+
+def test_customers_catalog_has_n_customers_each_with_one_subscription(
+        customers_catalog: tuple[Path, Catalog]) -> None:
+    _, cat = customers_catalog
+    assert len(cat.customers) == len(cat.subscriptions) == 400
+    assert all(len(c.subscriptions) == 1 and len(c.subjects) == 1
+               for c in cat.customers.values())
+    example = load_catalog(str(CATALOG_PATH))
+    assert (cat.plans, cat.meters, cat.legal_entities) == (
+        example.plans, example.meters, example.legal_entities)
+    assert cat.billing_start == example.billing_start
+
+
+def test_customers_catalog_uses_every_plan_and_pricing_model(
+        customers_catalog: tuple[Path, Catalog]) -> None:
+    _, cat = customers_catalog
+    plans = Counter(s.plan_id for s in cat.subscriptions.values())
+    assert set(plans) == set(cat.plans)
+    assert max(plans.values()) - min(plans.values()) <= 1  # plans in turn
+    used = {charge.model for plan_id in plans for charge in cat.plans[plan_id].charges}
+    assert used == set(MODELS)
+    # the cases the example catalog has, on every plan: discounts, credits, held invoices,
+    # prorated first and last months
+    subs = list(cat.subscriptions.values())
+    assert {s.plan_id for s in subs if s.discounts} == set(cat.plans)
+    assert {cat.customers[s.customer_id].subscriptions[0].plan_id
+            for s in subs if cat.customers[s.customer_id].credits} == set(cat.plans)
+    held = [c for c in cat.customers.values() if c.payment_terms_days is None]
+    assert {c.subscriptions[0].plan_id for c in held} == set(cat.plans)
+    assert any(s.end is not None for s in subs)
+    assert any(s.start.day != 1 for s in subs)
+
+
+def test_customers_workload_spreads_over_the_customers(
+        customers_catalog: tuple[Path, Catalog]) -> None:
+    _, cat = customers_catalog
+    lines = list(customers_workload(cat, 6000, seed=7))
+    assert lines == list(customers_workload(cat, 6000, seed=7))
+    assert lines != list(customers_workload(cat, 6000, seed=8))
+    assert len(lines) == 6000
+    per_customer: Counter[str] = Counter()
+    for ev in map(_parse, lines):
+        if ev and isinstance(ev.get("subject"), str):
+            cust = cat.customer_by_subject.get(ev["subject"])
+            if cust is not None:
+                per_customer[cust.id] += 1
+    assert len(per_customer) == len(cat.customers)  # every customer has usage
+    assert per_customer.most_common(1)[0][1] < 0.02 * len(lines)  # none dominates
+
+
+def test_customers_workload_balances_through_the_engine(
+        customers_catalog: tuple[Path, Catalog]) -> None:
+    _, cat = customers_catalog
+    size, seed = 4000, 5
+    workload = customers_workload(cat, size, seed)
+    comp = workload.composition
+    config = IngestConfig(clock=fixed_clock(datetime(2026, 12, 1, tzinfo=UTC)))
+    result = run_engine(cat, list(workload), config)
+    report = _reconcile(cat, result)
+    assert report.balanced, report.problems
+    expected = comp.expected_buckets()
+    assert {key: getattr(result.stats, key) for key in expected} == expected
+    assert comp.plan_change == 0  # one subscription each: no plan changes to aim at
+    assert result.stats.exceptions["NO_ACTIVE_SUBSCRIPTION"] == comp.no_active_subscription > 0
+    billed = {c.subscription_id for c in result.candidates if c.candidate_type == "invoice"}
+    assert billed == set(cat.subscriptions)
+    assert {c.status for c in result.candidates} == {"ready", "held"}
+
+
+def test_customers_command_writes_catalog_and_events(tmp_path: Path) -> None:
+    assert customers_main(["--customers", "30", "--size", "800", "--out", str(tmp_path)]) == 0
+    cat = load_catalog(str(tmp_path / "catalog.yaml"))
+    assert len(cat.customers) == 30
+    data = (tmp_path / "events.jsonl").read_bytes()
+    assert data == b"".join(line + b"\n" for line in customers_workload(cat, 800, seed=7))
+
+
+@pytest.mark.parametrize("customers", [0, -1])
+def test_customers_catalog_needs_customers(tmp_path: Path, customers: int) -> None:
+    with pytest.raises(ValueError, match="customers must be between"):
+        write_customers_catalog(tmp_path / "c.yaml", customers)
