@@ -20,12 +20,13 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
+from functools import lru_cache
 
 from operators import ids
 from operators.catalog import Catalog
 from operators.invoicing import SCOPE_KINDS
-from operators.money import ZERO, round_money
+from operators.money import ZERO, quantum, round_money
 from operators.periods import Month
 from schemas.erp import (
     ArCreditApplied,
@@ -63,8 +64,15 @@ def last_service_day(end: datetime) -> date:
 
 
 def service_days(start: datetime, end: datetime) -> list[date]:
+    return list(_service_days(start, end))
+
+
+# Every subscription billed for the same month has the same service days: a run over ten
+# thousand subscriptions asked for the same few ranges a hundred thousand times.
+@lru_cache(maxsize=1024)
+def _service_days(start: datetime, end: datetime) -> tuple[date, ...]:
     first, last = start.date(), last_service_day(end)
-    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+    return tuple(first + timedelta(days=i) for i in range((last - first).days + 1))
 
 
 # -- schedules --------------------------------------------------------------------------------
@@ -78,29 +86,55 @@ def cumulative_split(days: Sequence[date], exact: Mapping[date, Decimal], total:
     if not days:
         msg = "a schedule needs at least one day"
         raise ValueError(msg)
+    first, last = days[0], days[-1]
     shares: dict[date, Decimal] = dict.fromkeys(days, ZERO)
     for day, amount in exact.items():
-        target = min(max(day, days[0]), days[-1])
-        shares[target] += amount
-    entries = []
+        shares[min(max(day, first), last)] += amount
+    q = quantum(currency)
     running = ZERO
-    booked = round_money(ZERO, currency)
-    for i, day in enumerate(days):
-        running += shares[day]
-        upto = total if i == len(days) - 1 else round_money(running, currency)
-        entries.append(ScheduleEntry(date=day, amount=upto - booked))
-        booked = upto
+    booked = ZERO.quantize(q)
+    entries: list[ScheduleEntry] = []
+    append = entries.append
+    for day in days[:-1]:
+        share = shares[day]
+        if share:
+            running += share
+            upto = running.quantize(q, rounding=ROUND_HALF_UP)
+            append(ScheduleEntry(date=day, amount=upto - booked))
+            booked = upto
+        else:
+            # Nothing added: the rounded running total is `booked` again, and booked - booked
+            # is the currency's zero. Most days of a usage line's schedule are such days.
+            append(_zero_entry(day, currency))
+    append(ScheduleEntry(date=last, amount=total - booked))  # the line amount exactly
     return entries
+
+
+@lru_cache(maxsize=4096)
+def _zero_entry(day: date, currency: str) -> ScheduleEntry:
+    """The entry of a day that recognizes nothing, one object for every schedule (entries are
+    frozen): ten thousand subscriptions' usage schedules hold millions of them."""
+    return ScheduleEntry(date=day, amount=round_money(ZERO, currency))
+
+
+@lru_cache(maxsize=1024)
+def _ratable(amount_text: str, start: datetime, end: datetime, currency: str
+             ) -> tuple[ScheduleEntry, ...]:
+    """A ratable line's entries. The same for every subscription of a plan billed for the same
+    days, so worked out once per fee, period and text of the amount (the text, not the value:
+    450.0 and 450.00 end on days of different exponents), and shared (entries are frozen)."""
+    days = _service_days(start, end)
+    amount = Decimal(amount_text)
+    per_day = amount / len(days)
+    return tuple(cumulative_split(days, dict.fromkeys(days, per_day), amount, currency))
 
 
 def schedule_entries(line: InvoiceLine, start: datetime, end: datetime, currency: str
                      ) -> list[ScheduleEntry]:
-    days = service_days(start, end)
+    days = _service_days(start, end)
     recognition = line.revenue_recognition
     if recognition == "ratable":
-        n = len(days)
-        per_day = {day: line.amount / n for day in days}
-        return cumulative_split(days, per_day, line.amount, currency)
+        return list(_ratable(str(line.amount), start, end, currency))
     if recognition == "consumption" and line.kind == "usage" and line.consumption:
         daily = {date.fromisoformat(day): Decimal(amount) for day, amount in line.consumption}
         return cumulative_split(days, daily, line.amount, currency)
@@ -239,10 +273,13 @@ def _journal(catalog: Catalog, entity_id: str, currency: str, period: str,
     # Signed amounts on the credit side: revenue positive, discounts (contra revenue) negative.
     credits: dict[str, Decimal] = defaultdict(lambda: zero)
     for inv in invoices:
+        # Schedule entries fall on service days only (cumulative_split), so a line whose
+        # service ends within the month has none later: no need to look at its entries.
+        within = last_service_day(inv.service_period_end) <= month_end
         for line in inv.lines:
             role = _REVENUE_ROLE[line.kind]
-            later = sum((e.amount for e in schedules[line.line_id].entries
-                         if e.date > month_end), zero)
+            later = zero if within else sum((e.amount for e in schedules[line.line_id].entries
+                                             if e.date > month_end), zero)
             credits[role] += line.amount - later
             if later:
                 credits["deferred_revenue"] += later

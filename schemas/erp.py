@@ -110,7 +110,10 @@ class Journal(msgspec.Struct, kw_only=True):
     source_ar_invoice_ids: list[str]
 
 
-class ScheduleEntry(msgspec.Struct, kw_only=True):
+# Frozen: one entry object stands for the same day and amount in many schedules (every zero day
+# of a currency, every day of a plan's ratable fee), which keeps millions of them out of memory
+# for a large catalog. No references to other objects, so no cyclic-GC tracking either.
+class ScheduleEntry(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     date: date
     amount: Decimal
 

@@ -7,12 +7,14 @@ the same outputs, however many workers and however the input is chunked.
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
-from flows.pipeline import Sinks, build_flow
+from flows.pipeline import FILE_RATING_SHARDS, Sinks, build_flow
+from meterwax.workload_customers import customers_workload, write_customers_catalog
 from operators.catalog import Catalog, load_catalog
 from operators.engine import EngineResult, run_engine
 from operators.ingest import IngestConfig
@@ -67,7 +69,8 @@ def dirty_lines() -> list[bytes]:
 
 
 def run_flow(catalog: Catalog, lines: list[bytes], workers: int, chunk: int = 3,
-             config: IngestConfig | None = None) -> EngineResult:
+             config: IngestConfig | None = None, rating_shards: int | None = None
+             ) -> EngineResult:
     chunks = [("file:0", [(n, line) for n, line in numbered])
               for numbered in _chunks(list(enumerate(lines, start=1)), chunk)]
     exc: list[Any] = []
@@ -76,7 +79,8 @@ def run_flow(catalog: Catalog, lines: list[bytes], workers: int, chunk: int = 3,
     cand: list[Any] = []
     flow = build_flow(catalog, config or IngestConfig(), TestingSource(chunks),
                       Sinks(TestingSink(exc), TestingSink(stats), TestingSink(win),
-                            TestingSink(cand)))
+                            TestingSink(cand)),
+                      recoverable=rating_shards is None, rating_shards=rating_shards)
     if workers == 1:
         run_main(flow)
     else:
@@ -123,6 +127,33 @@ def test_flow_matches_engine(catalog: Catalog, expected: EngineResult, workers: 
                              chunk: int) -> None:
     got = run_flow(catalog, dirty_lines(), workers, chunk)
     assert canonical(got) == canonical(expected)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize(("chunk", "shards"), [(1, 1), (4, 3), (1000, 64)])
+def test_sharded_rating_matches_engine(catalog: Catalog, expected: EngineResult, workers: int,
+                                       chunk: int, shards: int) -> None:
+    """File mode keys rating by shards of the subscriptions (FILE_RATING_SHARDS): the same
+    outputs as keyed by subscription, and as the engine."""
+    got = run_flow(catalog, dirty_lines(), workers, chunk, rating_shards=shards)
+    assert canonical(got) == canonical(expected)
+
+
+def test_sharded_rating_matches_engine_over_many_customers(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.yaml"
+    write_customers_catalog(path, 120, seed=2)
+    many = load_catalog(str(path))
+    lines = list(customers_workload(many, 3000, seed=2))
+    want = run_engine(many, lines, IngestConfig())
+    for workers in (1, 2):
+        got = run_flow(many, lines, workers, 500, rating_shards=FILE_RATING_SHARDS)
+        assert canonical(got) == canonical(want)
+
+
+def test_rating_shards_need_a_flow_without_recovery(catalog: Catalog) -> None:
+    sinks = Sinks(TestingSink([]), TestingSink([]), TestingSink([]), TestingSink([]))
+    with pytest.raises(ValueError, match="only without recovery"):
+        build_flow(catalog, IngestConfig(), TestingSource([]), sinks, rating_shards=4)
 
 
 def test_dirty_workload_buckets_and_reconciles(catalog: Catalog, expected: EngineResult) -> None:
