@@ -21,7 +21,8 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 
 from flows.metrics import kafka_statistics
-from flows.sources import Chunk, ContractsBatch
+from flows.settings import DEFAULT_IDLE_TIMEOUT as _IDLE
+from flows.sources import Chunk, ContractsBatch, PartitionIdle
 from operators.retry import RETRY_HEADER
 from sinks.kafka import KafkaDeliveryError, as_bytes, delivered
 
@@ -38,6 +39,9 @@ class KafkaSettings:
         from flows.settings import hide_secrets
 
         return f"KafkaSettings(bootstrap={self.bootstrap!r}, extra={hide_secrets(self.extra)!r})"
+
+
+DEFAULT_IDLE_TIMEOUT = _IDLE.total_seconds()  # seconds, the reader's unit
 
 
 # A reader's snapshot: the next input offset, or with live contracts (input offset, contracts
@@ -68,9 +72,16 @@ class _PartitionReader(StatefulSourcePartition[Chunk, Position]):
 
     def __init__(self, settings: KafkaSettings, topic: str, partition: int,
                  resume: Position | None, chunk: int, stop_at_end: bool,
-                 contracts: str | None = None) -> None:
+                 contracts: str | None = None, idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+                 ) -> None:
         self.name = f"{topic}:{partition}"
         self.chunk = chunk
+        # Idle: no usage read for `idle_timeout` seconds of processing time (an I/O fact, so
+        # the monotonic clock), said once per quiet spell (flows/sources.py PartitionIdle).
+        self.idle_timeout = idle_timeout
+        self._last_read = time.monotonic()
+        self._idle_said = False
+        self._ended = False
         self.consumer = _consumer(settings)
         resumed_contracts: int | None = None
         if isinstance(resume, tuple):
@@ -128,6 +139,11 @@ class _PartitionReader(StatefulSourcePartition[Chunk, Position]):
         if self.end is not None and self.next_offset >= self.end:
             if out:
                 return out
+            if not self._ended:
+                # Once, so that this partition's ingest exists, even if it read nothing, to
+                # tell the raters at the end of the run that it has ended.
+                self._ended = True
+                return [(self.name, PartitionIdle(ended=True))]
             raise StopIteration
         lines: list[tuple[int, bytes]] = []
         retried: list[int] = []  # offsets of events retried from a dead letter
@@ -141,8 +157,13 @@ class _PartitionReader(StatefulSourcePartition[Chunk, Position]):
             headers = msg.headers()
             if headers and any(h[0] == RETRY_HEADER for h in headers):
                 retried.append(offset)
+        now = time.monotonic()
         if lines:
             out.append((self.name, lines, retried) if retried else (self.name, lines))
+            self._last_read, self._idle_said = now, False
+        elif not self._idle_said and now - self._last_read >= self.idle_timeout:
+            self._idle_said = True
+            out.append((self.name, PartitionIdle()))
         return out
 
     def snapshot(self) -> Position:
@@ -162,10 +183,12 @@ class KafkaChunkSource(FixedPartitionedSource[Chunk, Position]):
     forever. `contracts`: the contracts topic each partition's reader also follows."""
 
     def __init__(self, settings: KafkaSettings, topic: str, chunk: int = 2000,
-                 stop_at_end: bool = False, contracts: str | None = None) -> None:
+                 stop_at_end: bool = False, contracts: str | None = None,
+                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> None:
         self.settings, self.topic, self.chunk, self.stop_at_end = (
             settings, topic, chunk, stop_at_end)
         self.contracts = contracts
+        self.idle_timeout = idle_timeout
 
     def list_parts(self) -> list[str]:
         admin = AdminClient(self.settings.config())
@@ -180,7 +203,7 @@ class KafkaChunkSource(FixedPartitionedSource[Chunk, Position]):
                    ) -> _PartitionReader:
         topic, _, partition = for_part.rpartition(":")
         return _PartitionReader(self.settings, topic, int(partition), resume_state, self.chunk,
-                                self.stop_at_end, self.contracts)
+                                self.stop_at_end, self.contracts, self.idle_timeout)
 
 
 # Answers a broker gives while a new topic's partition leaders are still being elected.

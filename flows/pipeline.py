@@ -33,7 +33,7 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
 from flows.metrics import state_snapshot
-from flows.sources import Chunk, ContractsBatch
+from flows.sources import Chunk, ContractsBatch, PartitionIdle
 from operators import ids
 from operators.catalog import Catalog, CatalogError
 from operators.contracts import KINDS, ContractsError, catalog_of, decode_record, put, refusals
@@ -306,14 +306,15 @@ class IngestLogic(StatefulBatchLogic[Chunk, IngestItem, Any]):
         if out.accepted:
             into.append(Accepted(out.accepted))
         into.append(out.stats)
+        partition = self.partition
         if self.shards is None:
             for sub_id, ops in out.ops.items():
-                into.append(SubscriptionOps(sub_id, ops))
+                into.append(SubscriptionOps(sub_id, ops, partition))
             return
         by_shard: dict[str, list[SubscriptionOps]] = {}
         for sub_id, ops in out.ops.items():
             by_shard.setdefault(shard_of(sub_id, self.shards), []).append(
-                SubscriptionOps(sub_id, ops))
+                SubscriptionOps(sub_id, ops, partition))
         for shard, items in by_shard.items():
             into.append(ShardOps(shard, items))
 
@@ -324,6 +325,11 @@ class IngestLogic(StatefulBatchLogic[Chunk, IngestItem, Any]):
             lines = chunk[1]
             if type(lines) is ContractsBatch:
                 self._contracts(lines, ingestor, emitted)
+                continue
+            if type(lines) is PartitionIdle:
+                # At the end of a bounded run, finish() (on_eof) says it after its closes.
+                if not lines.ended:
+                    self._emit(ingestor.idle(), emitted)
                 continue
             assert isinstance(lines, list)
             self._emit(ingestor.process(lines, chunk[2] if len(chunk) > 2 else ()), emitted)
@@ -361,21 +367,24 @@ def memory_dedup(snapshot: Any) -> DedupStore:
 
 class RateLogic(StatefulBatchLogic[SubscriptionOps, RatingItem, Any]):
     def __init__(self, catalog: Catalog, config: IngestConfig, resume: Any,
-                 recoverable: bool = True) -> None:
+                 recoverable: bool = True, partitions: tuple[str, ...] | None = None) -> None:
         self.catalog, self.config = catalog, config
         self.recoverable = recoverable
+        self.partitions = partitions
         self.rater: SubscriptionRater | None = None
         if resume is not None:
             sub_id, state = pickle.loads(resume)
-            self.rater = SubscriptionRater(catalog, sub_id, config.window, state=state)
+            self.rater = SubscriptionRater(catalog, sub_id, config.window, state=state,
+                                           partitions=partitions)
 
     def on_batch(self, values: list[SubscriptionOps]) -> tuple[Iterable[RatingItem], bool]:
         rater = self.rater
         if rater is None:
-            rater = self.rater = _new_rater(self.catalog, self.config, values[0])
+            rater = self.rater = _new_rater(self.catalog, self.config, values[0],
+                                            self.partitions)
         outputs = _RatingOutputs()
         for item in values:
-            outputs.add(rater.apply(item.ops))
+            outputs.add(rater.apply(item.ops, item.partition))
         return outputs.items(), StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> Any:
@@ -393,12 +402,13 @@ class RateLogic(StatefulBatchLogic[SubscriptionOps, RatingItem, Any]):
 # rating them.
 
 
-def _new_rater(catalog: Catalog, config: IngestConfig, first: SubscriptionOps
-               ) -> SubscriptionRater:
+def _new_rater(catalog: Catalog, config: IngestConfig, first: SubscriptionOps,
+               partitions: tuple[str, ...] | None = None) -> SubscriptionRater:
     # Stream mode: ingest sends a new rater its terms first (operators/protocol.py).
     op0 = first.ops[0] if first.ops else None
     terms = op0.terms.catalog() if isinstance(op0, Terms) else catalog
-    return SubscriptionRater(terms, first.subscription_id, config.window)
+    return SubscriptionRater(terms, first.subscription_id, config.window,
+                             partitions=partitions)
 
 
 class _RatingOutputs:
@@ -469,7 +479,7 @@ class ShardRateLogic(StatefulBatchLogic[ShardOps, RatingItem, Any]):
                 if rater is None:
                     rater = raters[item.subscription_id] = _new_rater(self.catalog, self.config,
                                                                       item)
-                outputs.add(rater.apply(item.ops))
+                outputs.add(rater.apply(item.ops, item.partition))
         return outputs.items(), StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> Any:
@@ -518,13 +528,15 @@ def _partition_of(chunk: Chunk) -> str:
 
 def rate(catalog: Catalog, config: IngestConfig,
          ops: Stream[SubscriptionOps] | Stream[ShardOps], recoverable: bool,
-         rating_shards: int | None = None) -> RatingStreams:
+         rating_shards: int | None = None, partitions: tuple[str, ...] | None = None
+         ) -> RatingStreams:
     """Rate every subscription's ops, keyed by subscription (or, with `rating_shards`, by
-    shard of the subscriptions) so the work spreads over workers."""
+    shard of the subscriptions) so the work spreads over workers. `partitions`: every input
+    partition, each of which a period waits for (operators/protocol.py)."""
     if rating_shards is None:
         rated = _unkeyed("rate_unkey", op.stateful_batch(
             "rate", _keyed("key_subscription", ops, _subscription_of),
-            lambda resume: RateLogic(catalog, config, resume, recoverable)))
+            lambda resume: RateLogic(catalog, config, resume, recoverable, partitions)))
     else:
         rated = _unkeyed("rate_unkey", op.stateful_batch(
             "rate", _keyed("key_shard", ops, _shard_key),
@@ -654,14 +666,16 @@ def build_flow(catalog: Catalog, config: IngestConfig, source: Source[Chunk], si
                dedup_factory: Callable[[Any], DedupStore] = memory_dedup,
                flow_id: str = "meterwax", recoverable: bool = True,
                with_journal_feed: Callable[[Stream[JournalFeed]], None] | None = None,
-               live: LiveCatalog | None = None, rating_shards: int | None = None
-               ) -> Dataflow:
+               live: LiveCatalog | None = None, rating_shards: int | None = None,
+               partitions: Sequence[str] | None = None) -> Dataflow:
     """`recoverable=False` (file mode, no recovery store) makes snapshots empty: Bytewax asks
     for them at every epoch end even when nothing will ever read them, and pickling all window
     state was 13% of a file run. `rating_shards` (only without recovery: see
     FILE_RATING_SHARDS) keys rating by that many shards of the subscriptions instead of by
     subscription. `with_journal_feed` receives the candidates and retirements, in
-    rating order, to attach stream mode's journal step to."""
+    rating order, to attach stream mode's journal step to. `partitions`: the names of every
+    input partition the source reads (the keys of its chunks); with more than one, a period is
+    closed once all of them have closed it or are idle (operators/protocol.py)."""
     if rating_shards is not None and recoverable:
         msg = "rating shards keep no per-subscription snapshots: only without recovery"
         raise ValueError(msg)
@@ -677,7 +691,12 @@ def build_flow(catalog: Catalog, config: IngestConfig, source: Source[Chunk], si
     _outputs("stats_out", judged.stats, sinks.stats)
     if sinks.ledger:
         _outputs("ledger_out", judged.ledger, sinks.ledger)
-    rated = rate(catalog, config, judged.ops, recoverable, rating_shards)
+    # One input partition's closes are final; with several, a period closes on all of them.
+    waited = tuple(partitions) if partitions is not None and len(partitions) > 1 else None
+    if waited is not None and rating_shards is not None:
+        msg = "rating shards are for file mode, which reads one input partition"
+        raise ValueError(msg)
+    rated = rate(catalog, config, judged.ops, recoverable, rating_shards, waited)
     _outputs("exceptions_out", op.merge("all_exceptions", judged.exceptions, rated.failures),
              sinks.exceptions)
     _outputs("windows_out", rated.windows, sinks.windows)

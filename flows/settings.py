@@ -49,6 +49,10 @@ ENV_PREFIX = "METERWAX_"
 
 DEFAULT_WINDOW = timedelta(minutes=1)
 DEFAULT_LATENESS = timedelta(hours=1)
+# An input partition that reads nothing this long stops holding back period closes: long enough
+# that a producer's pause or a broker failover does not turn a lagging partition's usage into
+# adjustments, short against the allowed lateness a period waits anyway.
+DEFAULT_IDLE_TIMEOUT = timedelta(minutes=1)
 DEFAULT_DEDUP_TTL = DEFAULT_RETENTION  # one horizon: operators/ingest.py, "Retention"
 MAX_WORKERS = 64
 _LIMIT = f"the 10-year limit ({MAX_DURATION.days} days)"
@@ -469,6 +473,9 @@ class StreamSettings:
     # Events dated further ahead of the system clock than this are quarantined (FUTURE_EVENT).
     max_future: timedelta = DEFAULT_MAX_FUTURE
     adjustment_cycle: timedelta = DEFAULT_ADJUSTMENT_CYCLE
+    # An input partition that reads nothing this long stops holding back period closes
+    # (operators/protocol.py, flows/kafka_io.py).
+    idle_timeout: timedelta = DEFAULT_IDLE_TIMEOUT
     workers: int = 1
     process_id: int | None = None
     addresses: tuple[str, ...] = ()
@@ -516,6 +523,8 @@ class StreamSettings:
         max_future = opts.value("max_future", parse_duration, DEFAULT_MAX_FUTURE)
         adjustment_cycle = opts.value("adjustment_cycle", parse_positive_duration,
                                       DEFAULT_ADJUSTMENT_CYCLE)
+        idle_timeout = opts.value("idle_timeout", parse_positive_duration,
+                                  DEFAULT_IDLE_TIMEOUT)
         workers = opts.value("workers", parse_workers, 1)
         addresses, process_id = _cluster(opts)
         if catalog:
@@ -533,8 +542,8 @@ class StreamSettings:
             topics=Topics.with_prefix(opts.text("topic_prefix", "meterwax.") or ""),
             redis_namespace=opts.text("redis_namespace", "meterwax") or "",
             dedup_ttl=dedup_ttl, window=window, allowed_lateness=allowed_lateness,
-            max_future=max_future, adjustment_cycle=adjustment_cycle, workers=workers,
-            process_id=process_id,
+            max_future=max_future, adjustment_cycle=adjustment_cycle,
+            idle_timeout=idle_timeout, workers=workers, process_id=process_id,
             addresses=addresses, stop_at_end=stop_at_end, kafka_security=security,
             metrics_port=metrics_port,
         )
@@ -622,8 +631,14 @@ class ContractsSettings:
 
 
 def _cluster(opts: Options) -> tuple[tuple[str, ...], int | None]:
-    """Where every process is, and which one this is: a cluster needs both."""
+    """Where every process is, and which one this is: a cluster needs both. Given explicitly
+    (-i/-a, or METERWAX_PROCESS_ID/ADDRESSES), they win; otherwise METERWAX_CLUSTER_REPLICAS
+    derives both from the StatefulSet pod this runs in (`stateful_set_cluster`)."""
     addresses = opts.listed("addresses")
+    replicas = opts.value("cluster_replicas", parse_replicas, None)
+    explicit = bool(addresses) or opts.given("process_id")
+    if replicas is not None and not explicit:
+        return _derived_cluster(opts, replicas)
     process_id = None
     if opts.given("process_id") and addresses:
         process_id = opts.value("process_id", int_between(0, len(addresses) - 1), None)
@@ -635,6 +650,90 @@ def _cluster(opts: Options) -> tuple[tuple[str, ...], int | None]:
         if not _is_address(address):
             opts.add("addresses", f"not host:port: {address!r}")
     return addresses, process_id
+
+
+# -- a cluster of StatefulSet pods -----------------------------------------------------------
+#
+# Why derived, not written per pod: a StatefulSet has one pod template, so anything that differs
+# between pods must come from the pod itself. The ordinal is the pod's identity (its name, its
+# DNS record under the headless Service, its volume), and Bytewax's process id must follow it:
+# process i always runs on the pod whose volume holds process i's recovery partitions. The
+# replica count cannot come from the downward API, so METERWAX_CLUSTER_REPLICAS repeats
+# spec.replicas (tests/test_k8s.py checks they agree); a pod whose ordinal is not below it is
+# refused rather than started as a process no peer expects.
+
+MAX_PROCESSES = 256
+DEFAULT_CLUSTER_PORT = 2101
+DEFAULT_CLUSTER_SERVICE = "meterwax"
+# A StatefulSet pod name, `<set>-<ordinal>`: ordinals are written without leading zeros, so
+# "meterwax-03" is some other pod's name, not ordinal 3's.
+_POD_NAME = re.compile(r"([a-z0-9](?:[-a-z0-9]*[a-z0-9])?)-(0|[1-9][0-9]{0,5})")
+_DNS_LABEL = r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?"
+_DNS_NAME = re.compile(rf"{_DNS_LABEL}(?:\.{_DNS_LABEL})*")
+
+parse_replicas = int_between(1, MAX_PROCESSES)
+
+
+class ClusterProblem(argparse.ArgumentTypeError):
+    """Why a StatefulSet pod cannot be placed in its cluster; `setting` is the one to fix."""
+
+    def __init__(self, message: str, *, setting: str) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
+def pod_ordinal(hostname: str) -> tuple[str, int]:
+    """The StatefulSet's name and this pod's ordinal, read from its pod name (the HOSTNAME
+    Kubernetes gives every StatefulSet pod)."""
+    match = _POD_NAME.fullmatch(hostname) if len(hostname) <= 253 else None
+    if match is None:
+        what = f"{shown(hostname)} is not" if hostname else "not set, so not"
+        msg = (f"{what} a StatefulSet pod name <name>-<ordinal>: cannot derive the process id "
+               "(outside a StatefulSet, set METERWAX_PROCESS_ID and METERWAX_ADDRESSES instead)")
+        raise ClusterProblem(msg, setting="HOSTNAME")
+    return match.group(1), int(match.group(2))
+
+
+def stateful_set_cluster(replicas: int, hostname: str, pod_index: int | None = None,
+                         service: str = DEFAULT_CLUSTER_SERVICE,
+                         port: int = DEFAULT_CLUSTER_PORT) -> tuple[tuple[str, ...], int | None]:
+    """Bytewax's addresses and process id for the pod `hostname` of a StatefulSet of
+    `replicas` pods behind the headless Service `service` (its DNS name).
+
+    `pod_index` is the ordinal from the downward API (label apps.kubernetes.io/pod-index, the
+    controller's own record; None: the name's suffix is used). The name is needed anyway, for
+    the peers' DNS names, so the two must agree: a pod whose name was overridden would have
+    neither the DNS record nor the volume its ordinal implies. One replica is a standalone
+    process (no addresses, no id), exactly as without these settings, so a single pod started
+    with them resumes the store it made before."""
+    name, ordinal = pod_ordinal(hostname)
+    if pod_index is not None and pod_index != ordinal:
+        msg = f"{pod_index} disagrees with the pod name {shown(hostname)} (ordinal {ordinal})"
+        raise ClusterProblem(msg, setting="pod_index")
+    if ordinal >= replicas:
+        msg = (f"{replicas}, but this is pod ordinal {ordinal} (a cluster of {replicas} has "
+               f"ordinals 0..{replicas - 1}): it must equal the StatefulSet's spec.replicas")
+        raise ClusterProblem(msg, setting="cluster_replicas")
+    if len(service) > 253 or not _DNS_NAME.fullmatch(service):
+        msg = f"not a DNS name: {shown(service)}"
+        raise ClusterProblem(msg, setting="cluster_service")
+    if replicas == 1:
+        return (), None
+    return tuple(f"{name}-{i}.{service}:{port}" for i in range(replicas)), ordinal
+
+
+def _derived_cluster(opts: Options, replicas: int) -> tuple[tuple[str, ...], int | None]:
+    service = opts.text("cluster_service") or DEFAULT_CLUSTER_SERVICE
+    port = opts.value("cluster_port", parse_port, DEFAULT_CLUSTER_PORT)
+    pod_index = opts.value("pod_index", int_between(0, MAX_PROCESSES - 1), None)
+    hostname = opts.environ.get("HOSTNAME", "")
+    try:
+        return stateful_set_cluster(replicas, hostname, pod_index, service, port)
+    except ClusterProblem as exc:
+        # HOSTNAME is Kubernetes', not a METERWAX_* setting: named as it is.
+        opts.note("HOSTNAME" if exc.setting == "HOSTNAME" else opts.label(exc.setting),
+                  str(exc))
+        return (), None
 
 
 def parse_rate(text: str) -> float:

@@ -19,7 +19,17 @@ from operators.limits import MAX_LINE_BYTES
 # (partition name, [(line number or offset, raw line)]), and from Kafka, when some of the lines
 # are events retried from a dead letter (`meterwax exceptions retry`), their offsets.
 Chunk = (tuple[str, list[tuple[int, bytes]]] | tuple[str, list[tuple[int, bytes]], list[int]]
-         | tuple[str, "ContractsBatch"])
+         | tuple[str, "ContractsBatch"] | tuple[str, "PartitionIdle"])
+
+
+@dataclass(frozen=True)
+class PartitionIdle:
+    """The partition has read nothing for the idle timeout (`ended`: it reached the end of a
+    bounded run). Its ingest tells the raters not to wait for its closes (operators/protocol.py);
+    an ended partition's ingest also needs to exist to say so at the end of the run, even if
+    the partition held nothing."""
+
+    ended: bool = False
 
 
 @dataclass(frozen=True)

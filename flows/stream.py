@@ -18,6 +18,9 @@ messages, sequence-guarded Redis hashes).
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -202,7 +205,8 @@ def build_stream(settings: StreamSettings, catalog: LiveCatalog,
                           max_future=settings.max_future, retention=settings.dedup_ttl,
                           adjustment_cycle=settings.adjustment_cycle, ledger=True)
     source = KafkaChunkSource(kafka, settings.input_topic, settings.chunk, settings.stop_at_end,
-                              contracts=topics.contracts)
+                              contracts=topics.contracts,
+                              idle_timeout=settings.idle_timeout.total_seconds())
     def journals(feed: Any) -> None:
         singles = op.flat_map("journal_each", feed, lambda chunk: chunk)
         keyed_c = op.key_on("key_journal", singles,
@@ -219,7 +223,7 @@ def build_stream(settings: StreamSettings, catalog: LiveCatalog,
 
     flow = build_flow(catalog.current, config, source, sinks, dedup_factory=dedup_factory,
                       flow_id="meterwax_stream", recoverable=True, with_journal_feed=journals,
-                      live=catalog)
+                      live=catalog, partitions=source.list_parts())
     return flow, store
 
 
@@ -229,15 +233,39 @@ def _journal_key(item: InvoiceCandidate | PeriodRetired) -> str:
     return f"{item.legal_entity}|{item.currency}|{item.billing_period}"
 
 
-def prepare_recovery_dir(recovery: Path, partitions: int) -> Path:
-    """Create and initialize the recovery folder unless it already holds recovery partitions.
-    A folder that exists but holds none (a fresh Kubernetes volume mounted there, possibly with
-    its `lost+found`) is initialized, not refused; existing partitions are never touched, since
-    they are the state to resume from. One partition per worker keeps snapshot writes from
-    contending."""
+def prepare_recovery_dir(recovery: Path, partitions: int, process_id: int = 0,
+                         processes: int = 1) -> Path:
+    """Create the recovery partitions this process owns that the folder lacks: of the cluster's
+    `partitions` (one per worker, so snapshot writes do not contend), those whose index is
+    `process_id` modulo `processes`.
+
+    Bytewax finds a cluster's partitions in the folders of all its processes and needs each
+    exactly once (every partition file records its index and the count). Each process creating
+    only its own share makes both layouts work: one shared folder, or a folder per process, as
+    each pod of the StatefulSet has its own volume (k8s/statefulset.yaml). A folder that exists
+    but holds none (a fresh volume, possibly with its `lost+found`) is initialized, not refused;
+    existing partitions are never touched, since they are the state to resume from. The count is
+    fixed when the partitions are created: a cluster of another size needs a new store."""
     recovery.mkdir(parents=True, exist_ok=True)
-    if not any(recovery.glob("part-*.sqlite3")):
+    mine = [k for k in range(partitions) if k % processes == process_id]
+    held = recovery.glob("part-*.sqlite3") if processes == 1 else (
+        recovery / f"part-{k}.sqlite3" for k in mine)
+    if any(p.exists() for p in held):
+        # Resuming: left as they are, even if the worker count changed (Bytewax then reports
+        # the partitions inconsistent, rather than this silently starting from nothing).
+        return recovery
+    if processes == 1:
         init_db_dir(recovery, partitions)
+        return recovery
+    # Bytewax creates whole sets only: make one beside the folder's own files and keep this
+    # process's share, each moved in by a rename (never half a file under its final name).
+    scratch = Path(tempfile.mkdtemp(prefix=".init-", dir=recovery))
+    try:
+        init_db_dir(scratch, partitions)
+        for k in mine:
+            os.replace(scratch / f"part-{k}.sqlite3", recovery / f"part-{k}.sqlite3")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return recovery
 
 
@@ -252,8 +280,10 @@ def run_stream(settings: StreamSettings,
         # Records no file could hold (written around `contracts publish`): the flow applies
         # what it can of them and refuses the rest; the sinks start from none.
         catalog = catalog_of({})
-    recovery = prepare_recovery_dir(
-        Path(settings.recovery_dir), max(1, settings.workers * max(1, len(settings.addresses))))
+    processes = max(1, len(settings.addresses))
+    recovery = prepare_recovery_dir(Path(settings.recovery_dir),
+                                    max(1, settings.workers * processes),
+                                    settings.process_id or 0, processes)
     ensure_topics(kafka,
                   compacted=[topics.candidates, topics.ar_invoices, topics.journals,
                              topics.schedules, topics.invoice_exceptions],

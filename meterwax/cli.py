@@ -169,8 +169,14 @@ def _parser() -> argparse.ArgumentParser:
     stream.add_argument("--max-future", dest="max_future", default=None,
                         help="events dated further ahead of the clock than this are "
                              "quarantined as FUTURE_EVENT (default 24h)")
+    stream.add_argument("--idle-timeout", dest="idle_timeout", default=None,
+                        help="an input partition that reads nothing this long no longer holds "
+                             "back period closes; they close on the other partitions' "
+                             "watermarks (default 1m)")
     stream.add_argument("-w", "--workers", default=None)
-    stream.add_argument("-i", "--process-id", dest="process_id", default=None)
+    stream.add_argument("-i", "--process-id", dest="process_id", default=None,
+                        help="this process's id; in a StatefulSet, METERWAX_CLUSTER_REPLICAS "
+                             "derives it and -a from the pod (k8s/statefulset.yaml)")
     stream.add_argument("-a", "--addresses", action="append", default=None,
                         help="host:port of every process, in process-id order (repeat)")
     stream.add_argument("--metrics-port", dest="metrics_port", default=None,

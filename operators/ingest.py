@@ -64,7 +64,7 @@ from operators.limits import (
 from operators.money import ZERO
 from operators.periods import Month
 from operators.pricers import quantity_cap
-from operators.protocol import Close, Op, Retire, Settle, Terms, Tick, Usage
+from operators.protocol import Close, Idle, Op, Retire, Settle, Terms, Tick, Usage
 from operators.values import InvalidValue, distinct_key, quantity
 from schemas.events import CloudEvent
 from schemas.records import (
@@ -846,7 +846,9 @@ class Ingestor:
             out.ops.setdefault(sub.id, []).append(Close(through.key, start.key, wm))
 
     def finish(self) -> IngestOutput:
-        """End of a finite input: close every period up to the watermark's own."""
+        """End of a finite input: close every period up to the watermark's own, and tell every
+        rater not to wait for this partition's closes any more (it has ended: the other
+        partitions may still close later months)."""
         out = self._new_output()
         wm = self.state.watermark
         if wm is not None:
@@ -854,8 +856,25 @@ class Ingestor:
             if self.state.closed_through is None or self.state.closed_through < last:
                 self._close(out, last, wm)
             self._settle(out, wm, every=True)
+        self._announce_idle(out)
         self._send_terms(out)
         return out
+
+    def idle(self) -> IngestOutput:
+        """This partition has read nothing for the idle timeout: the raters close periods
+        without waiting for it until it sends anything again (operators/protocol.py)."""
+        out = self._new_output()
+        self._announce_idle(out)
+        self._send_terms(out)
+        return out
+
+    def _announce_idle(self, out: IngestOutput) -> None:
+        # Every subscription, not only those this partition sent usage: any rater may be
+        # waiting for this partition's Close.
+        wm = self.state.watermark
+        idle = Idle(wm if wm is not None else -1)
+        for sub_id in self.catalog.subscriptions:
+            out.ops.setdefault(sub_id, []).append(idle)
 
 
 def _counts(s: IngestStats) -> tuple[int, ...]:

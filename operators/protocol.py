@@ -11,6 +11,18 @@ sequence, never on batching or worker count.
     Retire  forget every period through `through`: its retention horizon has passed
     Terms   the contract terms to rate on from now (stream mode: contracts change live)
     Settle  an adjustment cycle ended: issue one adjustment per period late usage changed
+    Idle    this input partition is idle or has ended: stop waiting for its Close
+
+Every input partition closes periods on its own watermark, and each subscription hears from
+all of them (a Close goes to every subscription). A rater closes a period only once every input
+partition it waits for has sent a Close through it: the minimum of the partitions' watermarks,
+as Flink and Beam close windows, so a partition that runs ahead cannot invoice a period while
+another still holds usage for it (SubscriptionRater). A partition that has read nothing for the
+idle timeout, or has reached the end of a bounded input, sends Idle and is not waited for until
+it sends anything again. Windows are still rated on the watermark of the partition whose op
+reached the rater: a lagging partition's usage for a rated window is a correction row (the same
+totals), and running charges stay current without every partition telling every rater about
+every window.
 
 And one message from a rater to the journal step (flows/stream.py):
 
@@ -72,7 +84,15 @@ class Settle(msgspec.Struct, array_like=True, gc=False):
     watermark: int
 
 
-Op = Usage | Tick | Close | Retire | Terms | Settle
+class Idle(msgspec.Struct, array_like=True, gc=False):
+    """The input partition that sent it has read nothing for the idle timeout, or has reached
+    the end of a bounded input: raters close periods without waiting for it until it sends any
+    other op (module docstring)."""
+
+    watermark: int
+
+
+Op = Usage | Tick | Close | Retire | Terms | Settle | Idle
 
 
 class PeriodRetired(msgspec.Struct, array_like=True, gc=False):
@@ -84,7 +104,9 @@ class PeriodRetired(msgspec.Struct, array_like=True, gc=False):
 
 
 class SubscriptionOps(msgspec.Struct, array_like=True, gc=False):
-    """One subscription's ops from one ingest batch: the item keyed by subscription."""
+    """One subscription's ops from one ingest batch: the item keyed by subscription. `partition`:
+    the input partition that sent them (its Close and Idle ops count for that partition)."""
 
     subscription_id: str
     ops: list[Op]
+    partition: str = ""

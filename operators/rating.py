@@ -59,7 +59,17 @@ from operators.limits import STORE_LIMIT
 from operators.money import ZERO
 from operators.periods import Month, months_between
 from operators.pricers import PRICERS
-from operators.protocol import Close, Op, PeriodRetired, Retire, Settle, Terms, Tick, Usage
+from operators.protocol import (
+    Close,
+    Idle,
+    Op,
+    PeriodRetired,
+    Retire,
+    Settle,
+    Terms,
+    Tick,
+    Usage,
+)
 from schemas.records import (
     CONTRACT_REFUSED,
     INTERNAL_ERROR,
@@ -129,16 +139,36 @@ class RaterState:
     # Closed periods with late usage rated since their last document: settled (adjusted) by
     # the next Settle op, or before they retire.
     unsettled: set[str] = field(default_factory=set)
+    # Several input partitions (`partitions`): each one's last Close, (through, start), and the
+    # partitions that said they are idle (operators/protocol.py).
+    votes: dict[str, tuple[str, str]] = field(default_factory=dict)
+    idle: set[str] = field(default_factory=set)
+    # Usage its own partition sent after closing its period, while another partition has not
+    # closed it yet: held until this rater closes the period, then rated as late (an
+    # adjustment), as its partition judged it. Without this, whether it reached the invoice or
+    # an adjustment would depend on which partition's ops happened to arrive first.
+    deferred: dict[str, list[Usage]] = field(default_factory=dict)
+    settle_owed: bool = False  # a Settle came while usage was deferred: settle on its release
 
     def __setstate__(self, state: dict[str, object]) -> None:
         state.setdefault("unsettled", set())  # snapshots from before adjustment cycles
+        # Snapshots from before the minimum watermark: their periods closed on any partition's
+        # Close, and those closes stand.
+        state.setdefault("votes", {})
+        state.setdefault("idle", set())
+        state.setdefault("deferred", {})
+        state.setdefault("settle_owed", False)
         self.__dict__.update(state)
 
 
 class SubscriptionRater:
     def __init__(self, catalog: Catalog, subscription_id: str, window: timedelta,
-                 state: RaterState | None = None) -> None:
+                 state: RaterState | None = None,
+                 partitions: tuple[str, ...] | None = None) -> None:
+        """`partitions`: every input partition of the flow, each of which must close a period
+        (or be idle) before this rater closes it; None: a single input, whose Close is final."""
         self.window_seconds = int(window.total_seconds())
+        self.partitions = partitions
         self.state = state if state is not None else RaterState()
         self._period_ends: dict[str, int] = {}
         terms = self.state.terms
@@ -157,25 +187,51 @@ class SubscriptionRater:
 
     # -- ops ------------------------------------------------------------------------------------
 
-    def apply(self, ops: list[Op]) -> list[Output]:
+    def apply(self, ops: list[Op], partition: str = "") -> list[Output]:
+        """Apply one input partition's ops, in its order."""
         out: list[Output] = []
         state = self.state
+        if partition in state.idle and not (ops and type(ops[-1]) is Idle):
+            state.idle.discard(partition)  # it has read something again: wait for it again
+        unsettled_by_it = False
         for op in ops:
             try:
                 if op.watermark > state.high:
                     state.high = op.watermark
                 if isinstance(op, Usage):
+                    if self.partitions is not None:
+                        if self._defers(op, partition):
+                            state.deferred.setdefault(op.period, []).append(op)
+                            continue
+                        vote = state.votes.get(partition)
+                        if op.period in state.closed and (vote is None
+                                                          or op.period > vote[0]):
+                            # Late here, not for its partition (idle when this period
+                            # closed), whose ingest will send no Settle for it.
+                            unsettled_by_it = True
                     self._usage(op, out)
                 elif isinstance(op, Tick):
                     self._close_windows(op.watermark, out, set())
                 elif isinstance(op, Close):
-                    self._close_periods(Month.parse(op.through), Month.parse(op.start),
-                                        op.watermark, out)
+                    if self.partitions is None:
+                        self._close_periods(Month.parse(op.through), Month.parse(op.start),
+                                            op.watermark, out)
+                    else:
+                        vote = state.votes.get(partition)
+                        if vote is None or op.through > vote[0]:
+                            state.votes[partition] = (op.through, op.start)
+                        self._close_agreed(op.watermark, out)
+                elif isinstance(op, Idle):
+                    if self.partitions is not None:
+                        state.idle.add(partition)
+                        self._close_agreed(op.watermark, out)
                 elif isinstance(op, Retire):
-                    self._retire(op.through, out)
+                    self._retire(op.through, op.watermark, out)
                 elif isinstance(op, Terms):
                     self._terms(op, out)
                 elif isinstance(op, Settle):
+                    if state.deferred:
+                        state.settle_owed = True
                     if state.unsettled:
                         due = sorted(state.unsettled)
                         state.unsettled.clear()
@@ -185,7 +241,60 @@ class SubscriptionRater:
                     raise ValueError(msg)
             except Exception as exc:  # the crash-safe boundary (module docstring)
                 out.append(self._failure(exc, _describe(op)))
+        if unsettled_by_it and state.unsettled:
+            try:
+                due = sorted(state.unsettled)
+                state.unsettled.clear()
+                self._adjust(due, out)
+            except Exception as exc:  # the crash-safe boundary (module docstring)
+                out.append(self._failure(exc, {"op": "settle"}))
         return out
+
+    def _close_agreed(self, wm_ts: int, out: list[Output]) -> None:
+        """Close what every input partition has closed, leaving out the idle ones (all of them
+        idle or ended: what any has closed)."""
+        state = self.state
+        assert self.partitions is not None
+        votes = state.votes
+        waited = [p for p in self.partitions if p not in state.idle]
+        if waited:
+            if any(p not in votes for p in waited):
+                return
+            through, start = min(votes[p] for p in waited)
+        elif votes:
+            through, start = max(votes.values())
+        else:
+            return
+        self._close_periods(Month.parse(through), Month.parse(start), wm_ts, out)
+        self._release(out)
+
+    def _defers(self, op: Usage, partition: str) -> bool:
+        """Whether this usage is late for its own partition (which closed its period) but
+        its period is not closed here yet."""
+        state = self.state
+        vote = state.votes.get(partition)
+        period = op.period
+        return (vote is not None and period <= vote[0] and period not in state.closed
+                and (state.retired_through is None or period > state.retired_through))
+
+    def _release(self, out: list[Output]) -> None:
+        """Rate the deferred usage of the periods now closed, as late usage."""
+        state = self.state
+        released = sorted(p for p in state.deferred if p in state.closed)
+        if not released:
+            return
+        for period in released:
+            for op in state.deferred.pop(period):
+                try:
+                    self._usage(op, out)
+                except Exception as exc:  # the crash-safe boundary (module docstring)
+                    out.append(self._failure(exc, _describe(op)))
+        if state.settle_owed and not state.deferred:
+            state.settle_owed = False
+            if state.unsettled:
+                due = sorted(state.unsettled)
+                state.unsettled.clear()
+                self._adjust(due, out)
 
     def _failure(self, exc: Exception, what: dict[str, object]) -> ExceptionRecord:
         state = self.state
@@ -397,10 +506,17 @@ class SubscriptionRater:
             if retired is None or period > retired:
                 self._close_period(period, out)
 
-    def _retire(self, through: str, out: list[Output]) -> None:
+    def _retire(self, through: str, wm_ts: int, out: list[Output]) -> None:
         state = self.state
         if state.retired_through is not None and through <= state.retired_through:
             return  # another input partition retired it first
+        if state.votes:
+            # A partition retires a period it closed a retention horizon ago; another may not
+            # have closed it yet (still that far behind): close it here first, so no period
+            # is forgotten without its invoice.
+            start = min(v[1] for v in state.votes.values())
+            self._close_periods(Month.parse(through), Month.parse(start), wm_ts, out)
+            self._release(out)
         state.retired_through = through
         due = sorted(p for p in state.unsettled if p <= through)
         if due:  # never forget late usage that is on no document yet
@@ -467,6 +583,8 @@ def _describe(op: Op) -> dict[str, object]:
             return {"op": "terms", "version": op.version}
         if isinstance(op, Settle):
             return {"op": "settle"}
+        if isinstance(op, Idle):
+            return {"op": "idle"}
     except Exception:  # a malformed op is described by its text alone
         return {"op": repr(op)[:200]}
     return {"op": repr(op)[:200]}

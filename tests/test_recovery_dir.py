@@ -38,3 +38,21 @@ def test_existing_partitions_are_the_state_to_resume_and_are_left_alone(tmp_path
     with sqlite3.connect(recovery / "part-0.sqlite3") as db:
         names = db.execute("SELECT name FROM sqlite_master ORDER BY name").fetchall()
     assert ("marker",) in names and set(before) <= set(names)
+
+
+def test_each_process_creates_only_its_share_so_one_folder_or_one_per_process_both_work(
+        tmp_path: Path) -> None:
+    """Bytewax needs every partition of the cluster exactly once over all processes' folders."""
+    shared = tmp_path / "shared"
+    for process in range(2):
+        prepare_recovery_dir(shared, 4, process, 2)
+    assert _parts(shared) == [f"part-{k}.sqlite3" for k in range(4)]
+    own = [tmp_path / f"pod-{i}" for i in range(2)]
+    for process, folder in enumerate(own):
+        prepare_recovery_dir(folder, 4, process, 2)
+    assert [_parts(f) for f in own] == [["part-0.sqlite3", "part-2.sqlite3"],
+                                        ["part-1.sqlite3", "part-3.sqlite3"]]
+    assert not list(own[0].glob(".init-*"))  # no scratch folder left behind
+    for k, folder in ((0, own[0]), (3, own[1])):  # each file says which of how many it is
+        with sqlite3.connect(folder / f"part-{k}.sqlite3") as db:
+            assert db.execute("SELECT part_index, part_count FROM parts").fetchall() == [(k, 4)]

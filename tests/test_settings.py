@@ -13,12 +13,15 @@ import pytest
 
 from flows.settings import (
     ApiSettings,
+    ClusterProblem,
     Options,
     Secret,
     SettingsError,
     StreamSettings,
     parse_duration,
+    pod_ordinal,
     redact_url,
+    stateful_set_cluster,
 )
 from meterwax import cli
 
@@ -280,3 +283,87 @@ def test_a_settings_error_names_its_command(tmp_path: Path) -> None:
     with pytest.raises(SettingsError) as err:
         ApiSettings.from_mapping({"out": str(tmp_path / "missing")}, environ={})
     assert str(err.value).startswith("api settings have problems:\n  - --out: ")
+
+
+# -- a cluster of StatefulSet pods -------------------------------------------------------------
+
+SERVICE = "meterwax.billing.svc.cluster.local"
+
+
+def pod(ordinal: int, replicas: int = 3, **extra: str) -> dict[str, str]:
+    return {"METERWAX_CLUSTER_REPLICAS": str(replicas), "HOSTNAME": f"meterwax-{ordinal}",
+            "METERWAX_CLUSTER_SERVICE": SERVICE, **extra}
+
+
+def test_every_pod_derives_the_same_addresses_and_its_own_process_id() -> None:
+    addresses = tuple(f"meterwax-{i}.{SERVICE}:2101" for i in range(3))
+    for ordinal in range(3):
+        assert stateful_set_cluster(3, f"meterwax-{ordinal}", None, SERVICE) == (
+            addresses, ordinal)
+        got = settings(pod(ordinal, METERWAX_POD_INDEX=str(ordinal)))
+        assert (got.addresses, got.process_id) == (addresses, ordinal)
+    # The pod-index label may be absent (older clusters set none; "" from the downward API).
+    assert settings(pod(1, METERWAX_POD_INDEX="")).process_id == 1
+    assert stateful_set_cluster(2, "stream-1", None, "peers", 7000) == (
+        ("stream-0.peers:7000", "stream-1.peers:7000"), 1)
+    # The set's name is whatever precedes the ordinal, dashes and all.
+    assert pod_ordinal("meterwax-eu-12") == ("meterwax-eu", 12)
+
+
+def test_one_replica_is_a_standalone_process() -> None:
+    assert stateful_set_cluster(1, "meterwax-0") == ((), None)
+    got = settings(pod(0, replicas=1))
+    assert (got.addresses, got.process_id) == ((), None)
+
+
+def test_explicit_process_id_and_addresses_win_over_the_derivation() -> None:
+    got = settings(pod(2), process_id="0", addresses=["a:1", "b:2"])
+    assert (got.addresses, got.process_id) == (("a:1", "b:2"), 0)
+    # Given explicitly, they are judged as always: one without the other is a problem.
+    assert problems(pod(2), process_id="0") == ["addresses: required with --process-id"]
+    assert problems(pod(2, METERWAX_ADDRESSES="a:1")) == [
+        "process_id: required with --addresses"]
+
+
+@pytest.mark.parametrize(("environ", "expected"), [
+    (pod(3), ["cluster_replicas: 3, but this is pod ordinal 3 (a cluster of 3 has ordinals "
+              "0..2): it must equal the StatefulSet's spec.replicas"]),
+    (pod(0, METERWAX_CLUSTER_REPLICAS="three"), ["cluster_replicas: not a whole number: 'three'"]),
+    (pod(0, METERWAX_CLUSTER_REPLICAS="0"), ["cluster_replicas: must be at least 1, got 0"]),
+    (pod(0, HOSTNAME="meterwax"), [
+        "HOSTNAME: 'meterwax' is not a StatefulSet pod name <name>-<ordinal>: cannot derive the "
+        "process id (outside a StatefulSet, set METERWAX_PROCESS_ID and METERWAX_ADDRESSES "
+        "instead)"]),
+    (pod(0, HOSTNAME="meterwax-01"), [
+        "HOSTNAME: 'meterwax-01' is not a StatefulSet pod name <name>-<ordinal>: cannot derive "
+        "the process id (outside a StatefulSet, set METERWAX_PROCESS_ID and METERWAX_ADDRESSES "
+        "instead)"]),
+    (pod(1, METERWAX_POD_INDEX="2"), [
+        "pod_index: 2 disagrees with the pod name 'meterwax-1' (ordinal 1)"]),
+    (pod(1, METERWAX_POD_INDEX="one"), ["pod_index: not a whole number: 'one'"]),
+    (pod(1, METERWAX_CLUSTER_SERVICE="Meterwax_Peers"), [
+        "cluster_service: not a DNS name: 'Meterwax_Peers'"]),
+    (pod(1, METERWAX_CLUSTER_PORT="99999"), ["cluster_port: must be at most 65535, got 99999"]),
+])
+def test_a_pod_that_cannot_be_placed_says_which_setting_to_fix(
+        environ: dict[str, str], expected: list[str]) -> None:
+    assert problems(environ) == expected
+
+
+def test_cluster_problems_are_reported_with_the_others() -> None:
+    environ = {k: v for k, v in pod(0).items() if k != "HOSTNAME"}
+    found = problems({**environ, "METERWAX_CLUSTER_PORT": "x", "METERWAX_WORKERS": "0"})
+    assert found == [
+        "workers: must be at least 1, got 0", "cluster_port: not a whole number: 'x'",
+        "HOSTNAME: not set, so not a StatefulSet pod name <name>-<ordinal>: cannot derive the "
+        "process id (outside a StatefulSet, set METERWAX_PROCESS_ID and METERWAX_ADDRESSES "
+        "instead)"]
+
+
+def test_the_derivation_refuses_as_a_plain_function() -> None:
+    with pytest.raises(ClusterProblem) as err:
+        stateful_set_cluster(2, "meterwax-5")
+    assert err.value.setting == "cluster_replicas"
+    with pytest.raises(ClusterProblem) as err:
+        pod_ordinal("")
+    assert err.value.setting == "HOSTNAME"

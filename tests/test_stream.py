@@ -15,7 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -58,7 +58,7 @@ class StreamRun:
         self.recovery = tmp / "recovery"  # output topics are created by the stream itself
         self.extra_env: dict[str, str] = {}
 
-    def env(self, workers: int = 1) -> dict[str, str]:
+    def env(self, workers: int = 1, recovery: Path | None = None) -> dict[str, str]:
         return {
             **os.environ,
             "METERWAX_CATALOG": CATALOG,
@@ -66,17 +66,31 @@ class StreamRun:
             "METERWAX_INPUT_TOPIC": self.topic,
             "METERWAX_REDIS_URL": self.redis.url,
             "METERWAX_CLICKHOUSE": self.clickhouse.url,
-            "METERWAX_RECOVERY_DIR": str(self.recovery),
+            "METERWAX_RECOVERY_DIR": str(recovery or self.recovery),
             "METERWAX_TOPIC_PREFIX": self.prefix,
             "METERWAX_REDIS_NAMESPACE": self.prefix.rstrip("."),
             "METERWAX_WORKERS": str(workers),
             **self.extra_env,
         }
 
-    def start(self, workers: int = 1, *extra: str) -> subprocess.Popen[bytes]:
+    def start(self, workers: int = 1, *extra: str, recovery: Path | None = None,
+              stop_at_end: bool = True) -> subprocess.Popen[bytes]:
+        """`stop_at_end=False`: a live stream, which only a signal stops (a test that must kill
+        it mid-stream cannot then lose the race to its end)."""
+        bounded = ["--stop-at-end"] if stop_at_end else []
         return subprocess.Popen(
-            [sys.executable, "-m", "meterwax.cli", "stream", "--stop-at-end", *extra],
-            cwd=ROOT, env=self.env(workers), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            [sys.executable, "-m", "meterwax.cli", "stream", *bounded, *extra],
+            cwd=ROOT, env=self.env(workers, recovery), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE)
+
+    def start_cluster(self, processes: int, recoveries: list[Path] | None = None
+                      ) -> list[subprocess.Popen[bytes]]:
+        """`processes` processes of one Bytewax cluster (-i/-a), each with its own recovery
+        folder when `recoveries` are given (as each pod of the StatefulSet has its volume)."""
+        addresses = [arg for p in _free_ports(processes) for arg in ("-a", f"127.0.0.1:{p}")]
+        return [self.start(1, "-i", str(i), *addresses,
+                           recovery=recoveries[i] if recoveries else None)
+                for i in range(processes)]
 
     def run(self, workers: int = 1, timeout: float = 300) -> None:
         proc = self.start(workers)
@@ -279,15 +293,7 @@ def test_scale_out_gives_the_same_results(catalog, kafka_service, redis_service,
     if mode == "2-workers":
         run.run(workers=2)
     else:
-        import socket
-
-        ports = []
-        for _ in range(2):
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                ports.append(s.getsockname()[1])
-        addresses = [arg for p in ports for arg in ("-a", f"127.0.0.1:{p}")]
-        procs = [run.start(1, "-i", str(i), *addresses) for i in range(2)]
+        procs = run.start_cluster(2)
         for proc in procs:
             _out, err = proc.communicate(timeout=300)
             assert proc.returncode == 0, err.decode()[-3000:]
@@ -295,39 +301,143 @@ def test_scale_out_gives_the_same_results(catalog, kafka_service, redis_service,
     _assert_outputs_equal(run, clickhouse, result, expected)
 
 
-def test_three_partitions_reconcile_to_the_same_totals(catalog, kafka_service, redis_service,
-                                                       clickhouse, tmp_path) -> None:
-    """With several partitions each has its own watermark, so which late events become
-    adjustments depends on timing (README, known limits). What must not depend on it: every
-    event in one bucket, and each period's net invoiced amount per line. Messages are keyed by
-    event identity, as the README recommends: copies of one event share a partition, so "the
-    first occurrence" is well defined (across partitions there is no input order)."""
-    lines = dirty_lines() + list(generate(catalog, 6000, seed=21))
-    topic = kafka_service.new_topic("usage", partitions=3)
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    ports = []
+    for _ in range(n):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+    return ports
+
+
+def _identity_keys(lines: list[bytes]) -> list[bytes]:
+    """Each line's Kafka key as the README asks producers to set it: `source/id`."""
     keys = []
     for line in lines:
         try:
             event = json.loads(line)
-            keys.append(f"{event.get('source')}/{event.get('id')}")
+            keys.append(f"{event.get('source')}/{event.get('id')}".encode())
         except (ValueError, AttributeError):
-            keys.append("")
-    kafka_service.produce(topic, lines, keys=[k.encode() for k in keys])
+            keys.append(b"")
+    return keys
+
+
+DOCUMENTS = ("invoice-candidates", "ar-invoices", "revenue-schedules", "invoice-exceptions",
+             "journals")
+
+
+def test_two_processes_over_two_partitions_killed_and_resumed_issue_one_process_invoices(
+        catalog, kafka_service, redis_service, clickhouse, tmp_path) -> None:
+    """The StatefulSet's layout (k8s/statefulset.yaml): two processes of one cluster, each
+    with its own recovery folder, over a topic of two partitions; both SIGKILLed mid-stream and
+    started again. Every invoice is exactly the one a single process reading the same topic
+    issues: periods close on the minimum of the partitions' watermarks and usage late for its
+    own partition waits for the close (operators/protocol.py), so neither process's speed
+    decides what an invoice holds. The money over invoices and adjustments is file mode's.
+    (How late usage groups into adjustments, and a tiered charge's split over days, still
+    follow arrival order: README, known limits.)"""
+    lines = dirty_lines() + list(generate(catalog, 150_000, seed=5))
+    topic = kafka_service.new_topic("usage", partitions=2)
+    kafka_service.produce(topic, lines, keys=_identity_keys(lines))
+    one = StreamRun(kafka_service, redis_service, clickhouse, tmp_path / "one", topic)
+    one.run()
+    two = StreamRun(kafka_service, redis_service, clickhouse, tmp_path / "two", topic)
+    recoveries = [tmp_path / "two" / f"recovery-{i}" for i in range(2)]
+    procs = two.start_cluster(2, recoveries)
+    # October invoiced (closed on both partitions), the rest of the input still ahead
+    kill_when(procs[0], lambda: _has_output(two, "invoice-candidates"), pause=0.1)
+    procs[1].send_signal(signal.SIGKILL)
+    procs[1].wait()
+    assert [sorted(p.name for p in r.glob("part-*.sqlite3")) for r in recoveries] == [
+        ["part-0.sqlite3"], ["part-1.sqlite3"]]
+    for proc in two.start_cluster(2, recoveries):
+        _out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err.decode()[-3000:]
+    got, want = _invoices(two.latest("invoice-candidates")), _invoices(
+        one.latest("invoice-candidates"))
+    differing = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+    assert not differing, [(k, got.get(k), want.get(k)) for k in differing[:2]]
+    result, _ = engine_view(catalog, lines)
+    assert set(want) == {c.invoice_candidate_id for c in result.candidates if c.adjusts is None}
+    file_mode = _net([json.loads(ENCODER.encode(c)) for c in result.candidates])
+    assert _net(list(two.latest("invoice-candidates").values())) == file_mode
+    assert _net(list(one.latest("invoice-candidates").values())) == file_mode
+    assert ledger_rows(clickhouse) == (result.stats.rated, result.stats.rated)
+
+
+def test_an_idle_partition_stops_holding_back_the_close(catalog, kafka_service, redis_service,
+                                                        clickhouse, tmp_path) -> None:
+    """A live stream over two partitions, one of which never receives anything: once it has
+    been silent for --idle-timeout, October closes on the other partition's watermark alone.
+    (Without the timeout it would wait for that partition forever.)"""
+    lines = [line for line in generate(catalog, 3000, seed=4)
+             if b'"2026-11-0' in line or b'"2026-10-' in line]
+    topic = kafka_service.new_topic("usage", partitions=2)
+    kafka_service.produce(topic, lines, partition=0)
+    run = StreamRun(kafka_service, redis_service, clickhouse, tmp_path, topic)
+    proc = run.start(1, "--idle-timeout", "2s", stop_at_end=False)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(k.endswith(":2026-10") for k in _latest_or_none(run)):
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+            assert time.monotonic() < deadline, "October never closed"
+            time.sleep(0.5)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=60)
+    issued = _latest_or_none(run)
+    assert {k for k in issued if k.endswith(":2026-10")} == {
+        f"{s}:2026-10" for s, sub in catalog.subscriptions.items()
+        if sub.start < datetime(2026, 11, 1, tzinfo=UTC)}
+
+
+def _latest_or_none(run: StreamRun) -> dict[str, Any]:
+    try:
+        return run.latest("invoice-candidates")
+    except (RuntimeError, TimeoutError):  # not created yet, or still being written
+        return {}
+
+
+def _invoices(view: dict[str, Any]) -> dict[str, Any]:
+    """The invoices (not adjustments) of a candidates view, without the per-day consumption."""
+    out = {}
+    for key, cand in view.items():
+        if cand["adjusts"] is None:
+            out[key] = {**cand, "lines": [{k: v for k, v in line.items() if k != "consumption"}
+                                          for line in cand["lines"]]}
+    return out
+
+
+def _net(candidates: list[Any]) -> dict[tuple[str, str, str], Decimal]:
+    """(subscription, period, line) -> amount over the invoice and its adjustments."""
+    out: dict[tuple[str, str, str], Decimal] = {}
+    for c in candidates:
+        for line in c["lines"]:
+            key = (c["subscription_id"], c["billing_period"],
+                   line["line_id"].split(":", 2)[2].split(":", 1)[-1]
+                   if c["adjusts"] else line["line_id"].split(":", 2)[2])
+            out[key] = out.get(key, Decimal(0)) + Decimal(line["amount"])
+    return {k: v for k, v in out.items() if v}
+
+
+def test_three_partitions_reconcile_to_the_same_totals(catalog, kafka_service, redis_service,
+                                                       clickhouse, tmp_path) -> None:
+    """Three partitions over two workers: every event in one bucket, and each period's net
+    invoiced amount per line equal to file mode's. (Which events are late can differ from a
+    single input's order, since across partitions there is none: README, known limits.)
+    Messages are keyed by event identity, as the README recommends: copies of one event share
+    a partition, so "the first occurrence" is well defined."""
+    lines = dirty_lines() + list(generate(catalog, 6000, seed=21))
+    topic = kafka_service.new_topic("usage", partitions=3)
+    kafka_service.produce(topic, lines, keys=_identity_keys(lines))
     run = StreamRun(kafka_service, redis_service, clickhouse, tmp_path, topic)
     run.run(workers=2)
     result, _ = engine_view(catalog, lines)
 
-    def net(candidates: list[Any]) -> dict[tuple[str, str, str], Decimal]:
-        out: dict[tuple[str, str, str], Decimal] = {}
-        for c in candidates:
-            for line in c["lines"]:
-                key = (c["subscription_id"], c["billing_period"],
-                       line["line_id"].split(":", 2)[2].split(":", 1)[-1]
-                       if c["adjusts"] else line["line_id"].split(":", 2)[2])
-                out[key] = out.get(key, Decimal(0)) + Decimal(line["amount"])
-        return {k: v for k, v in out.items() if v}
-
-    got = net(list(run.latest("invoice-candidates").values()))
-    want = net([json.loads(ENCODER.encode(c)) for c in result.candidates])
+    got = _net(list(run.latest("invoice-candidates").values()))
+    want = _net([json.loads(ENCODER.encode(c)) for c in result.candidates])
     assert got == want
     dead = kafka_service.consume_all(run.prefix + "dead-letter")
     assert len(dead) == len(result.exceptions)
