@@ -151,6 +151,7 @@ def test_ingest_counts_where_each_retried_event_landed_without_changing_any_outp
 
 def test_the_kafka_reader_marks_retried_messages(kafka_service) -> None:
     from flows.kafka_io import KafkaChunkSource, KafkaSettings
+    from flows.sources import PartitionIdle
     from operators.retry import RETRY_HEADER
 
     topic = kafka_service.new_topic("usage", partitions=1)
@@ -166,9 +167,12 @@ def test_the_kafka_reader_marks_retried_messages(kafka_service) -> None:
         pass
     finally:
         part.close()
-    lines = [line for chunk in chunks for line in chunk[1]]
+    usage = [chunk for chunk in chunks if isinstance(chunk[1], list)]
+    lines = [line for chunk in usage for line in chunk[1]]
     assert lines == [(0, b"x"), (1, b"y"), (2, b"z")]
-    assert [o for chunk in chunks if len(chunk) > 2 for o in chunk[2]] == [1]
+    assert [o for chunk in usage if len(chunk) > 2 for o in chunk[2]] == [1]
+    # and at its end, once, that it has ended (flows/sources.py PartitionIdle)
+    assert [chunk[1] for chunk in chunks[len(usage):]] == [PartitionIdle(ended=True)]
 
 
 def test_killed_while_rating_retried_events_loses_and_doubles_nothing(

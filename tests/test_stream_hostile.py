@@ -89,8 +89,8 @@ class HostileRun(StreamRun):
         super().__init__(kafka, redis, clickhouse, tmp, topic)
         self.catalog = catalog
 
-    def env(self, workers: int = 1) -> dict[str, str]:
-        return {**super().env(workers), "METERWAX_CATALOG": str(self.catalog),
+    def env(self, workers: int = 1, recovery: Path | None = None) -> dict[str, str]:
+        return {**super().env(workers, recovery), "METERWAX_CATALOG": str(self.catalog),
                 "METERWAX_MAX_FUTURE": "24h"}
 
 
