@@ -1,7 +1,7 @@
 """Benchmark: `meterwax stream` on the real Kafka broker, Redis and ClickHouse, against a floor.
 
     scripts/services.sh start && eval "$(scripts/services.sh env)"
-    .venv/bin/python bench/bench_stream.py [--size 200000] [--partitions 1] [-w W]
+    .venv/bin/python bench/bench_stream.py [--size 200000] [--partitions 1] [-w W] [--processes 1]
                                            [--clickhouse-path [DIR]] [--rate 2000 --seconds 20]
                                            [--latency | --skip-latency | --soak] [--keep]
                                            [--soak-months 12 --soak-rate 3000
@@ -25,6 +25,21 @@ then latency; --latency or --skip-latency runs one of them, --soak runs the soak
                 (the stream writes over clickhouse-connect), or with --clickhouse-path the
                 stream's own embedded chDB directory. The rows are then counted, and with one
                 partition compared with operators.engine.run_engine over the same events.
+    cluster     with --processes N > 1 (--partitions >= N; -w workers in each process): the
+                same topic again, read by N processes of one Bytewax cluster (`-i <i> -a
+                127.0.0.1:<port> ...`, as the StatefulSet scales), each with its own recovery
+                directory and metrics port, a fresh output-topic prefix and Redis namespace and
+                a fresh ClickHouse (a ChdbHttpServer: processes cannot share an embedded chDB
+                directory). Timed from the spawn of the first process to the exit of the last;
+                the ratio to the one-process stream is the scale-out; CPU seconds per process
+                come from os.wait4. Then both passes' invoice-candidates topics are read (the
+                last value per key) and compared: every invoice (a candidate that adjusts
+                nothing) without its per-day consumption, and the net amount per
+                (subscription, billing period, line) over invoices and adjustments together.
+                (With several partitions an invoice is decided by each partition's contents
+                alone; how late usage groups into adjustments, and the daily consumption
+                split, can follow arrival order: README, known limits.) A difference is a
+                problem.
 
   latency     `meterwax stream --window 1s` (no --stop-at-end) tails a fresh topic while this
               process produces events at a steady --rate for --seconds. All events belong to one
@@ -118,6 +133,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +202,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports (all bound at once, so none is handed out twice)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
 
 
 def pct(values: Sequence[float], q: float) -> float:
@@ -522,20 +547,27 @@ def counted(samples: dict[str, float] | None) -> int | None:
 
 
 class MetricsWatcher(threading.Thread):
-    """Polls the stream's Prometheus endpoint: when the first events were counted and when all
-    `expected` were (events are counted per chunk, once ingest has judged them)."""
+    """Polls the stream's Prometheus endpoint (one per process of a cluster, summed, each at
+    the last count it answered): when the first events were counted and when all `expected`
+    were (events are counted per chunk, once ingest has judged them)."""
 
-    def __init__(self, port: int, expected: int, t0: float, every: float = 0.1) -> None:
+    def __init__(self, ports: Sequence[int], expected: int, t0: float,
+                 every: float = 0.1) -> None:
         super().__init__(daemon=True, name="metrics-watcher")
-        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.urls = [f"http://127.0.0.1:{port}/metrics" for port in ports]
         self.expected, self.t0, self.every = expected, t0, every
         self.stop_flag = threading.Event()
         self.first: tuple[float, int] | None = None  # (seconds since spawn, count then)
         self.all_at: float | None = None
         self.last = 0
+        self._by_url: dict[str, int] = {}
 
     def count(self) -> int | None:
-        return counted(scrape_metrics(self.url))
+        for url in self.urls:
+            n = counted(scrape_metrics(url))
+            if n is not None:
+                self._by_url[url] = n
+        return sum(self._by_url.values()) if self._by_url else None
 
     def run(self) -> None:
         while not self.stop_flag.wait(self.every):
@@ -549,6 +581,110 @@ class MetricsWatcher(threading.Thread):
             if n >= self.expected and self.all_at is None:
                 self.all_at = now
                 return
+
+
+def wait_exits(procs: Sequence[subprocess.Popen[bytes]], timeout: float
+               ) -> tuple[list[float | None], list[float | None]]:
+    """Waits (os.wait4, which also gives each child's CPU time) until every process has exited,
+    one has failed (a non-zero status: its peers in a cluster would wait for it forever), or
+    `timeout` s have passed. Each process's exit instant (time.perf_counter(), None while it
+    runs) and its user + system CPU seconds. Polled every 10 ms."""
+    ends: list[float | None] = [None] * len(procs)
+    cpu: list[float | None] = [None] * len(procs)
+    deadline = time.perf_counter() + timeout
+    while True:
+        for i, proc in enumerate(procs):
+            if ends[i] is not None:
+                continue
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                ends[i] = time.perf_counter()
+                cpu[i] = usage.ru_utime + usage.ru_stime
+                proc.returncode = os.waitstatus_to_exitcode(status)
+        if (all(end is not None for end in ends)
+                or any(proc.returncode not in (None, 0) for proc in procs)
+                or time.perf_counter() > deadline):
+            return ends, cpu
+        time.sleep(0.01)
+
+
+def latest_view(res: Resources, topic: str, timeout: float = 120) -> dict[str, Any]:
+    """The keyed view of an output topic: the last value per key (a key's records are all in
+    one partition, read here in offset order), each partition read to its end as of the start
+    (the stream has exited: nothing more comes)."""
+    meta = res.admin.list_topics(topic=topic, timeout=10).topics.get(topic)
+    if meta is None or meta.error is not None:
+        what = f"output topic {topic}: {meta.error if meta is not None else 'missing'}"
+        raise BenchFailed(what)
+    consumer = Consumer(res.kafka_config(**{
+        "group.id": f"meterwax-bench-read-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
+        "fetch.min.bytes": 1, "fetch.wait.max.ms": 50}))
+    view: dict[str, Any] = {}
+    try:
+        ends: dict[int, int] = {}
+        assign = []
+        for p in sorted(meta.partitions):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
+            if high > low:
+                ends[p] = high
+                assign.append(TopicPartition(topic, p, low))
+        if not assign:
+            return view
+        consumer.assign(assign)
+        open_parts = set(ends)
+        deadline = time.monotonic() + timeout
+        while open_parts:
+            for msg in consumer.consume(1000, 0.1):
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise KafkaException(err)
+                p, offset = msg.partition() or 0, msg.offset() or 0
+                if offset >= ends[p]:
+                    continue
+                key, value = msg.key(), msg.value()
+                if key is not None:
+                    if value is None:
+                        view.pop(key.decode(), None)
+                    else:
+                        view[key.decode()] = json.loads(value)
+                if offset >= ends[p] - 1:
+                    open_parts.discard(p)
+            for tp in consumer.position([TopicPartition(topic, p) for p in sorted(open_parts)]):
+                if tp.offset >= ends[tp.partition]:
+                    open_parts.discard(tp.partition)
+            if time.monotonic() > deadline:
+                msg_text = (f"{topic}: partitions {sorted(open_parts)} not read to the end in "
+                            f"{timeout:.0f} s")
+                raise BenchFailed(msg_text)
+    finally:
+        consumer.close()
+    return view
+
+
+def _invoices(view: dict[str, Any]) -> dict[str, Any]:
+    """The invoices (not adjustments) of a candidates view, without the per-day consumption
+    (tests/test_stream.py's helper of the same name)."""
+    out = {}
+    for key, cand in view.items():
+        if cand["adjusts"] is None:
+            out[key] = {**cand, "lines": [{k: v for k, v in line.items() if k != "consumption"}
+                                          for line in cand["lines"]]}
+    return out
+
+
+def _net(candidates: list[Any]) -> dict[tuple[str, str, str], Decimal]:
+    """(subscription, period, line) -> amount over the invoice and its adjustments
+    (tests/test_stream.py's helper of the same name)."""
+    out: dict[tuple[str, str, str], Decimal] = {}
+    for c in candidates:
+        for line in c["lines"]:
+            key = (c["subscription_id"], c["billing_period"],
+                   line["line_id"].split(":", 2)[2].split(":", 1)[-1]
+                   if c["adjusts"] else line["line_id"].split(":", 2)[2])
+            out[key] = out.get(key, Decimal(0)) + Decimal(line["amount"])
+    return {k: v for k, v in out.items() if v}
 
 
 def throughput_phase(args: argparse.Namespace, res: Resources, cmd_base: list[str],
@@ -602,18 +738,20 @@ def throughput_phase(args: argparse.Namespace, res: Resources, cmd_base: list[st
             cmd += ["--window", args.window]
         env = stream_env(res, topic, prefix, namespace, clickhouse, recovery, args.workers)
         print(f"running: {shlex.join(cmd)}  (ClickHouse: {ch_mode} {clickhouse})")
+        own_cpu0 = time.process_time()
         t0 = time.perf_counter()
         proc = res.spawn(cmd, env, res.tmp / "stream-throughput")
-        watcher = MetricsWatcher(port, n, t0)
+        watcher = MetricsWatcher([port], n, t0)
         watcher.start()
-        try:
-            proc.wait(args.timeout)
-        except subprocess.TimeoutExpired:
+        (end,), (cpu,) = wait_exits([proc], args.timeout)
+        if end is None:
             how = res.stop(proc, 10)
             msg = (f"`meterwax stream --stop-at-end` did not finish within {args.timeout:.0f} s "
                    f"({how}); stderr tail:\n{tail_of(res.tmp / 'stream-throughput.err')}")
-            raise BenchFailed(msg) from None
-        stream_s = time.perf_counter() - t0
+            raise BenchFailed(msg)
+        stream_s = end - t0
+        figures.update(stream_cpu_s=round(cpu or 0.0, 2),
+                       bench_process_cpu_s=round(time.process_time() - own_cpu0, 2))
         watcher.stop_flag.set()
         watcher.join(2)
         if proc.returncode != 0:
@@ -674,6 +812,115 @@ def throughput_phase(args: argparse.Namespace, res: Resources, cmd_base: list[st
         figures["clickhouse_check"] = "match" if not problems else "MISMATCH"
     elif args.verify:
         figures["clickhouse_check"] = "skipped (several partitions: another order than the file)"
+    if args.processes > 1:
+        problems += cluster_pass(args, res, cmd_base, topic, n, floor_rate, prefix, figures)
+    return problems
+
+
+def cluster_pass(args: argparse.Namespace, res: Resources, cmd_base: list[str], topic: str,
+                 n: int, floor_rate: float, one_prefix: str,
+                 figures: dict[str, Any]) -> list[str]:
+    """The same topic again, read by --processes processes of one Bytewax cluster (-i/-a, as
+    the StatefulSet runs them), each with its own recovery directory and metrics port, a fresh
+    output-topic prefix and Redis namespace and a fresh ClickHouse. Timed from the spawn of the
+    first process to the exit of the last; then its invoices are compared with the one-process
+    pass's (whose output topics start with `one_prefix`)."""
+    problems: list[str] = []
+    k = args.processes
+    prefix, namespace = res.unique("tpc")
+    cl: dict[str, Any] = {"processes": k, "workers_per_process": args.workers}
+    figures["cluster"] = cl
+    ports = free_ports(2 * k)
+    peers, metrics_ports = ports[:k], ports[k:]
+    addresses = [arg for p in peers for arg in ("-a", f"127.0.0.1:{p}")]
+    window = ["--window", args.window] if args.window else []
+    cmds = [[*cmd_base, "stream", "--stop-at-end", "-i", str(i), *addresses,
+             "--metrics-port", str(metrics_ports[i]), *window] for i in range(k)]
+    logs = [res.tmp / f"stream-cluster-{i}" for i in range(k)]
+    local = LocalClickHouse(res.tmp / "ch-cluster")
+    res.closers.append(local.close)
+    watcher: MetricsWatcher | None = None
+    try:
+        envs = [stream_env(res, topic, prefix, namespace, local.url,
+                           res.tmp / f"recovery-cluster-{i}", args.workers) for i in range(k)]
+        print(f"running {k} processes of one cluster: {shlex.join(cmds[0])}  (and -i 1..{k - 1} "
+              f"likewise, each with its own recovery dir and metrics port; ClickHouse: "
+              f"clickhouse-connect {local.url})")
+        own_cpu0 = time.process_time()
+        t0 = time.perf_counter()
+        procs = [res.spawn(cmd, env, log) for cmd, env, log in zip(cmds, envs, logs, strict=True)]
+        watcher = MetricsWatcher(metrics_ports, n, t0)
+        watcher.start()
+        ends, cpu = wait_exits(procs, args.timeout)
+        watcher.stop_flag.set()
+        watcher.join(2)
+        failed = [i for i, proc in enumerate(procs) if proc.returncode not in (None, 0)]
+        if failed or None in ends:
+            hows = [res.stop(proc, 10) for proc in procs]
+            what = (f"process {failed[0]} failed with exit status {procs[failed[0]].returncode}"
+                    if failed else f"did not finish within {args.timeout:.0f} s")
+            tails = "\n".join(f"process -i {i} ({how}); stderr tail:\n"
+                               f"{tail_of(log.with_suffix('.err'))}"
+                               for i, (how, log) in enumerate(zip(hows, logs, strict=True)))
+            msg = f"the {k}-process `meterwax stream --stop-at-end` cluster: {what}\n{tails}"
+            raise BenchFailed(msg)
+        exits = [end - t0 for end in ends if end is not None]
+        cluster_s = max(exits)
+        rate = n / cluster_s
+        cl.update(seconds=round(cluster_s, 3), events_per_s=round(rate),
+                  vs_floor_pct=round(100 * rate / floor_rate, 2),
+                  scale_out=round(rate / figures["stream_events_per_s"], 3),
+                  exit_s=[round(x, 2) for x in exits],
+                  cpu_s=[round(c or 0.0, 2) for c in cpu],
+                  bench_process_cpu_s=round(time.process_time() - own_cpu0, 2))
+        if watcher.first is not None and watcher.all_at is not None:
+            first_s, first_n = watcher.first
+            reading_s = watcher.all_at - first_s
+            cl.update(startup_s=round(first_s, 2), reading_s=round(reading_s, 2),
+                      shutdown_s=round(cluster_s - watcher.all_at, 2),
+                      reading_events_per_s=(round((n - first_n) / reading_s)
+                                            if reading_s > 0 else None))
+        else:
+            cl["phases"] = (f"metrics incomplete (last count {watcher.last}); start-up and "
+                            "reading not split")
+        cl["clickhouse_rows"] = count_rows(local.store.query)
+    finally:
+        if watcher is not None:
+            watcher.stop_flag.set()
+        local.close()  # the latency phase opens another path
+        res.closers.remove(local.close)
+
+    # Identical results: every invoice (candidates that adjust nothing), per-day consumption
+    # aside, and the net amount per (subscription, period, line) over invoices and adjustments.
+    one = latest_view(res, one_prefix + "invoice-candidates")
+    many = latest_view(res, prefix + "invoice-candidates")
+    got, want = _invoices(many), _invoices(one)
+    differing = sorted(key for key in set(got) | set(want) if got.get(key) != want.get(key))
+    net_one, net_many = _net(list(one.values())), _net(list(many.values()))
+    net_differing = sorted(key for key in set(net_one) | set(net_many)
+                           if net_one.get(key) != net_many.get(key))
+    cl["invoices"] = {
+        "one_process": len(want), f"{k}_processes": len(got),
+        "adjustments_one_process": len(one) - len(want),
+        f"adjustments_{k}_processes": len(many) - len(got),
+        "check": "identical" if not differing else "DIFFER",
+        "differing_ids": differing[:50], "differing_count": len(differing),
+        "net_lines": len(net_one),
+        "net_check": "identical" if not net_differing else "DIFFER",
+        "net_differing": [{"key": list(key), "one_process": str(net_one.get(key)),
+                           f"{k}_processes": str(net_many.get(key))}
+                          for key in net_differing[:20]],
+        "net_differing_count": len(net_differing)}
+    if not want:
+        problems.append("the one-process pass issued no invoice: nothing to compare "
+                        "(a larger --size closes a period)")
+    if differing:
+        problems.append(f"{len(differing)} invoice(s) differ between one process and {k}: "
+                        f"{', '.join(differing[:10])}")
+    if net_differing:
+        problems.append(f"the net amount differs between one process and {k} for "
+                        f"{len(net_differing)} (subscription, period, line): "
+                        f"{net_differing[:5]}")
     return problems
 
 
@@ -1458,8 +1705,9 @@ def print_throughput(args: argparse.Namespace, f: dict[str, Any]) -> None:
         ("generate (meterwax.workload)", n / f["generate_s"], f["generate_s"], False),
         ("produce (confluent-kafka)", f["produce_events_per_s"], f["produce_s"], False),
         ("floor (consume + EVENT_DECODER)", floor_rate, f["floor_s"], True),
-        ("stream --stop-at-end (wall clock)", f.get("stream_events_per_s"), f.get("stream_s"),
-         True),
+        ("stream --stop-at-end (wall clock)" if "cluster" not in f
+         else "stream --stop-at-end, 1 process (wall)", f.get("stream_events_per_s"),
+         f.get("stream_s"), True),
     ]
     if "stream_startup_s" in f:
         rows += [
@@ -1473,9 +1721,38 @@ def print_throughput(args: argparse.Namespace, f: dict[str, Any]) -> None:
                    else f"{'':>12}")
         secs_txt = f"{secs:>10.2f}" if secs is not None else f"{'-':>10}"
         print(f"  {name:<40}{_fmt_rate(rate)}{secs_txt}{pct_txt}")
+    cl = f.get("cluster") or {}
+    if "events_per_s" in cl:
+        k = cl["processes"]
+        rows = [(f"stream, {k} processes (wall)", cl["events_per_s"],
+                 cl["seconds"], True)]
+        if "startup_s" in cl:
+            rows += [
+                ("  start-up (spawn to first counted)", None, cl["startup_s"], False),
+                ("  reading (first to last counted)", cl["reading_events_per_s"],
+                 cl["reading_s"], True),
+                ("  shutdown (last counted to last exit)", None, cl["shutdown_s"], False),
+            ]
+        for name, rate, secs, show_pct in rows:
+            pct_txt = (f"{100 * rate / floor_rate:>11.1f}%" if show_pct and rate is not None
+                       else f"{'':>12}")
+            secs_txt = f"{secs:>10.2f}" if secs is not None else f"{'-':>10}"
+            print(f"  {name:<40}{_fmt_rate(rate)}{secs_txt}{pct_txt}")
     if "stream_events_per_s" in f:
         print(f"  stream / floor: {100 * f['stream_events_per_s'] / floor_rate:.1f}% (wall "
               "clock, process start-up and shutdown included)")
+    if "events_per_s" in cl:
+        k = cl["processes"]
+        per = f"-w {args.workers}" if args.workers is not None else "default -w"
+        print(f"  scale-out, {k} processes / 1 (one cluster, -i/-a, {per} each, "
+              f"{args.partitions} partitions): x{cl['scale_out']:.2f} ({cl['vs_floor_pct']:.1f}% "
+              f"vs {f['stream_vs_floor_pct']:.1f}% of the floor; {os.cpu_count()} CPUs)")
+        print(f"  CPU seconds (user + system): 1 process {f['stream_cpu_s']:.1f}; {k} processes "
+              + " + ".join(f"{c:.1f}" for c in cl["cpu_s"]) + f" = {sum(cl['cpu_s']):.1f}")
+        print(f"    this bench process meanwhile (its ClickHouse server, metrics polling): "
+              f"{f['bench_process_cpu_s']:.1f} and {cl['bench_process_cpu_s']:.1f}; the {k} "
+              "processes exited " + ", ".join(f"{x:.2f}" for x in cl["exit_s"])
+              + " s after the first spawn")
     rows_ch = f.get("clickhouse_rows")
     if rows_ch:
         exp = f.get("engine_expected")
@@ -1484,6 +1761,27 @@ def print_throughput(args: argparse.Namespace, f: dict[str, Any]) -> None:
                  f"; {f['clickhouse_check']}" if "clickhouse_check" in f else "")
         print(f"  ClickHouse after exit: {rows_ch['windows']:,} windows holding "
               f"{rows_ch['events']:,} rated events{check}")
+    if cl.get("clickhouse_rows"):
+        r = cl["clickhouse_rows"]
+        print(f"  ClickHouse after the {cl['processes']}-process exit: {r['windows']:,} windows "
+              f"holding {r['events']:,} rated events")
+    inv = cl.get("invoices")
+    if inv:
+        k = cl["processes"]
+        adj = (f"{inv['adjustments_one_process']:,} / {inv[f'adjustments_{k}_processes']:,} "
+               "adjustments")
+        if inv["check"] == "identical":
+            print(f"  invoices: identical ({inv['one_process']:,} invoices, per-day "
+                  f"consumption aside; {adj} by 1 / {k} processes)")
+        else:
+            print(f"  invoices: DIFFER ({inv['differing_count']:,} of {inv['one_process']:,} / "
+                  f"{inv[f'{k}_processes']:,}): {', '.join(inv['differing_ids'][:20])}")
+        if inv["net_check"] == "identical":
+            print(f"  net amount per (subscription, period, line), invoices and adjustments: "
+                  f"identical ({inv['net_lines']:,} lines)")
+        else:
+            print(f"  net amount per (subscription, period, line): DIFFER for "
+                  f"{inv['net_differing_count']:,}: {inv['net_differing'][:5]}")
 
 
 def print_latency(f: dict[str, Any]) -> None:
@@ -1598,7 +1896,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--partitions", type=int, default=1, help="input topic partitions")
     ap.add_argument("-w", "--workers", type=int, default=None,
-                    help="stream workers (default: the command's own)")
+                    help="stream workers (default: the command's own); per process with "
+                         "--processes")
+    ap.add_argument("--processes", type=int, default=1,
+                    help="throughput phase: then read the same topic again with this many "
+                         "processes of one Bytewax cluster (-i/-a; needs --partitions >= it) "
+                         "and compare rates and invoices with the one-process pass")
     ap.add_argument("--window", default=None, help="throughput phase window (default: 1m)")
     ap.add_argument("--clickhouse-path", nargs="?", const="", default=None, metavar="DIR",
                     help="throughput phase: the stream writes to an embedded chDB directory "
@@ -1655,6 +1958,17 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--size, --partitions, --rate and --seconds must be positive")
     if args.workers is not None and args.workers <= 0:
         ap.error("--workers must be positive")
+    if args.processes <= 0:
+        ap.error("--processes must be positive")
+    if args.processes > 1:
+        if args.partitions < args.processes:
+            ap.error(f"--processes {args.processes} needs --partitions >= {args.processes} "
+                     "(a process with no partition would have nothing to read)")
+        if args.latency or args.soak:
+            ap.error("--processes applies to the throughput phase")
+        if args.clickhouse_path is not None:
+            ap.error("--processes > 1 writes over clickhouse-connect: several processes cannot "
+                     "share one embedded chDB directory (--clickhouse-path)")
     if args.latency_window <= 0:
         ap.error("--latency-window must be positive")
     if args.clickhouse_path is not None and (args.latency or args.soak):
@@ -1683,7 +1997,8 @@ def main(argv: list[str] | None = None) -> int:
                     args.keep)
     figures: dict[str, Any] = {
         "bench": "bench_stream", "size": args.size, "seed": args.seed,
-        "partitions": args.partitions, "workers": args.workers, "window": args.window or "1m",
+        "partitions": args.partitions, "workers": args.workers, "processes": args.processes,
+        "window": args.window or "1m",
         "compression": args.compression, "cpus": os.cpu_count()}
     problems: list[str] = []
     status = 0
