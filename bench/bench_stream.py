@@ -133,7 +133,6 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +151,8 @@ from confluent_kafka import (  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
 from bench.bench_run import default_meterwax  # noqa: E402
+from meterwax.compare import invoices as compare_invoices  # noqa: E402
+from meterwax.compare import net_by_line  # noqa: E402
 from meterwax.workload import compose, generate  # noqa: E402
 from operators.catalog import load_catalog  # noqa: E402
 from operators.periods import Month  # noqa: E402
@@ -663,30 +664,6 @@ def latest_view(res: Resources, topic: str, timeout: float = 120) -> dict[str, A
     return view
 
 
-def _invoices(view: dict[str, Any]) -> dict[str, Any]:
-    """The invoices (not adjustments) of a candidates view, without the per-day consumption
-    (tests/test_stream.py's helper of the same name)."""
-    out = {}
-    for key, cand in view.items():
-        if cand["adjusts"] is None:
-            out[key] = {**cand, "lines": [{k: v for k, v in line.items() if k != "consumption"}
-                                          for line in cand["lines"]]}
-    return out
-
-
-def _net(candidates: list[Any]) -> dict[tuple[str, str, str], Decimal]:
-    """(subscription, period, line) -> amount over the invoice and its adjustments
-    (tests/test_stream.py's helper of the same name)."""
-    out: dict[tuple[str, str, str], Decimal] = {}
-    for c in candidates:
-        for line in c["lines"]:
-            key = (c["subscription_id"], c["billing_period"],
-                   line["line_id"].split(":", 2)[2].split(":", 1)[-1]
-                   if c["adjusts"] else line["line_id"].split(":", 2)[2])
-            out[key] = out.get(key, Decimal(0)) + Decimal(line["amount"])
-    return {k: v for k, v in out.items() if v}
-
-
 def throughput_phase(args: argparse.Namespace, res: Resources, cmd_base: list[str],
                      figures: dict[str, Any]) -> list[str]:
     """Returns the problems found (empty when the run and its checks were fine)."""
@@ -894,9 +871,9 @@ def cluster_pass(args: argparse.Namespace, res: Resources, cmd_base: list[str], 
     # aside, and the net amount per (subscription, period, line) over invoices and adjustments.
     one = latest_view(res, one_prefix + "invoice-candidates")
     many = latest_view(res, prefix + "invoice-candidates")
-    got, want = _invoices(many), _invoices(one)
+    got, want = compare_invoices(many), compare_invoices(one)
     differing = sorted(key for key in set(got) | set(want) if got.get(key) != want.get(key))
-    net_one, net_many = _net(list(one.values())), _net(list(many.values()))
+    net_one, net_many = net_by_line(list(one.values())), net_by_line(list(many.values()))
     net_differing = sorted(key for key in set(net_one) | set(net_many)
                            if net_one.get(key) != net_many.get(key))
     cl["invoices"] = {
@@ -1692,6 +1669,16 @@ def _fmt_rate(rate: float | None) -> str:
     return f"{rate:>13,.0f}" if rate is not None else f"{'-':>13}"
 
 
+def _print_rows(rows: list[tuple[str, float | None, float | None, bool]], floor_rate: float
+                ) -> None:
+    """(measure, events/s, seconds, show % of the floor) as table lines."""
+    for name, rate, secs, show_pct in rows:
+        pct_txt = (f"{100 * rate / floor_rate:>11.1f}%" if show_pct and rate is not None
+                   else f"{'':>12}")
+        secs_txt = f"{secs:>10.2f}" if secs is not None else f"{'-':>10}"
+        print(f"  {name:<40}{_fmt_rate(rate)}{secs_txt}{pct_txt}")
+
+
 def print_throughput(args: argparse.Namespace, f: dict[str, Any]) -> None:
     n = f["lines"]
     floor_rate = f["floor_events_per_s"]
@@ -1716,11 +1703,7 @@ def print_throughput(args: argparse.Namespace, f: dict[str, Any]) -> None:
              f["stream_reading_s"], True),
             ("  shutdown (last counted to exit)", None, f["stream_shutdown_s"], False),
         ]
-    for name, rate, secs, show_pct in rows:
-        pct_txt = (f"{100 * rate / floor_rate:>11.1f}%" if show_pct and rate is not None
-                   else f"{'':>12}")
-        secs_txt = f"{secs:>10.2f}" if secs is not None else f"{'-':>10}"
-        print(f"  {name:<40}{_fmt_rate(rate)}{secs_txt}{pct_txt}")
+    _print_rows(rows, floor_rate)
     cl = f.get("cluster") or {}
     if "events_per_s" in cl:
         k = cl["processes"]
@@ -1733,11 +1716,7 @@ def print_throughput(args: argparse.Namespace, f: dict[str, Any]) -> None:
                  cl["reading_s"], True),
                 ("  shutdown (last counted to last exit)", None, cl["shutdown_s"], False),
             ]
-        for name, rate, secs, show_pct in rows:
-            pct_txt = (f"{100 * rate / floor_rate:>11.1f}%" if show_pct and rate is not None
-                       else f"{'':>12}")
-            secs_txt = f"{secs:>10.2f}" if secs is not None else f"{'-':>10}"
-            print(f"  {name:<40}{_fmt_rate(rate)}{secs_txt}{pct_txt}")
+        _print_rows(rows, floor_rate)
     if "stream_events_per_s" in f:
         print(f"  stream / floor: {100 * f['stream_events_per_s'] / floor_rate:.1f}% (wall "
               "clock, process start-up and shutdown included)")

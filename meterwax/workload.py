@@ -486,12 +486,13 @@ def generate(catalog: Catalog, size: int, seed: int = 7) -> Iterator[bytes]:
     return iter(Workload(catalog, size, seed))
 
 
-def write_workload(path: str | os.PathLike[str], catalog: Catalog, size: int, seed: int = 7
-                   ) -> int:
-    """Write the workload to `path`, one newline-terminated line per event; return the count."""
+def write_workload(path: str | os.PathLike[str], catalog: Catalog, size: int, seed: int = 7,
+                   variants: int | None = None) -> int:
+    """Write the workload to `path`, one newline-terminated line per event; return the count.
+    `variants`: payload variants per template (Model; None: the demo's mix)."""
     count = 0
     with open(path, "wb", buffering=1 << 20) as fh:
-        for chunk in Workload(catalog, size, seed).chunks():
+        for chunk in Workload(catalog, size, seed, variants).chunks():
             fh.write(b"\n".join(chunk))
             fh.write(b"\n")
             count += len(chunk)

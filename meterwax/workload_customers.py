@@ -37,7 +37,7 @@ import random
 import sys
 from pathlib import Path
 
-from meterwax.workload import Workload
+from meterwax.workload import Workload, write_workload
 from operators.catalog import Catalog, load_catalog
 
 EXAMPLE = Path(__file__).with_name("example_catalog.yaml")
@@ -140,13 +140,7 @@ def customers_workload(catalog: Catalog, size: int, seed: int = 7) -> Workload:
 def write_customers_workload(path: str | os.PathLike[str], catalog: Catalog, size: int,
                              seed: int = 7) -> int:
     """Write `customers_workload` to `path`, one newline-terminated line per event."""
-    count = 0
-    with open(path, "wb", buffering=1 << 20) as fh:
-        for chunk in customers_workload(catalog, size, seed).chunks():
-            fh.write(b"\n".join(chunk))
-            fh.write(b"\n")
-            count += len(chunk)
-    return count
+    return write_workload(path, catalog, size, seed, variants=CUSTOMERS_VARIANTS)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,8 @@ from typing import Any
 import pytest
 from test_flow import dirty_lines
 
+from meterwax.compare import invoices as compare_invoices
+from meterwax.compare import net_by_line
 from meterwax.workload import generate
 from operators.catalog import load_catalog
 from operators.engine import EngineResult, run_engine
@@ -355,15 +357,15 @@ def test_two_processes_over_two_partitions_killed_and_resumed_issue_one_process_
     for proc in two.start_cluster(2, recoveries):
         _out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err.decode()[-3000:]
-    got, want = _invoices(two.latest("invoice-candidates")), _invoices(
+    got, want = compare_invoices(two.latest("invoice-candidates")), compare_invoices(
         one.latest("invoice-candidates"))
     differing = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
     assert not differing, [(k, got.get(k), want.get(k)) for k in differing[:2]]
     result, _ = engine_view(catalog, lines)
     assert set(want) == {c.invoice_candidate_id for c in result.candidates if c.adjusts is None}
-    file_mode = _net([json.loads(ENCODER.encode(c)) for c in result.candidates])
-    assert _net(list(two.latest("invoice-candidates").values())) == file_mode
-    assert _net(list(one.latest("invoice-candidates").values())) == file_mode
+    file_mode = net_by_line([json.loads(ENCODER.encode(c)) for c in result.candidates])
+    assert net_by_line(list(two.latest("invoice-candidates").values())) == file_mode
+    assert net_by_line(list(one.latest("invoice-candidates").values())) == file_mode
     assert ledger_rows(clickhouse) == (result.stats.rated, result.stats.rated)
 
 
@@ -400,28 +402,6 @@ def _latest_or_none(run: StreamRun) -> dict[str, Any]:
         return {}
 
 
-def _invoices(view: dict[str, Any]) -> dict[str, Any]:
-    """The invoices (not adjustments) of a candidates view, without the per-day consumption."""
-    out = {}
-    for key, cand in view.items():
-        if cand["adjusts"] is None:
-            out[key] = {**cand, "lines": [{k: v for k, v in line.items() if k != "consumption"}
-                                          for line in cand["lines"]]}
-    return out
-
-
-def _net(candidates: list[Any]) -> dict[tuple[str, str, str], Decimal]:
-    """(subscription, period, line) -> amount over the invoice and its adjustments."""
-    out: dict[tuple[str, str, str], Decimal] = {}
-    for c in candidates:
-        for line in c["lines"]:
-            key = (c["subscription_id"], c["billing_period"],
-                   line["line_id"].split(":", 2)[2].split(":", 1)[-1]
-                   if c["adjusts"] else line["line_id"].split(":", 2)[2])
-            out[key] = out.get(key, Decimal(0)) + Decimal(line["amount"])
-    return {k: v for k, v in out.items() if v}
-
-
 def test_three_partitions_reconcile_to_the_same_totals(catalog, kafka_service, redis_service,
                                                        clickhouse, tmp_path) -> None:
     """Three partitions over two workers: every event in one bucket, and each period's net
@@ -436,8 +416,8 @@ def test_three_partitions_reconcile_to_the_same_totals(catalog, kafka_service, r
     run.run(workers=2)
     result, _ = engine_view(catalog, lines)
 
-    got = _net(list(run.latest("invoice-candidates").values()))
-    want = _net([json.loads(ENCODER.encode(c)) for c in result.candidates])
+    got = net_by_line(list(run.latest("invoice-candidates").values()))
+    want = net_by_line([json.loads(ENCODER.encode(c)) for c in result.candidates])
     assert got == want
     dead = kafka_service.consume_all(run.prefix + "dead-letter")
     assert len(dead) == len(result.exceptions)
