@@ -463,6 +463,19 @@ def produce_all(res: Resources, topic: str, lines: Sequence[bytes], keyed: bool,
     return seconds
 
 
+def _from_start(consumer: Any, topic: str, partitions: Any
+                ) -> tuple[dict[int, int], list[Any]]:
+    """Each non-empty partition's end offset, and the assignment that reads it from its start."""
+    ends: dict[int, int] = {}
+    assign = []
+    for p in sorted(partitions):
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
+        if high > low:
+            ends[p] = high
+            assign.append(TopicPartition(topic, p, low))
+    return ends, assign
+
+
 def floor_pass(res: Resources, topic: str, chunk: int) -> dict[str, Any]:
     """A bare consumer reads every partition to its end offset as of the start, in batches of
     `chunk` like the stream's reader, and decodes every message. Timed from consumer creation.
@@ -478,13 +491,7 @@ def floor_pass(res: Resources, topic: str, chunk: int) -> dict[str, Any]:
         "group.id": "meterwax-bench-floor", "enable.auto.commit": False,
         "fetch.min.bytes": 1, "fetch.queue.backoff.ms": 10}))
     try:
-        ends: dict[int, int] = {}
-        assign = []
-        for p in sorted(admin_meta.partitions):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
-            if high > low:
-                ends[p] = high
-                assign.append(TopicPartition(topic, p, low))
+        ends, assign = _from_start(consumer, topic, admin_meta.partitions)
         consumer.assign(assign)
         decode = EVENT_DECODER.decode
         read = ok = 0
@@ -622,13 +629,7 @@ def latest_view(res: Resources, topic: str, timeout: float = 120) -> dict[str, A
         "fetch.min.bytes": 1, "fetch.wait.max.ms": 50}))
     view: dict[str, Any] = {}
     try:
-        ends: dict[int, int] = {}
-        assign = []
-        for p in sorted(meta.partitions):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
-            if high > low:
-                ends[p] = high
-                assign.append(TopicPartition(topic, p, low))
+        ends, assign = _from_start(consumer, topic, meta.partitions)
         if not assign:
             return view
         consumer.assign(assign)
