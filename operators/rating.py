@@ -232,20 +232,15 @@ class SubscriptionRater:
                 elif isinstance(op, Settle):
                     if state.deferred:
                         state.settle_owed = True
-                    if state.unsettled:
-                        due = sorted(state.unsettled)
-                        state.unsettled.clear()
-                        self._adjust(due, out)
+                    self._settle_now(out)
                 else:
                     msg = f"unknown op {op!r}"
                     raise ValueError(msg)
             except Exception as exc:  # the crash-safe boundary (module docstring)
                 out.append(self._failure(exc, _describe(op)))
-        if unsettled_by_it and state.unsettled:
+        if unsettled_by_it:
             try:
-                due = sorted(state.unsettled)
-                state.unsettled.clear()
-                self._adjust(due, out)
+                self._settle_now(out)
             except Exception as exc:  # the crash-safe boundary (module docstring)
                 out.append(self._failure(exc, {"op": "settle"}))
         return out
@@ -291,10 +286,15 @@ class SubscriptionRater:
                     out.append(self._failure(exc, _describe(op)))
         if state.settle_owed and not state.deferred:
             state.settle_owed = False
-            if state.unsettled:
-                due = sorted(state.unsettled)
-                state.unsettled.clear()
-                self._adjust(due, out)
+            self._settle_now(out)
+
+    def _settle_now(self, out: list[Output]) -> None:
+        """One adjustment for each period with late usage on no document yet."""
+        state = self.state
+        if state.unsettled:
+            due = sorted(state.unsettled)
+            state.unsettled.clear()
+            self._adjust(due, out)
 
     def _failure(self, exc: Exception, what: dict[str, object]) -> ExceptionRecord:
         state = self.state
