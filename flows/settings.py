@@ -765,6 +765,14 @@ class ApiSettings:
     redis_namespace: str = "meterwax"
     rate_limit: float = 100.0
     rate_burst: float = 200.0
+    # Producer tokens send usage, many requests a second each: a limit of their own, so a
+    # dashboard's limit does not throttle a service's usage and a producer cannot spend
+    # what protects the read routes. A batch request counts once.
+    ingest_rate_limit: float = 2000.0
+    ingest_rate_burst: float = 4000.0
+    # Events the producer may hold unacknowledged (sinks/event_producer.py): beyond it a
+    # request is answered 503 at once instead of queueing without bound.
+    ingest_queue: int = 100_000
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
     workers: int = 1
     # How often the current and previous months are reconciled in the background for the
@@ -793,12 +801,16 @@ class ApiSettings:
         rate = opts.value("rate_limit", parse_rate, 100.0)
         workers = opts.value("workers", int_between(1, 64), 1)
         burst = opts.value("rate_burst", parse_rate, max(200.0, 2 * rate))
+        ingest_rate = opts.value("ingest_rate_limit", parse_rate, 2000.0)
+        ingest_burst = opts.value("ingest_rate_burst", parse_rate, max(200.0, 2 * ingest_rate))
+        ingest_queue = opts.value("ingest_queue", int_between(1, 10_000_000), 100_000)
         reconcile_every = opts.value("reconcile_every", parse_duration, timedelta(minutes=5))
         if timedelta(0) < reconcile_every < timedelta(seconds=10):
             opts.add("reconcile_every", "must be 0 (off) or at least 10s: each check reads "
                                         "two months of documents")
-        if burst < 1:
-            opts.add("rate_burst", "must be at least 1")
+        for name, value in (("rate_burst", burst), ("ingest_rate_burst", ingest_burst)):
+            if value < 1:
+                opts.add(name, "must be at least 1")
         redis_url = clickhouse = bootstrap = None
         if out:
             problem = _folder_problem(str(out))
@@ -829,7 +841,9 @@ class ApiSettings:
                    input_topic=opts.text("input_topic") or None,
                    topics=Topics.with_prefix(opts.text("topic_prefix", "meterwax.") or ""),
                    redis_namespace=opts.text("redis_namespace", "meterwax") or "",
-                   rate_limit=rate, rate_burst=burst, kafka_security=security,
+                   rate_limit=rate, rate_burst=burst, ingest_rate_limit=ingest_rate,
+                   ingest_rate_burst=ingest_burst, ingest_queue=ingest_queue,
+                   kafka_security=security,
                    workers=workers, reconcile_every=reconcile_every)
 
 

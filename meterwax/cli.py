@@ -263,6 +263,15 @@ def _parser() -> argparse.ArgumentParser:
     api.add_argument("--rate-burst", dest="rate_burst", default=None,
                      help="requests a token may send at once (default twice the rate, "
                           "at least 200)")
+    api.add_argument("--ingest-rate-limit", dest="ingest_rate_limit", default=None,
+                     help="requests a second per producer token (POST /v1/events), per API "
+                          "process (default 2000; a batch counts once)")
+    api.add_argument("--ingest-rate-burst", dest="ingest_rate_burst", default=None,
+                     help="requests a producer token may send at once (default twice its "
+                          "rate)")
+    api.add_argument("--ingest-queue", dest="ingest_queue", default=None,
+                     help="events waiting for Kafka's acknowledgement, per API process, "
+                          "beyond which POST /v1/events answers 503 (default 100000)")
     api.add_argument("--reconcile-every", dest="reconcile_every", default=None,
                      help="reconcile the current and previous month this often for the "
                           "meterwax_reconciliation_variances gauge (default 5m; 0: off)")
@@ -279,8 +288,9 @@ def _parser() -> argparse.ArgumentParser:
         "create", help="create a token and print it once (the last line of the output)")
     t_create.add_argument("--scope", required=True,
                           help="customer:<id> (that customer's charges, usage and invoices), "
-                               "finance (every customer, exceptions, reconciliation, retries) "
-                               "or admin")
+                               "finance (every customer, exceptions, reconciliation, retries), "
+                               "admin, producer (sends usage: POST /v1/events, reads nothing) "
+                               "or producer:<source> (only events of that CloudEvents source)")
     t_create.add_argument("--expires", default=None, metavar="DURATION",
                           help="e.g. 30d (default: until revoked)")
     t_create.add_argument("--note", default="", help="who or what it is for (shown by list)")

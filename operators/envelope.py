@@ -102,9 +102,9 @@ def _schema_error(raw: bytes, exc: msgspec.ValidationError) -> CloudEvent | Reje
     CloudEvent. One case is not a refusal: an integer beyond 64 bits, which msgspec cannot hold
     but JSON allows. That line is read again by the standard library, with every number an
     exact Decimal, so a meter reading it judges the value (INVALID_VALUE, naming the limit)."""
-    malformed = _malformed(raw)
-    if malformed is not None:
-        return malformed
+    malformed_ = malformed(raw)
+    if malformed_ is not None:
+        return malformed_
     if not str(exc).startswith("Integer value out of range"):
         return _duplicate_key(raw) or Rejection(INVALID_EVENT, f"invalid CloudEvent: {exc}")
     doc = _strict_parse(raw, parse_int=Decimal, parse_float=_exact_number,
@@ -166,7 +166,9 @@ def _decoded(raw: bytes, decode: Callable[[bytes], _T]) -> _T | Rejection:
         return _too_deep()
 
 
-def _malformed(raw: bytes) -> Rejection | None:
+def malformed(raw: bytes) -> Rejection | None:
+    """The INVALID_JSON `raw` is (not JSON, not UTF-8, nested too deep), or None when it is
+    well-formed JSON of any shape."""
     try:
         result = _decoded(raw, _GENERIC.decode)
     except msgspec.ValidationError:

@@ -76,5 +76,14 @@ MAX_USAGE_BUCKETS = 10_000
 # The per-token rate limit (requests a second, and the burst), per API process.
 DEFAULT_RATE_LIMIT = 100.0
 DEFAULT_RATE_BURST = 200.0
+# Producer tokens (POST /v1/events) have a limit of their own (flows/settings.py ApiSettings).
+DEFAULT_INGEST_RATE_LIMIT = 2000.0
+DEFAULT_INGEST_RATE_BURST = 4000.0
 # A request body (POST /v1/exceptions/retry takes a small JSON filter) is at most this big.
 MAX_API_BODY_BYTES = 16 * 1024
+# POST /v1/events: a request body is at most this big (one event is at most MAX_LINE_BYTES),
+# and a batch holds at most this many events. Beyond either: 413, nothing written. Bounded so
+# that one request's events fit the producer's queue at once and its answer waits for one
+# round of acknowledgements, not many.
+MAX_EVENTS_BODY_BYTES = 4 * 1024 * 1024
+MAX_BATCH_EVENTS = 1000

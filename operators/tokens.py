@@ -10,9 +10,14 @@ A fast hash is enough: the secret is 256 random bits, so a stolen hash cannot be
 to a secret the way a password's can, and every request verifies in microseconds. The stored
 hash and the presented one are compared with `hmac.compare_digest` (constant time).
 
-Scopes (`customer:<id>`, `finance`, `admin`) are checked by construction: a customer token's
-customer id is the only one it can name, and every customer route asks `may_read_customer`
-before it reads anything, so another customer's data cannot leak through a route that forgot.
+Scopes (`customer:<id>`, `finance`, `admin`, `producer`, `producer:<source>`) are checked by
+construction: a customer token's customer id is the only one it can name, and every customer
+route asks `may_read_customer` before it reads anything, so another customer's data cannot leak
+through a route that forgot. A producer token reads nothing: it may only send events
+(POST /v1/events), and `producer:<source>` only events whose CloudEvents `source` is exactly
+that, so one service cannot send (or, through the dedup key `source/id`, shadow) another's.
+Sending is a scope of its own, not part of `admin`: the token a service is deployed with
+should not be able to read what every customer owes.
 Time comes in as an argument (the caller's injected clock); nothing here reads the wall clock.
 """
 
@@ -28,7 +33,7 @@ from typing import Literal
 
 import msgspec
 
-from operators.limits import MAX_ID_LENGTH
+from operators.limits import MAX_ATTRIBUTE_CHARS, MAX_ID_LENGTH
 
 PREFIX = "mwx_"
 _TOKEN = re.compile(r"mwx_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
@@ -36,7 +41,7 @@ _TOKEN_ID = re.compile(r"[0-9a-f]{16}")
 # Customer ids are catalog ids: printable, no whitespace, bounded like every id.
 _CUSTOMER = re.compile(r"[^\s\x00-\x1f\x7f]+")
 
-ScopeKind = Literal["customer", "finance", "admin"]
+ScopeKind = Literal["customer", "finance", "admin", "producer"]
 
 
 class TokenError(ValueError):
@@ -47,9 +52,14 @@ class TokenError(ValueError):
 class Scope:
     kind: ScopeKind
     customer_id: str | None = None  # for kind "customer" only
+    source: str | None = None  # for kind "producer": the only source it may send, if any
 
     def __str__(self) -> str:
-        return f"customer:{self.customer_id}" if self.kind == "customer" else self.kind
+        if self.kind == "customer":
+            return f"customer:{self.customer_id}"
+        if self.kind == "producer" and self.source is not None:
+            return f"producer:{self.source}"
+        return self.kind
 
     @property
     def finance(self) -> bool:
@@ -59,7 +69,11 @@ class Scope:
         return self.kind in ("finance", "admin")
 
     def may_read_customer(self, customer_id: str) -> bool:
-        return self.finance or self.customer_id == customer_id
+        return self.finance or (self.kind == "customer" and self.customer_id == customer_id)
+
+    def may_send(self, source: str) -> bool:
+        """Whether this token may send an event of this CloudEvents `source`."""
+        return self.kind == "producer" and (self.source is None or self.source == source)
 
 
 def parse_scope(text: str) -> Scope:
@@ -72,7 +86,18 @@ def parse_scope(text: str) -> Scope:
                    "characters without spaces")
             raise TokenError(msg)
         return Scope("customer", customer)
-    msg = f"scope {text!r}: expected customer:<id>, finance or admin"
+    if text == "producer":
+        return Scope("producer")
+    if kind == "producer" and sep:
+        # A source is a CloudEvents attribute: bounded like one, and printable.
+        if not customer or len(customer) > MAX_ATTRIBUTE_CHARS or \
+                not _CUSTOMER.fullmatch(customer):
+            msg = (f"scope {text!r}: the source must be 1 to {MAX_ATTRIBUTE_CHARS} printable "
+                   "characters without spaces")
+            raise TokenError(msg)
+        return Scope("producer", source=customer)
+    msg = (f"scope {text!r}: expected customer:<id>, finance, admin, producer or "
+           "producer:<source>")
     raise TokenError(msg)
 
 

@@ -9,7 +9,7 @@ binary float. Times are RFC 3339 UTC.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -181,3 +181,30 @@ class Problem(msgspec.Struct, kw_only=True, omit_defaults=True):
     status: int
     detail: str
     instance: str | None = None
+
+
+EventStatus = Literal["accepted", "rejected", "forbidden", "unavailable"]
+
+
+class EventResult(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What became of one event of a POST /v1/events request (`index`: its place in the
+    batch, 0 for a single event). `accepted`: Kafka acknowledged it, it will be rated (or
+    land in the exception stream for a reason only the flow can judge, like an unknown
+    subject). `rejected`: its envelope is not a valid event (`reason`, `error`: the flow's own
+    words); fix it, sending it again as it is gets the same answer. `forbidden`: the token
+    may not send this `source`. `unavailable`: not written (Kafka is slow or down); send it
+    again."""
+
+    index: int
+    status: EventStatus
+    id: str | None = None
+    source: str | None = None
+    reason: Reason | None = None
+    error: str | None = None
+
+
+class IngestResult(msgspec.Struct, kw_only=True):
+    accepted: int
+    rejected: int  # rejected and forbidden
+    unavailable: int
+    results: list[EventResult]

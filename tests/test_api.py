@@ -476,5 +476,5 @@ def test_tokens_command_shows_a_token_once_and_keeps_only_its_hash(run_dir: Path
     assert meterwax("tokens", "revoke", token_id, "--out", str(run_dir)).returncode == 0
     assert "revoked" in meterwax("tokens", "list", "--out", str(run_dir)).stdout
     bad = meterwax("tokens", "create", "--scope", "root", "--out", str(run_dir))
-    assert bad.returncode == 2 and "expected customer:<id>, finance or admin" in bad.stderr
+    assert bad.returncode == 2 and "expected customer:<id>, finance, admin, producer" in bad.stderr
     assert meterwax("tokens", "revoke", "zz", "--out", str(run_dir)).returncode == 2

@@ -45,12 +45,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, ge
 
 from meterwax.api import queries
 from meterwax.api.backends import Backend, BackendUnavailable, NotSupported
+from meterwax.api.ingest import Refusal, answered, judge_events, read_events
 from operators.charges import running_charges
 from operators.limits import (
+    DEFAULT_INGEST_RATE_BURST,
+    DEFAULT_INGEST_RATE_LIMIT,
     DEFAULT_PAGE,
     DEFAULT_RATE_BURST,
     DEFAULT_RATE_LIMIT,
     MAX_API_BODY_BYTES,
+    MAX_BATCH_EVENTS,
+    MAX_EVENTS_BODY_BYTES,
     MAX_ID_LENGTH,
     MAX_PAGE,
     MAX_USAGE_BUCKETS,
@@ -64,6 +69,7 @@ from schemas.api import (
     DocumentPage,
     ExceptionSummary,
     Health,
+    IngestResult,
     Me,
     Problem,
     Reconciliation,
@@ -96,6 +102,10 @@ LATENCY = Histogram("meterwax_api_request_seconds", "API request latency by rout
 RECONCILIATION_VARIANCES = Gauge(
     "meterwax_reconciliation_variances",
     "Variances (problems) named by the last reconciliation of a month", ["month"])
+INGESTED = Counter(
+    "meterwax_api_events_total",
+    "Events sent to POST /v1/events, by what became of them: accepted (acknowledged by "
+    "Kafka), rejected, forbidden, unavailable (not written)", ["status"])
 RECONCILIATION_CHECKED = Gauge(
     "meterwax_reconciliation_checked_timestamp_seconds",
     "When this process last reconciled a month (Unix time)", ["month"])
@@ -145,6 +155,7 @@ def _handle_problem(request: Request[Any, Any, Any], exc: Exception) -> Response
 
 _TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
            405: "Method Not Allowed", 409: "Conflict", 413: "Content Too Large",
+           415: "Unsupported Media Type",
            429: "Too Many Requests", 503: "Service Unavailable"}
 
 
@@ -154,12 +165,15 @@ class Auth:
 
     def __init__(self, backend: Backend, now: Callable[[], datetime],
                  monotonic: Callable[[], float], rate: float, burst: float,
-                 cache_seconds: float = 1.0) -> None:
+                 cache_seconds: float = 1.0, ingest_rate: float = 2000.0,
+                 ingest_burst: float = 4000.0) -> None:
         self.backend = backend
         self.now = now
         self.monotonic = monotonic
         self.rate = rate
         self.burst = burst
+        self.ingest_rate = ingest_rate
+        self.ingest_burst = ingest_burst
         self.cache_seconds = cache_seconds
         self._records: dict[str, tuple[float, TokenRecord | None]] = {}
         self._buckets: dict[str, TokenBucket] = {}
@@ -196,15 +210,16 @@ class Auth:
         if scope is None or parts is None:
             raise ApiProblem(401, "Unauthorized", "a valid bearer token is required",
                              {"WWW-Authenticate": 'Bearer realm="meterwax"'})
+        rate, burst = ((self.ingest_rate, self.ingest_burst) if scope.kind == "producer"
+                       else (self.rate, self.burst))
         with self._lock:
             bucket = self._buckets.get(parts[0])
             if bucket is None:
-                bucket = self._buckets[parts[0]] = TokenBucket(self.rate, self.burst,
-                                                               self.monotonic())
+                bucket = self._buckets[parts[0]] = TokenBucket(rate, burst, self.monotonic())
             wait = bucket.take(self.monotonic())
         if wait:
             raise ApiProblem(429, "Too Many Requests",
-                             f"this token's rate limit is {self.rate:g} requests a second",
+                             f"this token's rate limit is {rate:g} requests a second",
                              {"Retry-After": str(max(1, math.ceil(wait)))})
         request.scope["meterwax.token_id"] = parts[0]  # type: ignore[typeddict-unknown-key]
         return scope
@@ -250,7 +265,8 @@ _WHY = {400: "A parameter is malformed (the detail says which)",
         403: "The token's scope does not cover this route",
         404: "No such customer or meter, or not one this token may read",
         409: "Not possible on this back end (the detail says why)",
-        413: "The request body is too large",
+        413: "The request body is too large, or a batch holds too many events",
+        415: "The Content-Type is not one this route reads",
         429: "The token's rate limit is spent: retry after Retry-After seconds",
         503: "A store the API needs does not answer: retry after Retry-After seconds"}
 _CUSTOMER = _problems(400, 401, 404, 429, 503)
@@ -270,8 +286,11 @@ Subject = Annotated[str | None, QueryParameter(max_length=MAX_ID_LENGTH)]
 def create_app(backend: Backend, *, now: Callable[[], datetime] = lambda: datetime.now(UTC),
                monotonic: Callable[[], float] = time.monotonic,
                rate: float = DEFAULT_RATE_LIMIT, burst: float = DEFAULT_RATE_BURST,
+               ingest_rate: float = DEFAULT_INGEST_RATE_LIMIT,
+               ingest_burst: float = DEFAULT_INGEST_RATE_BURST,
                reconcile_every: float = 0.0) -> FastCharges:
-    auth = Auth(backend, now, monotonic, rate, burst)
+    auth = Auth(backend, now, monotonic, rate, burst, ingest_rate=ingest_rate,
+                ingest_burst=ingest_burst)
     db = backend.database
     answers: dict[tuple[str, str, Any], bytes] = {}
 
@@ -288,6 +307,52 @@ def create_app(backend: Backend, *, now: Callable[[], datetime] = lambda: dateti
         if not scope.finance:
             raise ApiProblem(403, "Forbidden", "this route needs a finance or admin token")
         return scope
+
+    # Usage in: on the event loop, because every request waits for Kafka's acknowledgements
+    # (a thread each would bound the requests in flight by the thread pool, not by Kafka).
+    @post("/v1/events", status_code=202,
+          summary="Send usage events (CloudEvents: structured, batched or binary mode)",
+          description="One event as application/cloudevents+json, a JSON array of events as "
+                      "application/cloudevents-batch+json (at most "
+                      f"{MAX_BATCH_EVENTS}), or one event in binary mode (ce- headers, the "
+                      "body is its data). Answered once Kafka acknowledged the accepted "
+                      "events. One event: 202 accepted, 400 rejected (the reason), 403 a "
+                      "source the token may not send, 503 not written (send it again after "
+                      "Retry-After). A batch: 200 with a result per event (503 if any was "
+                      "not written: send those again; sending the whole batch again is safe, "
+                      "the flow deduplicates by source and id).",
+          tags=["producer"], request_max_body_size=MAX_EVENTS_BODY_BYTES,
+          responses=_problems(400, 401, 403, 409, 413, 415, 429, 503))
+    async def events(request: Request[Any, Any, Any]) -> Response[IngestResult]:
+        await auth.prefetch(request)
+        scope = auth.scope(request)
+        if scope.kind != "producer":
+            raise ApiProblem(403, "Forbidden", "sending events needs a producer token "
+                             "(`meterwax tokens create --scope producer`)")
+        body = await request.body()
+        received = read_events(request.headers.get("content-type"),
+                               request.scope["headers"], body)
+        if isinstance(received, Refusal):
+            raise ApiProblem(received.status, _TITLES.get(received.status, "Error"),
+                             received.detail)
+        results, records = judge_events(received, scope)
+        outcomes = await backend.send_events([(k, v) for _, k, v in records])
+        answer = answered(results, records, outcomes)
+        for result in answer.results:
+            INGESTED.labels(result.status).inc()
+        retry_after = {"Retry-After": "1"}
+        if not received.batched:
+            only = answer.results[0]
+            if only.status == "rejected":
+                raise ApiProblem(400, "Bad Request", f"{only.reason}: {only.error}")
+            if only.status == "forbidden":
+                raise ApiProblem(403, "Forbidden", only.error or "")
+            if only.status == "unavailable":
+                raise ApiProblem(503, "Service Unavailable", only.error or "", retry_after)
+        unavailable = answer.unavailable > 0
+        status = 503 if unavailable else (200 if received.batched else 202)
+        return Response(answer, status_code=status,
+                        headers=retry_after if unavailable else None)
 
     def page(limit: int | None) -> int:
         return DEFAULT_PAGE if limit is None else limit
@@ -485,7 +550,7 @@ def create_app(backend: Backend, *, now: Callable[[], datetime] = lambda: dateti
         return Response(openapi_document(request.app), media_type=MediaType.JSON)
 
     app = Litestar(
-        route_handlers=[charges, usage, invoices, exceptions, summary, retry,
+        route_handlers=[events, charges, usage, invoices, exceptions, summary, retry,
                         invoice_exceptions, reconciliation, me, customers, workbench,
                         workbench_js, workbench_css, healthz, readyz, metrics, openapi],
         exception_handlers={Exception: _handle_problem},

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -78,6 +78,11 @@ class Backend(Protocol):
 
     def retry(self, reason: str | None, subject: str | None, since: datetime | None,
               until: datetime | None, dry_run: bool) -> dict[str, Any]: ...
+
+    async def send_events(self, records: Sequence[tuple[bytes, bytes]]) -> list[str | None]:
+        """Write (key, value) events to the input topic: per event None once Kafka
+        acknowledged it, else why it was not written (sinks/event_producer.py)."""
+        ...
 
     def problems(self) -> list[str]: ...
 
@@ -263,6 +268,11 @@ class FolderBackend:
                "and run it again (the same ids come out)")
         raise NotSupported(msg)
 
+    async def send_events(self, records: Sequence[tuple[bytes, bytes]]) -> list[str | None]:
+        msg = ("sending events needs a stream deployment (`meterwax api` with --kafka-bootstrap "
+               "and --input-topic): a folder is a finished run")
+        raise NotSupported(msg)
+
     def problems(self) -> list[str]:
         try:
             self._current()
@@ -299,6 +309,8 @@ class StreamBackend:
         self._end: Any = None  # sinks.contracts.ContractsEnd, once the topic was read
         self._read_to = -1
         self._stop = threading.Event()
+        self._producer: Any = None  # sinks.event_producer.EventProducer, on the first event
+        self._producer_lock = threading.Lock()
         self._refresh()
         # Contracts are re-read in the background: a request never waits on Kafka.
         self._refresher = threading.Thread(target=self._refresh_loop, daemon=True,
@@ -421,6 +433,25 @@ class StreamBackend:
         return {"read": report.read, "matched": report.matched, "sent": report.sent,
                 "dry_run": dry_run, "by_reason": dict(sorted(report.by_reason.items()))}
 
+    async def send_events(self, records: Sequence[tuple[bytes, bytes]]) -> list[str | None]:
+        return await self._event_producer().send(records)
+
+    def _event_producer(self) -> Any:
+        if self._producer is None:
+            from sinks.event_producer import EventProducer
+
+            s = self.settings
+            if not s.input_topic or not s.kafka_bootstrap:
+                msg = ("sending events needs the stream's input topic and Kafka "
+                       "(--input-topic and --kafka-bootstrap, or METERWAX_INPUT_TOPIC and "
+                       "METERWAX_KAFKA_BOOTSTRAP)")
+                raise NotSupported(msg)
+            with self._producer_lock:
+                if self._producer is None:
+                    self._producer = EventProducer(s.kafka(), s.input_topic,
+                                                   max_queued=s.ingest_queue)
+        return self._producer
+
     def problems(self) -> list[str]:
         problems = []
         try:
@@ -443,6 +474,8 @@ class StreamBackend:
 
     def close(self) -> None:
         self._stop.set()
+        if self._producer is not None:
+            self._producer.close()
         if self._end is not None:
             self._end.close()
         self.charges.close()

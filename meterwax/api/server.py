@@ -27,6 +27,8 @@ def worker_app() -> FastCharges:
     settings: ApiSettings = pickle.loads(base64.b64decode(os.environ[_WORKER_SETTINGS]))
     backend = backend_of(settings)
     app = create_app(backend, rate=settings.rate_limit, burst=settings.rate_burst,
+                     ingest_rate=settings.ingest_rate_limit,
+                     ingest_burst=settings.ingest_rate_burst,
                      reconcile_every=settings.reconcile_every.total_seconds())
     app.on_shutdown.append(backend.close)
     return app
@@ -53,6 +55,8 @@ def serve(settings: ApiSettings) -> int:
         return 0
     backend = backend_of(settings)
     app = create_app(backend, rate=settings.rate_limit, burst=settings.rate_burst,
+                     ingest_rate=settings.ingest_rate_limit,
+                     ingest_burst=settings.ingest_rate_burst,
                      reconcile_every=settings.reconcile_every.total_seconds())
     print(f"meterwax api: serving {what} on http://{settings.host}:{settings.port} "
           f"(tokens: `meterwax tokens create`; Ctrl-C to stop)", flush=True)
