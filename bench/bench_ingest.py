@@ -185,10 +185,11 @@ def main() -> int:
             env = {**os.environ, "METERWAX_INPUT_TOPIC": topic, "METERWAX_CLICKHOUSE": ch.url,
                    "METERWAX_REDIS_NAMESPACE": namespace,
                    "METERWAX_TOPIC_PREFIX": f"{namespace}."}
+            log = Path(tmp) / f"api-{mode}.log"
             proc = subprocess.Popen(
                 [sys.executable, "-m", "meterwax.cli", "api", "--port", str(port),
                  "--ingest-rate-limit", "1000000"], cwd=ROOT, env=env,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
             try:
                 assert proc.stdout is not None
                 line = proc.stdout.readline()
@@ -203,6 +204,9 @@ def main() -> int:
                 proc.terminate()
                 proc.wait(30)
             written = count_messages(bootstrap, topic)
+            if any(code >= 500 and code != 503 for code in statuses):
+                print(f"server errors in {mode} mode; the server's log ends:\n"
+                      f"{log.read_text()[-3000:]}", file=sys.stderr)
             result[mode] = {
                 "requests": requests, "requests_per_s": round(requests / args.seconds),
                 "events_accepted": accepted,

@@ -307,3 +307,23 @@ def test_the_hostile_suite_against_the_endpoint(api: Api) -> None:
                     assert result["status"] == "accepted", case.id
                     expected_written.append(case.line)
     assert [v for _, v in api.written()] == expected_written
+
+
+def test_redis_down_is_503_not_500(kafka_service: Any, clickhouse: Any) -> None:
+    """The token store does not answer (Redis down or restarting): every event request is a
+    503 with Retry-After, which a producer retries, and nothing is written."""
+
+    class _Nowhere:
+        url = f"redis://127.0.0.1:{_free_port()}/0"
+
+    api = Api(kafka_service, _Nowhere(), clickhouse, kafka_service.new_topic("ingest"))
+    try:
+        event = to_json(sdk_event(next(iter(generate(load_catalog(CATALOG), 1, seed=1)))))
+        r = httpx.post(f"{api.url}/v1/events", content=event, timeout=30, headers={
+            "content-type": "application/cloudevents+json",
+            "Authorization": "Bearer mwx_0123456789abcdef_" + "A" * 43})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+        assert "Redis" in r.json()["detail"]
+        assert api.written() == []
+    finally:
+        api.stop()

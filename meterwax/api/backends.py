@@ -28,6 +28,7 @@ import msgspec
 
 from operators.catalog import Catalog, CatalogError, load_catalog
 from operators.periods import Month
+from operators.tokens import TokenRecord
 from sinks.redis_dedup import RedisUnavailable
 from sinks.running_charges import AsyncHashReader, parse_charges
 from sinks.tokens import FileTokenStore, RedisTokenStore, TokenStore
@@ -287,6 +288,38 @@ class FolderBackend:
                 self._gen = None
 
 
+class _AnsweringTokens:
+    """The deployment's token store, with Redis down (or restarting) as BackendUnavailable:
+    every route asks it first, so an outage is a 503 with Retry-After, never a 500."""
+
+    def __init__(self, store: TokenStore) -> None:
+        self._store = store
+
+    def _call(self, what: Callable[[], Any]) -> Any:
+        import redis
+
+        try:
+            return what()
+        except (redis.RedisError, OSError, TimeoutError) as exc:
+            msg = f"Redis (tokens): {exc or type(exc).__name__}"
+            raise BackendUnavailable(msg) from exc
+
+    def add(self, record: TokenRecord) -> None:
+        self._call(lambda: self._store.add(record))
+
+    def get(self, token_id: str) -> TokenRecord | None:
+        found: TokenRecord | None = self._call(lambda: self._store.get(token_id))
+        return found
+
+    def all(self) -> list[TokenRecord]:
+        found: list[TokenRecord] = self._call(self._store.all)
+        return found
+
+    def revoke(self, token_id: str, at: datetime) -> TokenRecord | None:
+        found: TokenRecord | None = self._call(lambda: self._store.revoke(token_id, at))
+        return found
+
+
 class StreamBackend:
     name = "stream"
 
@@ -299,7 +332,8 @@ class StreamBackend:
         self.store = open_store(settings.clickhouse, migrate=False)
         self.database = self.store.database
         self.charges = RunningCharges(settings.redis_url, namespace=settings.redis_namespace)
-        self.tokens: TokenStore = RedisTokenStore(self.charges.client, settings.redis_namespace)
+        self.tokens: TokenStore = _AnsweringTokens(
+            RedisTokenStore(self.charges.client, settings.redis_namespace))
         self._every = contracts_every
         self._clock = clock
         self._catalog: Catalog | None = None
