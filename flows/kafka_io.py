@@ -3,6 +3,12 @@
 One Bytewax partition per topic partition, read in chunks (like the file source), resumed from
 the offset in the recovery snapshot, so input and state are restored together. The output side
 (keyed messages, dead letters, topic creation) is sinks/kafka.py.
+
+Both content modes of the CloudEvents Kafka binding are read. A message is handed on as its
+value either way; one in binary mode (`operators.bindings.kafka_mode`: a `ce_specversion`
+header) also has its headers handed on, by offset, so ingest can build the structured event
+from them and a rejection can keep the message as it came. The reader only sorts messages: what
+a binary message means, and whether it is an event, is ingest's to judge.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from confluent_kafka.admin import AdminClient
 
 from flows.metrics import kafka_statistics
 from flows.settings import DEFAULT_IDLE_TIMEOUT as _IDLE
-from flows.sources import Chunk, ContractsBatch, PartitionIdle
+from flows.sources import Chunk, ContractsBatch, Headers, PartitionIdle
+from operators.bindings import kafka_mode
 from operators.retry import RETRY_HEADER
 from sinks.kafka import KafkaDeliveryError, as_bytes, delivered
 
@@ -147,6 +154,7 @@ class _PartitionReader(StatefulSourcePartition[Chunk, Position]):
             raise StopIteration
         lines: list[tuple[int, bytes]] = []
         retried: list[int] = []  # offsets of events retried from a dead letter
+        binary: dict[int, Headers] = {}  # offset -> headers of a binary-mode message
         for msg in delivered(self.consumer.consume(self.chunk, 0.05)):
             offset = msg.offset()
             assert offset is not None  # a delivered message always has one
@@ -155,11 +163,17 @@ class _PartitionReader(StatefulSourcePartition[Chunk, Position]):
             lines.append((offset, msg.value() or b""))
             self.next_offset = offset + 1
             headers = msg.headers()
-            if headers and any(h[0] == RETRY_HEADER for h in headers):
-                retried.append(offset)
+            if headers:  # a structured message without headers costs only this test
+                if any(h[0] == RETRY_HEADER for h in headers):
+                    retried.append(offset)
+                if kafka_mode(headers) == "binary":
+                    binary[offset] = headers
         now = time.monotonic()
         if lines:
-            out.append((self.name, lines, retried) if retried else (self.name, lines))
+            if binary:
+                out.append((self.name, lines, retried, binary))
+            else:
+                out.append((self.name, lines, retried) if retried else (self.name, lines))
             self._last_read, self._idle_said = now, False
         elif not self._idle_said and now - self._last_read >= self.idle_timeout:
             self._idle_said = True

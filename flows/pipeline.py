@@ -332,7 +332,13 @@ class IngestLogic(StatefulBatchLogic[Chunk, IngestItem, Any]):
                     self._emit(ingestor.idle(), emitted)
                 continue
             assert isinstance(lines, list)
-            self._emit(ingestor.process(lines, chunk[2] if len(chunk) > 2 else ()), emitted)
+            if len(chunk) == 2:
+                out = ingestor.process(lines)
+            elif len(chunk) == 3:
+                out = ingestor.process(lines, chunk[2])
+            else:
+                out = ingestor.process(lines, chunk[2], binary=chunk[3])
+            self._emit(out, emitted)
         return emitted, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[IngestItem], bool]:

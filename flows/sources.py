@@ -16,9 +16,15 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from operators.limits import MAX_LINE_BYTES
 
+# Kafka headers as confluent-kafka gives them: (name, value) in order, None for no value.
+Headers = list[tuple[str, bytes | None]]
 # (partition name, [(line number or offset, raw line)]), and from Kafka, when some of the lines
-# are events retried from a dead letter (`meterwax exceptions retry`), their offsets.
+# are events retried from a dead letter (`meterwax exceptions retry`), their offsets; and when
+# some are messages in binary content mode (CloudEvents Kafka binding: the line is the message
+# value, the attributes are in headers), a fourth element: offset -> those messages' headers,
+# which ingest turns into the structured event (operators/bindings.py) before judging it.
 Chunk = (tuple[str, list[tuple[int, bytes]]] | tuple[str, list[tuple[int, bytes]], list[int]]
+         | tuple[str, list[tuple[int, bytes]], list[int], dict[int, Headers]]
          | tuple[str, "ContractsBatch"] | tuple[str, "PartitionIdle"])
 
 

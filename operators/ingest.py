@@ -19,6 +19,15 @@ state is then dropped everywhere (this partition's period bounds and dedup ident
 rater's period, the journal), and an event dated in it is LATE_BEYOND_RETENTION before dedup is
 asked: its first copy's dedup record may be gone, so it could not be told from a replay.
 
+A Kafka message in binary content mode (CloudEvents Kafka binding: the attributes in `ce_`
+headers, the value only the data) comes with its headers (`process(binary=...)`) and is first
+turned into its structured document (operators/bindings.py `from_kafka_binary`), which is then
+judged exactly like a structured line; what the binding refuses (two `ce_id` headers, a `ce_data`
+header, data that is not one JSON value...) is an exception with the binding's reason. Whatever
+bucket rejects it, its record keeps the message as it came, the value as `raw` and the headers as
+`headers`, so its dead letter can be retried as the same message; the ledger keeps the structured
+document (AcceptedEvent.raw), the form that was rated.
+
 The crash-safe boundary: judging one event can never raise out of `process`. An unforeseen
 exception while decoding or classifying an event makes that event an INTERNAL_ERROR record (the
 error text and its original bytes) and the batch goes on, because in stream mode an exception
@@ -40,13 +49,16 @@ from __future__ import annotations
 
 import base64
 import heapq
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import msgspec
+
 from operators import ids
 from operators.aggregators import Aggregate, new_aggregate
+from operators.bindings import from_kafka_binary
 from operators.catalog import Catalog, Customer, Meter, Subscription
 from operators.clock import Clock, system_clock
 from operators.contracts import Frozen
@@ -79,6 +91,7 @@ from schemas.records import (
     UNKNOWN_SUBJECT,
     AcceptedEvent,
     ExceptionRecord,
+    MessageHeader,
     Reason,
 )
 
@@ -94,6 +107,8 @@ _Limits = tuple[tuple[Decimal, int], ...]  # (cap, how it is bounded) per routed
 # (period key, period start, period end)).
 _Judged = tuple[int, bytes, CloudEvent, Customer, Subscription,
                 list[tuple[Meter, Decimal | str]], _Limits | None, tuple[str, int, int]]
+# A Kafka message's headers: (name, value) in order, None for a header without a value.
+Headers = Sequence[tuple[str, bytes | None]]
 
 
 
@@ -231,6 +246,10 @@ class Ingestor:
         # since subscriptions never overlap, "still active" settles it without the bisect.
         self._last_sub: dict[str, Subscription] = {}
         self._open_ops: dict[tuple[str, str, str, int], Usage] = {}
+        # The batch's binary-mode messages (`process`): position -> headers, and the value of
+        # each one already turned into its structured document (what its record keeps).
+        self._binary: Mapping[int, Headers] = {}
+        self._originals: dict[int, bytes] = {}
         # Watermark (s) below which no period can close or retire; -1: unknown.
         self._next_close = -1
         self._cycle = int(config.adjustment_cycle.total_seconds())
@@ -262,6 +281,12 @@ class Ingestor:
     def _exception(self, out: IngestOutput, position: int, raw: bytes, reason: Reason, error: str,
                    event: CloudEvent | None = None) -> None:
         out.stats.exceptions[reason] += 1
+        headers: list[MessageHeader] | msgspec.UnsetType = msgspec.UNSET
+        if self._binary:
+            given = self._binary.get(position)
+            if given is not None:  # the message as it came, not the document built from it
+                raw = self._originals.get(position, raw)
+                headers, error = _kept_headers(given, error)
         if len(raw) > MAX_LINE_BYTES:
             error = f"{error}; the line has {len(raw)} bytes, the first {RAW_KEEP_BYTES} are kept"
             raw = raw[:RAW_KEEP_BYTES]
@@ -281,6 +306,7 @@ class Ingestor:
             event_id=event.id if event else None,
             event_source=event.source if event else None,
             subject=event.subject if event else None,
+            headers=headers,
         ))
 
     # -- the batch ------------------------------------------------------------------------------
@@ -290,10 +316,14 @@ class Ingestor:
         return IngestOutput([], {}, IngestStats())
 
     def process(self, batch: Sequence[tuple[int, bytes]],
-                retried: Collection[int] = ()) -> IngestOutput:
+                retried: Collection[int] = (),
+                binary: Mapping[int, Headers] | None = None) -> IngestOutput:
         """`retried`: the positions in `batch` of events sent again from a dead letter; each is
-        judged like any other, and where it landed is counted in `IngestStats.retried`."""
+        judged like any other, and where it landed is counted in `IngestStats.retried`.
+        `binary`: the positions of Kafka messages in binary content mode, with their headers;
+        each one's line is its value (module docstring)."""
         out = self._new_output()
+        self._binary, self._originals = binary or {}, {}
         # Read once per batch: the horizon only has to be right to within a batch.
         now = self.config.clock()
         start, end = 0, len(batch)
@@ -309,6 +339,7 @@ class Ingestor:
                     out.stats.retried[outcome] = out.stats.retried.get(outcome, 0) + 1
         while start < end:
             start = self._part(out, batch, start, now)
+        self._binary, self._originals = {}, {}
         self._tally(out)
         self._send_terms(out)
         return out
@@ -386,13 +417,20 @@ class Ingestor:
         billing_start = self._billing_start
         horizon = now + self.config.max_future
         split_at = self._split_at()
+        binary = self._binary
         blank = 0
         stop = len(batch) if stop is None else stop
         index = start
         while index < stop:
             position, raw = batch[index]
             index += 1
-            if not raw or raw.isspace():  # `not raw.strip()`, without copying every line
+            if binary and position in binary:
+                # Not blank even with no value: its headers are the event (or why it is none).
+                structured = self._structured(out, position, raw, binary[position])
+                if structured is None:
+                    continue
+                raw = structured
+            elif not raw or raw.isspace():  # `not raw.strip()`, without copying every line
                 blank += 1
                 continue
             try:
@@ -460,6 +498,21 @@ class Ingestor:
                 duplicates += 1
         stats.duplicates += duplicates
         return index
+
+    def _structured(self, out: IngestOutput, position: int, value: bytes, headers: Headers
+                    ) -> bytes | None:
+        """The structured document of a binary-mode message, to be judged like a structured
+        line; or None, its rejection recorded, when the binding refuses the message."""
+        self._originals[position] = value
+        try:
+            converted = from_kafka_binary(headers, value)
+        except Exception as exc:  # the crash-safe boundary (module docstring)
+            self._internal(out, position, value, "decoding", exc)
+            return None
+        if isinstance(converted, Rejection):
+            self._exception(out, position, value, converted.reason, converted.error)
+            return None
+        return converted
 
     def _split_at(self) -> datetime | None:
         """The event time past which accepting an event may retire a period (None: no period
@@ -888,6 +941,29 @@ def _landed(before: tuple[int, ...], after: tuple[int, ...]) -> str:
     """The bucket one event landed in: the one counter that moved while it was judged."""
     moved = [name for name, b, a in zip(_COUNTED, before, after, strict=True) if a != b]
     return moved[0] if len(moved) == 1 else "unknown"  # never raise from here (the boundary)
+
+
+def _kept_headers(headers: Headers, error: str) -> tuple[list[MessageHeader], str]:
+    """A rejected binary-mode message's headers for its record, and its error: all of them, as
+    they came, unless together they pass the line limit (only a broker configured for messages
+    above 1 MiB lets that through); then the first ones within RAW_KEEP_BYTES, as for `raw`."""
+    kept: list[MessageHeader] = []
+    total = sum(len(name) + len(value or b"") for name, value in headers)
+    size = 0
+    for name, value in headers:
+        size += len(name) + len(value or b"")
+        if total > MAX_LINE_BYTES and size > RAW_KEEP_BYTES:
+            error = (f"{error}; its headers have {total} bytes, the first {len(kept)} of "
+                     f"{len(headers)} headers are kept")
+            break
+        if value is None:
+            kept.append(MessageHeader(name))
+            continue
+        try:
+            kept.append(MessageHeader(name, value=value.decode("utf-8")))
+        except UnicodeDecodeError:
+            kept.append(MessageHeader(name, value_base64=base64.b64encode(value).decode("ascii")))
+    return kept, error
 
 
 def _clip(text: str, limit: int = 200) -> str:

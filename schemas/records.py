@@ -49,16 +49,31 @@ Recognition = Literal["consumption", "ratable", "point_in_time", "proportional"]
 RowKind = Literal["window", "correction"]
 
 
+class MessageHeader(msgspec.Struct, omit_defaults=True, gc=False):
+    """One Kafka header of a rejected message, as it arrived: `value` when it is UTF-8,
+    `value_base64` otherwise, neither for a header without a value."""
+
+    name: str
+    value: str | None = None
+    value_base64: str | None = None
+
+
 class ExceptionRecord(msgspec.Struct, kw_only=True):
     exception_id: str  # "<source-name>:<partition>:<offset>": one per input position
     reason: Reason
     error: str
     position: dict[str, Any]  # file mode: {"file", "line"}; Kafka: {"topic", "partition", "offset"}
-    raw: str | None  # the original line verbatim, when it is UTF-8
+    raw: str | None  # the original line (a binary-mode message: its value) verbatim, when UTF-8
     raw_base64: str | None = None  # otherwise its bytes
     event_id: str | None = None
     event_source: str | None = None
     subject: str | None = None
+    # A Kafka message in binary content mode (CloudEvents Kafka binding; operators/bindings.py):
+    # its headers, every one in arrival order, repeated names kept, so the dead letter is the
+    # message as it was sent and a retry is judged on exactly the same bytes (two `ce_id`
+    # headers must stay two). UNSET, and so absent from the JSON, for every other line: the
+    # records of structured messages and files are byte for byte what they were.
+    headers: list[MessageHeader] | msgspec.UnsetType = msgspec.UNSET
 
 
 class RatedWindow(msgspec.Struct, kw_only=True):
@@ -172,7 +187,10 @@ class AcceptedEvent(msgspec.Struct, kw_only=True):
     origin_source: str  # topic (or "file")
     origin_partition: int
     origin_offset: int  # Kafka offset, or line number in file mode
-    raw: str  # the original message (UTF-8; undecodable bytes replaced, see README)
+    # The original message (UTF-8; undecodable bytes replaced, see README). For a Kafka message
+    # in binary content mode, its structured form (operators/bindings.py): the document that was
+    # judged and rated, attributes and data in one JSON line, as a structured producer sends it.
+    raw: str
 
 
 DocumentKind = Literal["candidate", "ar_invoice", "invoice_exception", "journal"]
@@ -209,3 +227,6 @@ class StoredRejection(msgspec.Struct, kw_only=True):
     raw: str | None
     raw_base64: str | None
     rejected_at: datetime
+    # JSON of ExceptionRecord.headers (a binary-mode Kafka message's headers), else None
+    # (migration 0006).
+    headers: str | None = None

@@ -19,7 +19,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
-from schemas.records import ENCODER, ExceptionRecord
+from schemas.records import ENCODER, ExceptionRecord, MessageHeader
 
 
 class KafkaConfig(Protocol):
@@ -95,13 +95,22 @@ def keyed(topic: str, records: Sequence[Any], key_field: str) -> list[Message]:
     return [Message(topic, getattr(r, key_field), ENCODER.encode(r)) for r in records]
 
 
+def _header_bytes(header: MessageHeader) -> bytes | None:
+    if header.value is not None:
+        return header.value.encode()
+    return base64.b64decode(header.value_base64) if header.value_base64 is not None else None
+
+
 def dead_letters(topic: str, records: Sequence[ExceptionRecord]) -> list[Message]:
-    """Rejected events: the original bytes, with why and where in headers."""
+    """Rejected events: the original bytes, and the original headers of a binary-mode message
+    (so a retry sends the message as it came), then why and where in headers of its own."""
     out: list[Message] = []
     for r in records:
         raw = r.raw.encode() if r.raw is not None else base64.b64decode(r.raw_base64 or "")
         pos = r.position
-        headers: list[Header] = [
+        headers: list[Header] = [(h.name, _header_bytes(h)) for h in r.headers or ()]
+        # Named in operators/retry.DEAD_LETTER_HEADERS: a retry drops exactly these.
+        headers += [
             ("meterwax.reason", r.reason.encode()),
             ("meterwax.error", r.error.encode()),
             ("meterwax.source.topic", str(pos.get("source", "")).encode()),
@@ -166,8 +175,10 @@ class Record(msgspec.Struct, gc=False):
     offset: int
     key: bytes | None
     value: bytes
-    headers: dict[str, bytes]
+    headers: dict[str, bytes]  # by name, the last of repeated ones
     timestamp_ms: int | None  # the broker's or producer's timestamp, when it has one
+    # Every header as it came, in order, repeated names kept, None for one without a value.
+    header_list: list[tuple[str, bytes | None]] = []
 
 
 def read_topic(settings: KafkaConfig, topic: str, timeout: float = 30.0) -> list[Record]:
@@ -214,9 +225,11 @@ def read_topic(settings: KafkaConfig, topic: str, timeout: float = 30.0) -> list
                     done.add(partition)
                     continue
                 kind, ts = m.timestamp()
-                headers = {str(k): as_bytes(v) or b"" for k, v in list(m.headers() or [])}
+                pairs = [(str(k), as_bytes(v)) for k, v in m.headers() or ()]
+                headers = {k: v or b"" for k, v in pairs}
                 out.append(Record(topic, partition, offset, as_bytes(m.key()),
-                                  as_bytes(m.value()) or b"", headers, ts if kind else None))
+                                  as_bytes(m.value()) or b"", headers, ts if kind else None,
+                                  pairs))
                 if offset + 1 >= ends[partition]:
                     done.add(partition)
         return out

@@ -73,3 +73,39 @@ def test_rejected_events_keep_their_original_bytes(tmp_path: Path) -> None:
     assert got[0]["raw"] == '{"a":"\u00e9\\u0000"}'
     assert got[1]["raw"] is None and got[1]["raw_base64"] == "/w=="
     assert json.loads(got[2]["position"]) == {"source": "usage", "partition": 0, "offset": 2}
+
+
+def test_rejected_events_gain_the_headers_column_and_keep_their_rows(tmp_path: Path) -> None:
+    """A store from before migration 0006 (no `headers` column) opens, keeps its rows (headers
+    NULL), and then stores the headers of a binary-mode Kafka message."""
+    from schemas.records import MessageHeader
+    from sinks.clickhouse.migrations import load_migrations
+    from sinks.clickhouse.rows import REJECTED_COLUMNS, REJECTED_TABLE, encode_rejections
+
+    old = load_migrations()[:-1]
+    assert old[-1].version == 5
+    before = rejections_of([ExceptionRecord(
+        exception_id="usage:0:0", reason="INVALID_JSON", error="e",
+        position={"source": "usage", "partition": 0, "offset": 0}, raw="{x")], AT)
+    columns = [c for c in REJECTED_COLUMNS if c != "headers"]
+    with ChdbStore(str(tmp_path / "ch"), migrations=old) as store:
+        payload = b"\n".join(json.dumps({k: v for k, v in json.loads(line).items()
+                                         if k in columns}).encode()
+                             for line in encode_rejections(before).splitlines())
+        store._write_table(REJECTED_TABLE, columns, payload)
+    binary = ExceptionRecord(
+        exception_id="usage:0:1", reason="UNKNOWN_SUBJECT", error="e",
+        position={"source": "usage", "partition": 0, "offset": 1}, raw='{"n":1}',
+        headers=[MessageHeader("ce_id", "a"), MessageHeader("ce_id", "b"),
+                 MessageHeader("x", value_base64="/w=="), MessageHeader("nil")])
+    with ChdbStore(str(tmp_path / "ch")) as store:
+        assert store.applied == [6]
+        store.write_rejections(rejections_of([binary], AT))
+        got = store.query("SELECT exception_id, raw, headers FROM meterwax.rejected_events FINAL "
+                          "ORDER BY exception_id")
+    assert [(r["exception_id"], r["raw"]) for r in got] == [("usage:0:0", "{x"),
+                                                            ("usage:0:1", '{"n":1}')]
+    assert got[0]["headers"] is None
+    assert json.loads(got[1]["headers"]) == [
+        {"name": "ce_id", "value": "a"}, {"name": "ce_id", "value": "b"},
+        {"name": "x", "value_base64": "/w=="}, {"name": "nil"}]

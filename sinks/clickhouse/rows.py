@@ -190,7 +190,8 @@ def rejections_of(records: Sequence[ExceptionRecord], rejected_at: datetime
     return [StoredRejection(exception_id=r.exception_id, reason=r.reason, error=r.error,
                             subject=r.subject, event_id=r.event_id, event_source=r.event_source,
                             position=enc(r.position).decode(), raw=r.raw,
-                            raw_base64=r.raw_base64, rejected_at=rejected_at)
+                            raw_base64=r.raw_base64, rejected_at=rejected_at,
+                            headers=enc(r.headers).decode() if r.headers else None)
             for r in records]
 
 
