@@ -115,6 +115,21 @@ class EventProducer:
         with pending.lock:
             return list(pending.outcomes)
 
+    def topic_problem(self, timeout: float = 5.0) -> str | None:
+        """Why events cannot be written to the topic now (it does not exist, the broker does
+        not answer), or None. Blocking: call it from a thread. Without it, an event for a
+        missing topic waits out the delivery timeout and the producer is told to retry
+        something that no retry fixes."""
+        try:
+            metadata = self._producer.list_topics(self.topic, timeout=timeout)
+        except KafkaException as exc:
+            return f"Kafka: {exc.args[0]}"
+        found = metadata.topics.get(self.topic)
+        if found is None or found.error is not None:
+            return (f"Kafka: the input topic {self.topic!r} does not exist (create it, or fix "
+                    "--input-topic / METERWAX_INPUT_TOPIC)")
+        return None
+
     def close(self, timeout: float = 10.0) -> None:
         self._producer.flush(timeout)
         self._stop.set()

@@ -327,3 +327,22 @@ def test_redis_down_is_503_not_500(kafka_service: Any, clickhouse: Any) -> None:
         assert api.written() == []
     finally:
         api.stop()
+
+
+def test_a_missing_input_topic_is_named_in_the_503(kafka_service: Any, redis_service: Any,
+                                                   clickhouse: Any) -> None:
+    missing = f"no-such-topic-{uuid.uuid4().hex[:8]}"
+    api = Api(kafka_service, redis_service, clickhouse, missing)
+    try:
+        event = to_json(sdk_event(next(iter(generate(load_catalog(CATALOG), 1, seed=1)))))
+        t0 = time.monotonic()
+        r = httpx.post(f"{api.url}/v1/events", content=event, timeout=30, headers={
+            **api.token("producer"), "content-type": "application/cloudevents+json"})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+        assert missing in r.json()["detail"] and "does not exist" in r.json()["detail"]
+        assert time.monotonic() - t0 < 8, "answered at once, not after the delivery timeout"
+        # Not a readiness problem: the reads go on (this store has no tables yet, which is).
+        problems = httpx.get(f"{api.url}/readyz", timeout=10).json().get("problems", [])
+        assert not any(missing in p for p in problems), problems
+    finally:
+        api.stop()

@@ -345,6 +345,8 @@ class StreamBackend:
         self._stop = threading.Event()
         self._producer: Any = None  # sinks.event_producer.EventProducer, on the first event
         self._producer_lock = threading.Lock()
+        self._topic_checked = -1e18
+        self._topic_msg: str | None = None
         self._refresh()
         # Contracts are re-read in the background: a request never waits on Kafka.
         self._refresher = threading.Thread(target=self._refresh_loop, daemon=True,
@@ -468,7 +470,21 @@ class StreamBackend:
                 "dry_run": dry_run, "by_reason": dict(sorted(report.by_reason.items()))}
 
     async def send_events(self, records: Sequence[tuple[bytes, bytes]]) -> list[str | None]:
-        return await self._event_producer().send(records)
+        producer = self._event_producer()
+        problem = await self._topic_problem(producer)
+        if problem is not None:
+            raise BackendUnavailable(problem)
+        return await producer.send(records)
+
+    async def _topic_problem(self, producer: Any) -> str | None:
+        """The input topic's problem, checked in a thread: every 30 s while it is fine, every
+        2 s while it is not, so a topic created after the API started is found soon."""
+        t = self._clock()
+        if t - self._topic_checked >= (30.0 if self._topic_msg is None else 2.0):
+            self._topic_msg = await anyio.to_thread.run_sync(producer.topic_problem)
+            self._topic_checked = t
+        msg: str | None = self._topic_msg
+        return msg
 
     def _event_producer(self) -> Any:
         if self._producer is None:
@@ -504,6 +520,9 @@ class StreamBackend:
             problems.append(f"ClickHouse: {exc}")
         if self._contracts_problem:
             problems.append(self._contracts_problem)
+        # A missing input topic is not one: it stops sending usage, not the reads, and a
+        # readiness failure would take the charges route out of the Service too. POST
+        # /v1/events names it in its 503.
         return problems
 
     def close(self) -> None:
