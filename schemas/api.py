@@ -110,6 +110,9 @@ class RejectedEvent(msgspec.Struct, kw_only=True):
     raw: str | None
     raw_base64: str | None
     rejected_at: datetime
+    # A message in Kafka's binary content mode: its headers as they came ({"name", "value"} or
+    # {"name", "value_base64"}, in order); `raw` is then its value, the event's data only.
+    headers: list[dict[str, str]] | None = None
 
 
 class RejectedPage(msgspec.Struct, kw_only=True):

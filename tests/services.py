@@ -356,3 +356,21 @@ def counting_client(url: str) -> tuple[Any, dict[str, int]]:
     client.ping()  # connect (and its handshake) before anything is counted
     counter["sends"] = 0
     return client, counter
+
+
+def read_input_chunks(bootstrap: str, topic: str) -> list[Any]:
+    """Every chunk meterwax's Kafka reader (flows/kafka_io.py) gives for partition 0 of
+    `topic` in a bounded run, to its end."""
+    from flows.kafka_io import KafkaChunkSource, KafkaSettings
+
+    source = KafkaChunkSource(KafkaSettings(bootstrap), topic, stop_at_end=True)
+    part = source.build_part("input", f"{topic}:0", None)
+    chunks: list[Any] = []
+    try:
+        while True:
+            chunks += part.next_batch()
+    except StopIteration:
+        pass
+    finally:
+        part.close()
+    return chunks

@@ -150,23 +150,15 @@ def test_ingest_counts_where_each_retried_event_landed_without_changing_any_outp
 
 
 def test_the_kafka_reader_marks_retried_messages(kafka_service) -> None:
-    from flows.kafka_io import KafkaChunkSource, KafkaSettings
+    from services import read_input_chunks
+
     from flows.sources import PartitionIdle
     from operators.retry import RETRY_HEADER
 
     topic = kafka_service.new_topic("usage", partitions=1)
     kafka_service.produce(topic, [b"x", b"y", b"z"],
                           headers=[None, [(RETRY_HEADER, b"dl:0:7")], []])
-    source = KafkaChunkSource(KafkaSettings(kafka_service.bootstrap), topic, stop_at_end=True)
-    part = source.build_part("input", f"{topic}:0", None)
-    chunks: list[Any] = []
-    try:
-        while True:
-            chunks += part.next_batch()
-    except StopIteration:
-        pass
-    finally:
-        part.close()
+    chunks = read_input_chunks(kafka_service.bootstrap, topic)
     usage = [chunk for chunk in chunks if isinstance(chunk[1], list)]
     lines = [line for chunk in usage for line in chunk[1]]
     assert lines == [(0, b"x"), (1, b"y"), (2, b"z")]

@@ -126,6 +126,17 @@ def test_structured_and_binary_messages_give_what_file_mode_gives(
     # and finance sees the headers beside the value in ClickHouse
     stored = stored_headers(clickhouse)
     assert sum(h is not None for h in stored.values()) == rejected_binary
+    # and so does GET /v1/exceptions (the API's query over the same table)
+    from meterwax.api.queries import rejected
+    from sinks.clickhouse import open_store
+
+    store = open_store(clickhouse.url, migrate=False)
+    try:
+        page = rejected(store.query, store.database, 500, None, None, None, None, None)
+    finally:
+        store.close()
+    assert len(page.items) == len(stored) and page.next_cursor is None
+    assert {i.exception_id: i.headers for i in page.items} == stored
 
 
 # -- hostile binary messages, and a retry round trip ----------------------------------------------
@@ -240,7 +251,7 @@ def test_hostile_binary_messages_are_exceptions_and_a_dead_letter_retries_as_sen
 
 
 def test_the_kafka_reader_hands_on_the_headers_of_binary_messages_only(kafka_service) -> None:
-    from flows.kafka_io import KafkaChunkSource, KafkaSettings
+    from services import read_input_chunks
 
     e = event("r1", "acme-prod", "2026-10-05T10:00:00Z")
     binary = as_binary(e)
@@ -250,16 +261,7 @@ def test_the_kafka_reader_hands_on_the_headers_of_binary_messages_only(kafka_ser
         topic, [b"plain", structured.value, binary[0], binary[0]],
         headers=[None, list(structured.headers.items()), binary[1],
                  [*binary[1], (RETRY_HEADER, b"dl:0:1")]])
-    source = KafkaChunkSource(KafkaSettings(kafka_service.bootstrap), topic, stop_at_end=True)
-    part = source.build_part("input", f"{topic}:0", None)
-    chunks: list[Any] = []
-    try:
-        while True:
-            chunks += part.next_batch()
-    except StopIteration:
-        pass
-    finally:
-        part.close()
+    chunks = read_input_chunks(kafka_service.bootstrap, topic)
     usage = [chunk for chunk in chunks if isinstance(chunk[1], list)]
     assert [line for chunk in usage for line in chunk[1]] == [
         (0, b"plain"), (1, structured.value), (2, binary[0]), (3, binary[0])]

@@ -115,6 +115,12 @@ def _micros(at: datetime) -> int:
     return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
+def _has_column(query: Query, db: str, table: str, column: str) -> bool:
+    rows = query("SELECT count() AS n FROM system.columns WHERE database = {db:String} AND "
+                 "table = {t:String} AND name = {c:String}", {"db": db, "t": table, "c": column})
+    return int(rows[0]["n"]) > 0
+
+
 def rejected(query: Query, db: str, limit: int, cursor: str | None, reason: str | None,
              subject: str | None, since: datetime | None, until: datetime | None
              ) -> RejectedPage:
@@ -126,16 +132,21 @@ def rejected(query: Query, db: str, limit: int, cursor: str | None, reason: str 
                      "({ca:Int64}, {ci:String})")
         params.update(ca=at, ci=ident)
     clause = f"WHERE {' AND '.join(where)} " if where else ""
+    # A stream deployment's store is migrated by the stream, not the API: one the stream of
+    # this version has not reached yet has no `headers` column, and its rows have none.
+    headers = "headers" if _has_column(query, db, "rejected_events", "headers") else \
+        "CAST(NULL, 'Nullable(String)') AS headers"
     rows = query(
         "SELECT exception_id, reason, error, subject, event_id, event_source, position, raw, "
-        "raw_base64, rejected_at, toUnixTimestamp64Micro(rejected_at) AS at_us "
+        f"raw_base64, {headers}, rejected_at, toUnixTimestamp64Micro(rejected_at) AS at_us "
         f"FROM `{db}`.rejected_events FINAL {clause}"
         "ORDER BY at_us, exception_id LIMIT {n:UInt32}", params)
     items = [RejectedEvent(exception_id=r["exception_id"], reason=r["reason"], error=r["error"],
                            subject=r["subject"], event_id=r["event_id"],
                            event_source=r["event_source"],
                            position=msgspec.json.decode(r["position"]), raw=r["raw"],
-                           raw_base64=r["raw_base64"], rejected_at=r["rejected_at"])
+                           raw_base64=r["raw_base64"], rejected_at=r["rejected_at"],
+                           headers=msgspec.json.decode(r["headers"]) if r["headers"] else None)
              for r in rows[:limit]]
     nxt = (encode_cursor([int(rows[limit - 1]["at_us"]), rows[limit - 1]["exception_id"]])
            if len(rows) > limit else None)
