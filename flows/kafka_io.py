@@ -28,8 +28,8 @@ from confluent_kafka.admin import AdminClient
 
 from flows.metrics import kafka_statistics
 from flows.settings import DEFAULT_IDLE_TIMEOUT as _IDLE
-from flows.sources import Chunk, ContractsBatch, Headers, PartitionIdle
-from operators.bindings import kafka_mode
+from flows.sources import Chunk, ContractsBatch, PartitionIdle
+from operators.bindings import Headers, kafka_mode
 from operators.retry import RETRY_HEADER
 from sinks.kafka import KafkaDeliveryError, as_bytes, delivered
 

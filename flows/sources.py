@@ -14,10 +14,9 @@ from typing import BinaryIO
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from operators.bindings import Headers
 from operators.limits import MAX_LINE_BYTES
 
-# Kafka headers as confluent-kafka gives them: (name, value) in order, None for no value.
-Headers = list[tuple[str, bytes | None]]
 # (partition name, [(line number or offset, raw line)]), and from Kafka, when some of the lines
 # are events retried from a dead letter (`meterwax exceptions retry`), their offsets; and when
 # some are messages in binary content mode (CloudEvents Kafka binding: the line is the message

@@ -26,7 +26,7 @@ is structured, as before.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Literal
 from urllib.parse import unquote_to_bytes
 
@@ -46,6 +46,10 @@ _ENCODE = msgspec.json.Encoder()
 _RAW_LIST = msgspec.json.Decoder(list[msgspec.Raw])
 
 Mode = Literal["structured", "binary"]
+# A Kafka message's headers as confluent-kafka gives them: (name, value) in arrival order,
+# repeated names kept, None for a header without a value. The one definition the reader,
+# ingest and retry share.
+Headers = Sequence[tuple[str, bytes | None]]
 
 
 def media_type(content_type: str | None) -> str:
@@ -62,7 +66,7 @@ def is_json(content_type: str | None) -> bool:
     return mt in ("", "application/json", "text/json") or mt.endswith("+json")
 
 
-def kafka_mode(headers: Iterable[tuple[str, bytes | None]] | None) -> Mode:
+def kafka_mode(headers: Headers | None) -> Mode:
     """The content mode of a Kafka message, from its headers (module docstring)."""
     if not headers:
         return "structured"
@@ -131,7 +135,7 @@ def structured_from_binary(attributes: Iterable[tuple[str, bytes | str]], data: 
     return head + b'"data":' + data + b"}"
 
 
-def kafka_attributes(headers: Iterable[tuple[str, bytes | None]]
+def kafka_attributes(headers: Headers
                      ) -> tuple[list[tuple[str, bytes]], bytes | None, int]:
     """From a binary Kafka message's headers: the `ce_` attributes, its content type (the last
     `content-type` header; several are refused by the caller through the count), and how
@@ -147,7 +151,7 @@ def kafka_attributes(headers: Iterable[tuple[str, bytes | None]]
     return attributes, content_type, types
 
 
-def from_kafka_binary(headers: Iterable[tuple[str, bytes | None]], value: bytes
+def from_kafka_binary(headers: Headers, value: bytes
                       ) -> bytes | Rejection:
     """The structured document of a binary-mode Kafka message."""
     attributes, content_type, types = kafka_attributes(headers)

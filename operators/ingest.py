@@ -58,7 +58,7 @@ import msgspec
 
 from operators import ids
 from operators.aggregators import Aggregate, new_aggregate
-from operators.bindings import from_kafka_binary
+from operators.bindings import Headers, from_kafka_binary
 from operators.catalog import Catalog, Customer, Meter, Subscription
 from operators.clock import Clock, system_clock
 from operators.contracts import Frozen
@@ -107,8 +107,6 @@ _Limits = tuple[tuple[Decimal, int], ...]  # (cap, how it is bounded) per routed
 # (period key, period start, period end)).
 _Judged = tuple[int, bytes, CloudEvent, Customer, Subscription,
                 list[tuple[Meter, Decimal | str]], _Limits | None, tuple[str, int, int]]
-# A Kafka message's headers: (name, value) in order, None for a header without a value.
-Headers = Sequence[tuple[str, bytes | None]]
 
 
 

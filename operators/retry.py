@@ -16,13 +16,12 @@ ambiguous: a retry never turns two `ce_id` headers into one).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import msgspec
 
-from operators.bindings import kafka_attributes, kafka_mode
+from operators.bindings import Headers, kafka_attributes, kafka_mode
 
 # The Kafka header of a retried event: the dead letter it came from (operators/ids.dead_letter_ref).
 # Ingest counts where such events land (IngestStats.retried).
@@ -31,8 +30,6 @@ RETRY_HEADER = "meterwax.retry-of"
 DEAD_LETTER_HEADERS = frozenset((
     "meterwax.reason", "meterwax.error", "meterwax.source.topic", "meterwax.source.partition",
     "meterwax.source.offset", "meterwax.correlation_id", "meterwax.position"))
-
-Headers = Sequence[tuple[str, bytes | None]]
 
 
 class _Envelope(msgspec.Struct):
