@@ -377,7 +377,7 @@ def _run(opts: RunOptions, catalog: Catalog, config: IngestConfig, work: Path, o
     exc_sink = JsonLinesPartsSink(work, "exceptions")
     cand_sink = JsonLinesPartsSink(work, "invoice_candidates")
     sinks = Sinks(exceptions=exc_sink, stats=CallbackSink(collect),
-                  windows=RatedWindowSink(store), candidates=cand_sink)
+                  windows=RatedWindowSink(store, background=True), candidates=cand_sink)
     flow = build_flow(catalog, config,
                       JsonLinesSource(events, opts.chunk_lines, progress), sinks,
                       recoverable=False, rating_shards=FILE_RATING_SHARDS)

@@ -9,7 +9,7 @@ The pieces:
 * `ChdbStore` (`chdb_store`): the embedded backend (chdb, the ClickHouse engine in-process).
 * `ClickHouseConnectStore` (`connect_store`): the server backend (clickhouse-connect over HTTP).
   It implements `SqlConnection` over its client, calls `apply_migrations`, and sends
-  `encode_batch(rows)` with `client.raw_insert(..., fmt="JSONEachRow",
+  `encode_batch(rows)` with `client.raw_insert(..., fmt=ROWS_FORMAT,
   settings={"insert_deduplication_token": ...})`. `sinks.clickhouse.http` serves a chdb
   directory over the same HTTP interface.
 * `open_store(url_or_path)` (`store`): a URL opens the server backend, a path the embedded one.

@@ -74,7 +74,10 @@ class _SharedSession:
         return decode_json_result(result.bytes())
 
     def close(self) -> None:
-        self._session.close()
+        # Under the lock: a writer on another thread may be inside a statement
+        # (sinks.clickhouse.sink._BackgroundWriter), and chdb must not close under it.
+        with self.lock:
+            self._session.close()
 
     @property
     def raw(self) -> Any:

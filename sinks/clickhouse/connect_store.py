@@ -42,6 +42,7 @@ from sinks.clickhouse.rows import (
     EVENTS_TABLE,
     REJECTED_COLUMNS,
     REJECTED_TABLE,
+    ROWS_FORMAT,
     batch_token,
     encode_batch,
     encode_documents,
@@ -260,7 +261,8 @@ class ClickHouseConnectStore:
         """One INSERT, retried while the server is unavailable (safe: see above)."""
         if not rows:
             return
-        self._insert(TABLE, COLUMNS, encode_batch(rows), f"insert of {len(rows)} rated windows")
+        self._insert(TABLE, COLUMNS, encode_batch(rows), f"insert of {len(rows)} rated windows",
+                     ROWS_FORMAT)
 
     def write_events(self, rows: Sequence[AcceptedEvent]) -> None:
         if not rows:
@@ -278,14 +280,15 @@ class ClickHouseConnectStore:
             self._insert(REJECTED_TABLE, REJECTED_COLUMNS, encode_rejections(rows),
                          f"insert of {len(rows)} rejected events")
 
-    def _insert(self, table: str, columns: Sequence[str], payload: bytes, what: str) -> None:
+    def _insert(self, table: str, columns: Sequence[str], payload: bytes, what: str,
+                fmt: str = "JSONEachRow") -> None:
         settings = {"insert_deduplication_token": batch_token(payload),
                     "input_format_skip_unknown_fields": 0,
                     "date_time_input_format": "best_effort"}
 
         def insert() -> None:
             self._live().raw_insert(f"`{self.database}`.{table}", columns, insert_block=payload,
-                                    fmt="JSONEachRow", settings=settings)
+                                    fmt=fmt, settings=settings)
 
         self._retrying(insert, what, f"{what} failed")
 
