@@ -23,7 +23,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import bytewax.operators as op
 import msgspec
@@ -53,6 +53,32 @@ from schemas.records import (
 )
 
 
+class EpochWrites(Protocol):
+    """Rows a stateful step stores itself, and waits for in its snapshot, so its epoch commits
+    only once they are stored (sinks.clickhouse.sink.EpochWriter)."""
+
+    def submit(self, rows: Sequence[Any]) -> None: ...
+
+    def wait(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Writers:
+    """Stream mode's ClickHouse tables, written by the steps that make their rows (ingest: the
+    ledger and its rejections; rating: the rated windows and its failures) instead of by sinks
+    after them. The rows still flow on where a sink also wants them (the windows to the running
+    charges, the rejections to the dead-letter topic)."""
+
+    windows: EpochWrites | None = None
+    ledger: EpochWrites | None = None
+    rejections: EpochWrites | None = None
+
+    def wait(self, *writers: EpochWrites | None) -> None:
+        for writer in writers:
+            if writer is not None:
+                writer.wait()
+
+
 @dataclass(frozen=True)
 class Sinks:
     """Where each output stream goes. A field may hold one sink or several (fan-out: e.g. rated
@@ -64,6 +90,7 @@ class Sinks:
     candidates: Sink[list[InvoiceCandidate]] | Sequence[Sink[list[InvoiceCandidate]]]
     # Accepted events, for the ClickHouse usage ledger (needs IngestConfig.ledger).
     ledger: Sequence[Sink[list[AcceptedEvent]]] = ()
+    writers: Writers = Writers()
 
 
 def _outputs(step: str, stream: Any, sinks: Any) -> None:
@@ -195,8 +222,9 @@ class IngestLogic(StatefulBatchLogic[Chunk, IngestItem, Any]):
     def __init__(self, catalog: Catalog, config: IngestConfig,
                  dedup_factory: Callable[[Any], DedupStore], resume: Any,
                  recoverable: bool = True, live: LiveCatalog | None = None,
-                 shards: int | None = None) -> None:
+                 shards: int | None = None, writers: Writers | None = None) -> None:
         self.catalog, self.config, self.dedup_factory = catalog, config, dedup_factory
+        self.writers = writers or Writers()
         self.recoverable = recoverable
         self.shards = shards
         self.live = live
@@ -296,15 +324,23 @@ class IngestLogic(StatefulBatchLogic[Chunk, IngestItem, Any]):
         self._held_blob = msgspec.json.encode(self.held)
         self._emit(ingestor.set_catalog(catalog, last, changed), into)
         if refused:
-            into.append(Rejected(refused))
+            self._rejected(refused, into)
         if self.live is not None:
             self.live.update(last, catalog)
 
+    def _rejected(self, records: list[ExceptionRecord], into: list[IngestItem]) -> None:
+        into.append(Rejected(records))
+        if self.writers.rejections is not None:
+            self.writers.rejections.submit(records)
+
     def _emit(self, out: IngestOutput, into: list[IngestItem]) -> None:
         if out.exceptions:
-            into.append(Rejected(out.exceptions))
+            self._rejected(out.exceptions, into)
         if out.accepted:
-            into.append(Accepted(out.accepted))
+            if self.writers.ledger is not None:
+                self.writers.ledger.submit(out.accepted)
+            else:
+                into.append(Accepted(out.accepted))
         into.append(out.stats)
         partition = self.partition
         if self.shards is None:
@@ -348,6 +384,8 @@ class IngestLogic(StatefulBatchLogic[Chunk, IngestItem, Any]):
         return emitted, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> Any:
+        # The epoch this snapshot closes commits only after the rows it made are stored.
+        self.writers.wait(self.writers.ledger, self.writers.rejections)
         if self.ingestor is None or not self.recoverable:
             return None
         blob = _frozen((self.partition, self.ingestor.state, self.dedup.snapshot(),
@@ -373,10 +411,12 @@ def memory_dedup(snapshot: Any) -> DedupStore:
 
 class RateLogic(StatefulBatchLogic[SubscriptionOps, RatingItem, Any]):
     def __init__(self, catalog: Catalog, config: IngestConfig, resume: Any,
-                 recoverable: bool = True, partitions: tuple[str, ...] | None = None) -> None:
+                 recoverable: bool = True, partitions: tuple[str, ...] | None = None,
+                 writers: Writers | None = None) -> None:
         self.catalog, self.config = catalog, config
         self.recoverable = recoverable
         self.partitions = partitions
+        self.writers = writers or Writers()
         self.rater: SubscriptionRater | None = None
         if resume is not None:
             sub_id, state = pickle.loads(resume)
@@ -391,9 +431,16 @@ class RateLogic(StatefulBatchLogic[SubscriptionOps, RatingItem, Any]):
         outputs = _RatingOutputs()
         for item in values:
             outputs.add(rater.apply(item.ops, item.partition))
+        writers = self.writers
+        if writers.windows is not None:
+            writers.windows.submit(outputs.windows)
+        if writers.rejections is not None:
+            writers.rejections.submit(outputs.failures)
         return outputs.items(), StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> Any:
+        # The epoch this snapshot closes commits only after the rows it made are stored.
+        self.writers.wait(self.writers.windows, self.writers.rejections)
         if self.rater is None or not self.recoverable:
             return None
         blob = _frozen((self.rater.sub.id, self.rater.state))
@@ -510,7 +557,8 @@ def _unkeyed(step: str, stream: Stream[Any]) -> Stream[Any]:
 
 def ingest(catalog: Catalog, config: IngestConfig, chunks: Stream[Chunk],
            dedup_factory: Callable[[Any], DedupStore], recoverable: bool,
-           live: LiveCatalog | None = None, rating_shards: int | None = None) -> IngestStreams:
+           live: LiveCatalog | None = None, rating_shards: int | None = None,
+           writers: Writers | None = None) -> IngestStreams:
     """Judge every event, keyed by input partition so one partition is judged in input order
     (dedup's "first occurrence wins", the watermark). With `rating_shards`, the ops come out
     grouped by rating shard (ShardOps)."""
@@ -518,7 +566,7 @@ def ingest(catalog: Catalog, config: IngestConfig, chunks: Stream[Chunk],
     judged = _unkeyed("ingest_unkey", op.stateful_batch(
         "ingest", by_partition,
         lambda resume: IngestLogic(catalog, config, dedup_factory, resume, recoverable, live,
-                                   rating_shards)))
+                                   rating_shards, writers)))
     return IngestStreams(
         exceptions=_of_type("exceptions", judged, Rejected, lambda r: r.records),
         stats=_of_type("stats", judged, IngestStats, lambda s: s),
@@ -534,15 +582,20 @@ def _partition_of(chunk: Chunk) -> str:
 
 def rate(catalog: Catalog, config: IngestConfig,
          ops: Stream[SubscriptionOps] | Stream[ShardOps], recoverable: bool,
-         rating_shards: int | None = None, partitions: tuple[str, ...] | None = None
-         ) -> RatingStreams:
+         rating_shards: int | None = None, partitions: tuple[str, ...] | None = None,
+         writers: Writers | None = None) -> RatingStreams:
     """Rate every subscription's ops, keyed by subscription (or, with `rating_shards`, by
     shard of the subscriptions) so the work spreads over workers. `partitions`: every input
-    partition, each of which a period waits for (operators/protocol.py)."""
+    partition, each of which a period waits for (operators/protocol.py). `writers`: see
+    `Writers` (only per subscription: the shards keep no snapshots)."""
+    if writers is not None and writers != Writers() and rating_shards is not None:
+        msg = "writers are awaited at the rating snapshots, which shards do not take"
+        raise ValueError(msg)
     if rating_shards is None:
         rated = _unkeyed("rate_unkey", op.stateful_batch(
             "rate", _keyed("key_subscription", ops, _subscription_of),
-            lambda resume: RateLogic(catalog, config, resume, recoverable, partitions)))
+            lambda resume: RateLogic(catalog, config, resume, recoverable, partitions,
+                                     writers)))
     else:
         rated = _unkeyed("rate_unkey", op.stateful_batch(
             "rate", _keyed("key_shard", ops, _shard_key),
@@ -693,7 +746,7 @@ def build_flow(catalog: Catalog, config: IngestConfig, source: Source[Chunk], si
         catalog = live.current
     judged = ingest(catalog_of({}) if live is not None else catalog, config,
                     op.input("input", flow, source), dedup_factory, recoverable, live,
-                    rating_shards)
+                    rating_shards, sinks.writers)
     _outputs("stats_out", judged.stats, sinks.stats)
     if sinks.ledger:
         _outputs("ledger_out", judged.ledger, sinks.ledger)
@@ -702,7 +755,8 @@ def build_flow(catalog: Catalog, config: IngestConfig, source: Source[Chunk], si
     if waited is not None and rating_shards is not None:
         msg = "rating shards are for file mode, which reads one input partition"
         raise ValueError(msg)
-    rated = rate(catalog, config, judged.ops, recoverable, rating_shards, waited)
+    rated = rate(catalog, config, judged.ops, recoverable, rating_shards, waited,
+                 sinks.writers)
     _outputs("exceptions_out", op.merge("all_exceptions", judged.exceptions, rated.failures),
              sinks.exceptions)
     _outputs("windows_out", rated.windows, sinks.windows)

@@ -39,7 +39,7 @@ from flows.metrics import (
     record_exceptions,
     windows_rated,
 )
-from flows.pipeline import LiveCatalog, Sinks, build_flow
+from flows.pipeline import LiveCatalog, Sinks, Writers, build_flow
 from flows.runner import candidate_order
 
 # The settings live in flows.settings; SettingsError is re-exported for code that knew it here.
@@ -53,7 +53,6 @@ from operators.protocol import PeriodRetired
 from schemas.erp import Journal
 from schemas.records import (
     ENCODER,
-    AcceptedEvent,
     ExceptionRecord,
     InvoiceCandidate,
     RatedWindow,
@@ -142,7 +141,7 @@ def build_stream(settings: StreamSettings, catalog: LiveCatalog,
     """The production dataflow. `catalog`: the contracts as read when the process started;
     the flow itself follows the contracts topic (flows/kafka_io.py) and keeps it current."""
     from sinks.clickhouse import open_store
-    from sinks.clickhouse.sink import RatedWindowSink
+    from sinks.clickhouse.sink import EpochWriter
     from sinks.redis_dedup import RedisDedup
     from sinks.running_charges import RunningCharges
 
@@ -151,6 +150,14 @@ def build_stream(settings: StreamSettings, catalog: LiveCatalog,
     store = open_store(settings.clickhouse)
     charges = RunningCharges(settings.redis_url, namespace=settings.redis_namespace)
     producer = KafkaTopicsSink(kafka)
+    # Each table's rows are stored by the step that makes them, awaited at its snapshots
+    # (flows/pipeline.py Writers), rather than by a sink that stops the flow for every insert.
+    writing: tuple[EpochWriter[Any], ...] = (
+        EpochWriter(store.write, "rated-windows"),
+        EpochWriter(store.write_events, "ledger"),
+        EpochWriter(lambda records: store.write_rejections(
+            rejections_of(records, datetime.now(UTC))), "rejections"))
+    writers = Writers(windows=writing[0], ledger=writing[1], rejections=writing[2])
 
     def dedup_factory(_snapshot: Any) -> Any:
         # The dedup state lives in Redis, not in the Bytewax snapshot.
@@ -170,9 +177,6 @@ def build_stream(settings: StreamSettings, catalog: LiveCatalog,
         charges.apply(windows, catalog.holding({w.subscription_id for w in windows}))
         windows_rated(windows, queryable=True)
 
-    def write_ledger(items: Sequence[list[AcceptedEvent]]) -> None:
-        store.write_events([e for chunk in items for e in chunk])
-
     # What the API lists, to ClickHouse beside the Kafka topics (idempotent: replayed copies
     # collapse by id). The ERP payloads are built again here rather than shared with the Kafka
     # mapping: candidates are a few per subscription and month, and the two sinks stay apart.
@@ -189,17 +193,12 @@ def build_stream(settings: StreamSettings, catalog: LiveCatalog,
         if journals:
             store.write_documents(documents_of([], [], [], datetime.now(UTC), journals))
 
-    def store_rejections(items: Sequence[list[ExceptionRecord]]) -> None:
-        store.write_rejections(rejections_of([r for chunk in items for r in chunk],
-                                             datetime.now(UTC)))
-
     sinks = Sinks(
-        ledger=[CallbackSink(write_ledger)],
-        exceptions=[MappedSink(producer, exceptions_to_messages),
-                    CallbackSink(store_rejections)],
+        exceptions=MappedSink(producer, exceptions_to_messages),
         stats=CallbackSink(on_stats or (lambda _items: None)),
-        windows=[RatedWindowSink(store, flush_rows=1), CallbackSink(apply_charges)],
+        windows=CallbackSink(apply_charges),
         candidates=[MappedSink(producer, candidates_to_messages), CallbackSink(store_documents)],
+        writers=writers,
     )
     config = IngestConfig(window=settings.window, allowed_lateness=settings.allowed_lateness,
                           max_future=settings.max_future, retention=settings.dedup_ttl,
@@ -224,7 +223,7 @@ def build_stream(settings: StreamSettings, catalog: LiveCatalog,
     flow = build_flow(catalog.current, config, source, sinks, dedup_factory=dedup_factory,
                       flow_id="meterwax_stream", recoverable=True, with_journal_feed=journals,
                       live=catalog, partitions=source.list_parts())
-    return flow, store
+    return flow, store, writing
 
 
 def _journal_key(item: InvoiceCandidate | PeriodRetired) -> str:
@@ -289,11 +288,19 @@ def run_stream(settings: StreamSettings,
                              topics.schedules, topics.invoice_exceptions],
                   plain=[topics.dead_letter])
     live = LiveCatalog(catalog, held.end_offset, on_update=contracts_applied)
-    flow, store = build_stream(settings, live, on_stats)
+    flow, store, writing = build_stream(settings, live, on_stats)
+    finished = False
     try:
         cli_main(flow, workers_per_process=settings.workers, process_id=settings.process_id,
                  addresses=list(settings.addresses) or None,
                  epoch_interval=settings.epoch_interval,
                  recovery_config=RecoveryConfig(str(recovery)))
+        finished = True
     finally:
-        store.close()
+        try:
+            # What the last epoch made is stored before the process ends. After a failure of
+            # the flow, that failure is the one reported, not a write that failed with it.
+            for writer in writing:
+                writer.close(raise_error=finished)
+        finally:
+            store.close()

@@ -1,8 +1,10 @@
-"""Bytewax sink adapter for a rated-window store: buffers rows and writes them in large batches.
+"""Writers for ClickHouse rows: the Bytewax sink of file mode's rated windows (buffered, large
+batches, optionally on a thread of its own) and stream mode's `EpochWriter`, which a stateful
+step hands its rows to and waits for in its snapshot.
 
-Rows are idempotent by (row_id, revision) in the store, so a batch re-written after a restart
-changes nothing; buffering only trades latency for fewer, larger inserts. Retries are the store's
-(`ClickHouseConnectStore` retries a failed INSERT under `sinks.retry`'s policy): a flush blocks
+Rows are idempotent by their ids in the store, so a batch re-written after a restart changes
+nothing; buffering only trades latency for fewer, larger inserts. Retries are the store's
+(`ClickHouseConnectStore` retries a failed INSERT under `sinks.retry`'s policy): a write blocks
 while the server is unavailable and raises `ClickHouseUnavailable` only after the deadline.
 """
 
@@ -10,12 +12,14 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Generic, Protocol, TypeVar
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from schemas.records import RatedWindow
+
+T = TypeVar("T")
 
 
 class RowWriter(Protocol):
@@ -140,3 +144,96 @@ class RatedWindowSink(DynamicSink[list[RatedWindow]]):
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _BufferedPartition:
         writer = (_BackgroundWriter if self.background else _Writer)(self.store, self._lock)
         return _BufferedPartition(writer, self.flush_rows)
+
+
+class EpochWriter(Generic[T]):
+    """Stream mode's ClickHouse rows (rated windows, the usage ledger, rejections), stored on a
+    thread of their own while the flow works on.
+
+    The step that makes the rows hands them over as it emits them (`submit`) and calls `wait`
+    in its `snapshot`: Bytewax takes every touched key's snapshot when an epoch closes and
+    commits the epoch only once they are written, so an epoch is never committed before its
+    rows are stored, exactly as when a synchronous sink wrote every batch, while the inserts
+    overlap the flow's work instead of stopping it (measured: waiting on ClickHouse was about
+    a third of a stream run's main thread). What piles up while an insert is in flight goes in
+    one insert, so a busy stream makes fewer, larger ones.
+
+    Once `max_rows` rows wait, a further `submit` blocks until the writer took them, so memory
+    follows the work in flight. A failed write (the store's retries exhausted) is raised
+    on the flow's thread at the next `submit` or `wait`, and nothing is written after it: the
+    flow stops, and a restart replays from the last committed epoch (every table is idempotent
+    by its rows' ids). Several worker threads of one process may share one writer."""
+
+    def __init__(self, write: Callable[[list[T]], None], name: str,
+                 max_rows: int = 50_000) -> None:
+        if max_rows < 1:
+            msg = "max_rows must be at least 1"
+            raise ValueError(msg)
+        self.write, self.max_rows = write, max_rows
+        self._cond = threading.Condition()
+        self._pending: list[T] = []
+        self._writing = False
+        self._closed = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name=f"meterwax-{name}-writer",
+                                        daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        cond = self._cond
+        while True:
+            with cond:
+                while not self._pending and not self._closed:
+                    cond.wait()
+                if not self._pending:
+                    return  # closed, and everything submitted is stored
+                rows, self._pending = self._pending, []
+                self._writing = True
+                cond.notify_all()  # room again for a blocked submit
+            try:
+                self.write(rows)
+            except BaseException as exc:  # handed to the flow's thread (class docstring)
+                with cond:
+                    self._error = exc
+                    self._pending = []
+                    self._writing = False
+                    cond.notify_all()
+                return
+            with cond:
+                self._writing = False
+                cond.notify_all()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def submit(self, rows: Sequence[T]) -> None:
+        if not rows:
+            return
+        with self._cond:
+            self._raise()
+            if self._closed:
+                msg = "the epoch writer is closed"
+                raise RuntimeError(msg)
+            while len(self._pending) >= self.max_rows and self._error is None:
+                self._cond.wait()
+            self._raise()
+            self._pending.extend(rows)
+            self._cond.notify_all()
+
+    def wait(self) -> None:
+        """Return once every row submitted so far is stored; raise a failed write."""
+        with self._cond:
+            while (self._pending or self._writing) and self._error is None:
+                self._cond.wait()
+            self._raise()
+
+    def close(self, *, raise_error: bool = True) -> None:
+        """Store what was submitted, stop the thread; `raise_error=False` after the flow
+        already failed, so its own error is the one reported."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join()
+        if raise_error:
+            self._raise()
