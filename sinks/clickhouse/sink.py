@@ -10,7 +10,6 @@ while the server is unavailable and raises `ClickHouseUnavailable` only after th
 
 from __future__ import annotations
 
-import queue
 import threading
 from collections.abc import Callable, Sequence
 from typing import Generic, Protocol, TypeVar
@@ -27,11 +26,10 @@ class RowWriter(Protocol):
 
 
 class _Writer:
-    """Writes to the store on the calling thread (stream mode: a row still being written when
-    Bytewax commits an epoch would be lost in a crash, so `write_batch` returns only once its
-    rows are stored)."""
+    """Writes to the store on the calling thread: a flushed row is stored when `write_batch`
+    returns (the reference the background writer is tested against)."""
 
-    def __init__(self, store: RowWriter, lock: threading.Lock) -> None:
+    def __init__(self, store: RowWriter, lock: threading.Lock, flush_rows: int) -> None:
         self.store, self.lock = store, lock
 
     def submit(self, rows: list[RatedWindow]) -> None:
@@ -46,55 +44,31 @@ class _Writer:
 
 
 class _BackgroundWriter(_Writer):
-    """Writes to the store on a thread of its own, one batch at a time, while the flow rates the
-    next one. The engine parses and merges an insert without holding the GIL (measured: a
+    """Writes to the store on a thread of its own (an `EpochWriter`) while the flow rates the
+    next batch. The engine parses and merges an insert without holding the GIL (measured: a
     Python loop runs at full speed beside a chdb INSERT), so on a second core the insert costs
     the flow nothing but the encoding; it was about a quarter of a file run's wall clock.
 
-    At most one batch waits behind the one being written: memory stays at three buffers
+    The writer's bound is one buffer: every submitted buffer holds at least `flush_rows` rows,
+    so at most one waits behind the one being written and memory stays at three buffers
     whatever the input's length. A write that fails is raised again, as it was, on the flow's
     thread at its next `submit`, `wait` or `close`, and nothing after it is written: file mode
     then fails the run, as a failure on the flow's thread would (it has no recovery, and the
     output folder is only replaced once the run finished)."""
 
-    def __init__(self, store: RowWriter, lock: threading.Lock) -> None:
-        super().__init__(store, lock)
-        self._queue: queue.Queue[list[RatedWindow] | None] = queue.Queue(maxsize=1)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._loop, name="meterwax-rated-window-writer",
-                                        daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while True:
-            rows = self._queue.get()
-            try:
-                if rows is None:
-                    return
-                if self._error is None:
-                    super().submit(rows)
-            except BaseException as exc:  # handed to the flow's thread (class docstring)
-                self._error = exc
-            finally:
-                self._queue.task_done()
-
-    def _raise(self) -> None:
-        if self._error is not None:
-            raise self._error
+    def __init__(self, store: RowWriter, lock: threading.Lock, flush_rows: int) -> None:
+        super().__init__(store, lock, flush_rows)
+        self._thread: EpochWriter[RatedWindow] = EpochWriter(
+            super().submit, "rated-window", max_rows=flush_rows)
 
     def submit(self, rows: list[RatedWindow]) -> None:
-        self._raise()
-        self._queue.put(rows)
+        self._thread.submit(rows)
 
     def wait(self) -> None:
-        self._queue.join()
-        self._raise()
+        self._thread.wait()
 
     def close(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
-        self._raise()
+        self._thread.close()
 
 
 class _BufferedPartition(StatelessSinkPartition[list[RatedWindow]]):
@@ -126,10 +100,11 @@ class _BufferedPartition(StatelessSinkPartition[list[RatedWindow]]):
 
 
 class RatedWindowSink(DynamicSink[list[RatedWindow]]):
-    """`flush_rows=1` writes at the end of every batch: required with recovery, where a row
-    still in the buffer when Bytewax commits an epoch would be lost in a crash. File mode, which
-    has no recovery, buffers 20,000 rows for fewer, larger inserts, and with `background` writes
-    them on a thread of its own (`_BackgroundWriter`)."""
+    """File mode's rated windows: 20,000 rows buffered for fewer, larger inserts, and with
+    `background` written on a thread of their own (`_BackgroundWriter`). `flush_rows=1` writes
+    at the end of every batch; a flow with recovery needs that or, as stream mode does, an
+    `EpochWriter` awaited at its snapshots: a row still buffered when Bytewax commits an epoch
+    would be lost in a crash."""
 
     def __init__(self, store: RowWriter, flush_rows: int = 20_000, *,
                  background: bool = False) -> None:
@@ -142,7 +117,8 @@ class RatedWindowSink(DynamicSink[list[RatedWindow]]):
         self._lock = threading.Lock()  # worker threads of one process share one store client
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _BufferedPartition:
-        writer = (_BackgroundWriter if self.background else _Writer)(self.store, self._lock)
+        writer = (_BackgroundWriter if self.background else _Writer)(self.store, self._lock,
+                                                                     self.flush_rows)
         return _BufferedPartition(writer, self.flush_rows)
 
 
