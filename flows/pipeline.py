@@ -32,8 +32,9 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
+from flows.judge_ahead import decode_verdicts
 from flows.metrics import state_snapshot
-from flows.sources import Chunk, ContractsBatch, PartitionIdle
+from flows.sources import Chunk, ContractsBatch, JudgedLines, PartitionIdle
 from operators import ids
 from operators.catalog import Catalog, CatalogError
 from operators.contracts import KINDS, ContractsError, catalog_of, decode_record, put, refusals
@@ -366,6 +367,10 @@ class IngestLogic(StatefulBatchLogic[Chunk, IngestItem, Any]):
                 # At the end of a bounded run, finish() (on_eof) says it after its closes.
                 if not lines.ended:
                     self._emit(ingestor.idle(), emitted)
+                continue
+            if type(lines) is JudgedLines:
+                self._emit(ingestor.process(lines.lines, ahead=decode_verdicts(lines.verdicts)),
+                           emitted)
                 continue
             assert isinstance(lines, list)
             if len(chunk) == 2:

@@ -27,6 +27,7 @@ import msgspec
 from bytewax.run import cli_main
 from bytewax.testing import run_main
 
+from flows.judge_ahead import JudgeAhead, available_cpus
 from flows.pipeline import FILE_RATING_SHARDS, Sinks, build_flow
 from flows.sources import JsonLinesSource, Progress
 from operators import ids
@@ -60,6 +61,9 @@ class RunOptions:
     # Judge the input as of this instant instead of the system clock (replays, the demo).
     now: datetime | None = None
     adjustment_cycle: timedelta = DEFAULT_ADJUSTMENT_CYCLE
+    # Judge the input's lines in a helper process a chunk ahead of ingest (flows/judge_ahead.py);
+    # None: when more than one CPU is available. The outputs are the same either way.
+    judge_ahead: bool | None = None
 
     def ingest_config(self) -> IngestConfig:
         return IngestConfig(window=self.window, allowed_lateness=self.allowed_lateness,
@@ -378,12 +382,17 @@ def _run(opts: RunOptions, catalog: Catalog, config: IngestConfig, work: Path, o
     cand_sink = JsonLinesPartsSink(work, "invoice_candidates")
     sinks = Sinks(exceptions=exc_sink, stats=CallbackSink(collect),
                   windows=RatedWindowSink(store, background=True), candidates=cand_sink)
-    flow = build_flow(catalog, config,
-                      JsonLinesSource(events, opts.chunk_lines, progress), sinks,
-                      recoverable=False, rating_shards=FILE_RATING_SHARDS)
-    if on_start:
-        on_start()
-    elapsed = _execute(flow, opts.workers)
+    wanted = opts.judge_ahead if opts.judge_ahead is not None else available_cpus() > 1
+    with contextlib.ExitStack() as stack:
+        ahead = JudgeAhead(catalog) if wanted else None
+        if ahead is not None:
+            stack.callback(ahead.close)
+        flow = build_flow(catalog, config,
+                          JsonLinesSource(events, opts.chunk_lines, progress, ahead), sinks,
+                          recoverable=False, rating_shards=FILE_RATING_SHARDS)
+        if on_start:
+            on_start()
+        elapsed = _execute(flow, opts.workers)
     progress.done = True
     with _fewer_collections():
         return _finish(opts, catalog, stats, work, out, store, database, exc_sink, cand_sink,

@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, NoReturn
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from flows.judge_ahead import JudgeAhead
 from operators.bindings import Headers
 from operators.limits import MAX_LINE_BYTES
 
@@ -22,9 +23,20 @@ from operators.limits import MAX_LINE_BYTES
 # some are messages in binary content mode (CloudEvents Kafka binding: the line is the message
 # value, the attributes are in headers), a fourth element: offset -> those messages' headers,
 # which ingest turns into the structured event (operators/bindings.py) before judging it.
+# In file mode, a chunk whose lines were judged ahead by the helper process comes as JudgedLines.
 Chunk = (tuple[str, list[tuple[int, bytes]]] | tuple[str, list[tuple[int, bytes]], list[int]]
          | tuple[str, list[tuple[int, bytes]], list[int], dict[int, Headers]]
-         | tuple[str, "ContractsBatch"] | tuple[str, "PartitionIdle"])
+         | tuple[str, "ContractsBatch"] | tuple[str, "PartitionIdle"] | tuple[str, "JudgedLines"])
+
+
+@dataclass(frozen=True)
+class JudgedLines:
+    """A chunk of lines with what the helper process found for them (flows/judge_ahead.py), the
+    verdicts still encoded: ingest decodes them (a chunk that crosses to another worker thread
+    is pickled, and bytes pickle for nothing)."""
+
+    lines: list[tuple[int, bytes]]
+    verdicts: bytes
 
 
 @dataclass(frozen=True)
@@ -74,12 +86,19 @@ class _FilePartition(StatefulSourcePartition[Chunk, FilePosition]):
     encoding marker, not part of its first event, and is dropped."""
 
     def __init__(self, name: str, fh: BinaryIO, resume: FilePosition | None, chunk_lines: int,
-                 progress: Progress | None) -> None:
+                 progress: Progress | None, ahead: JudgeAhead | None = None) -> None:
         self.name = name
+        self.ahead = ahead
+        # With a helper: the next chunk, read and sent to it, and the position after it.
+        self._next: tuple[list[tuple[int, bytes]], FilePosition] | None = None
+        self._started = False
         self.fh = fh
         self.chunk_lines = chunk_lines
         self.progress = progress
+        # `position`: after the last chunk handed to the flow (the snapshot); `_read`: after the
+        # last chunk read, one chunk further when a helper judges ahead.
         self.position = resume or FilePosition(0, 1)
+        self._read = self.position
         if self.position.offset:
             fh.seek(self.position.offset)
         self._buffer = b""  # bytes read after the last complete line (at most the limit + 1)
@@ -89,6 +108,50 @@ class _FilePartition(StatefulSourcePartition[Chunk, FilePosition]):
         self._eof = False
 
     def next_batch(self) -> list[Chunk]:
+        ahead = self.ahead
+        if ahead is not None and ahead.alive:
+            return self._next_judged(ahead)
+        if self._next is not None:  # read ahead for a helper given up since
+            chunk, self.position = self._next
+            self._next = None
+            return [(self.name, chunk)]
+        taken = self._take()
+        if taken is None:
+            self._finish()
+        self.position = self._read
+        return [(self.name, taken)]
+
+    def _next_judged(self, ahead: JudgeAhead) -> list[Chunk]:
+        if not self._started:
+            self._started = True
+            self._next = self._take_next()
+            if self._next is not None:
+                ahead.submit([raw for _, raw in self._next[0]])
+        if self._next is None:
+            self._finish()
+        chunk, after = self._next
+        verdicts = ahead.answer()
+        # The chunk after it goes to the helper now, so it is judged while ingest works on this.
+        self._next = self._take_next()
+        if self._next is not None and verdicts is not None:
+            ahead.submit([raw for _, raw in self._next[0]])
+        self.position = after  # the snapshot's position: the chunk read ahead is not in it
+        if verdicts is None:
+            return [(self.name, chunk)]
+        return [(self.name, JudgedLines(chunk, verdicts))]
+
+    def _take_next(self) -> tuple[list[tuple[int, bytes]], FilePosition] | None:
+        taken = self._take()
+        return None if taken is None else (taken, self._read)
+
+    def _finish(self) -> NoReturn:
+        if self.progress is not None:
+            self.progress.done = True
+        raise StopIteration
+
+    def _take(self) -> list[tuple[int, bytes]] | None:
+        """The next chunk of lines, numbered, moving the read position past it; None at the
+        end of the input."""
         ready = self._ready
         while len(ready) < self.chunk_lines and not self._eof:
             block = self.fh.read(_READ_BYTES)
@@ -100,24 +163,23 @@ class _FilePartition(StatefulSourcePartition[Chunk, FilePosition]):
                 break
             self._split(block)
         if not ready:
-            if self.progress is not None:
-                self.progress.done = True
-            raise StopIteration
+            return None
         taken = ready[: self.chunk_lines]
         del ready[: self.chunk_lines]
-        first = self.position.line
+        read = self._read
+        first = read.line
         lines = [line for line, _ in taken]
-        if self.position.offset == 0 and lines[0].startswith(_BOM):
+        if read.offset == 0 and lines[0].startswith(_BOM):
             lines[0] = lines[0][len(_BOM):]
         chunk = [(number, raw[:-1] if raw.endswith(b"\r") else raw)
                  for number, raw in enumerate(lines, first)]
         consumed = sum(span for _, span in taken)
         number = first + len(lines)
-        self.position = FilePosition(self.position.offset + consumed, number)
+        self._read = FilePosition(read.offset + consumed, number)
         if self.progress is not None:
             self.progress.read_bytes += consumed
             self.progress.lines = number - 1
-        return [(self.name, chunk)]
+        return chunk
 
     def _split(self, block: bytes) -> None:
         """Queue the lines `block` completes, each with the file bytes it spans."""
@@ -156,11 +218,14 @@ class _FilePartition(StatefulSourcePartition[Chunk, FilePosition]):
 class JsonLinesSource(FixedPartitionedSource[Chunk, FilePosition]):
     """A file of JSON lines, or standard input when the path is "-" (not resumable then)."""
 
-    def __init__(self, path: str, chunk_lines: int = 2000, progress: Progress | None = None
-                 ) -> None:
+    def __init__(self, path: str, chunk_lines: int = 2000, progress: Progress | None = None,
+                 ahead: JudgeAhead | None = None) -> None:
+        """`ahead`: a helper process judging each chunk's lines while ingest works on the one
+        before (flows/judge_ahead.py); whoever made it closes it."""
         self.path = path
         self.chunk_lines = chunk_lines
         self.progress = progress
+        self.ahead = ahead
         if progress is not None and path != "-":
             progress.total_bytes = os.path.getsize(path)
 
@@ -174,4 +239,5 @@ class JsonLinesSource(FixedPartitionedSource[Chunk, FilePosition]):
     def build_part(self, step_id: str, for_part: str, resume_state: FilePosition | None
                    ) -> _FilePartition:
         fh: BinaryIO = sys.stdin.buffer if self.path == "-" else open(self.path, "rb")  # noqa: SIM115
-        return _FilePartition(for_part, fh, resume_state, self.chunk_lines, self.progress)
+        return _FilePartition(for_part, fh, resume_state, self.chunk_lines, self.progress,
+                              self.ahead)

@@ -38,6 +38,7 @@ from flows.settings import (
     file_problem,
     inside,
     int_between,
+    one_of,
     parse_duration,
     parse_instant,
     parse_positive_duration,
@@ -97,6 +98,7 @@ class Common:
     workers: int
     now: datetime | None
     adjustment_cycle: timedelta
+    judge_ahead: bool | None  # None: when more than one CPU is available
 
 
 def _common_values(c: Checks, args: argparse.Namespace) -> Common:
@@ -114,6 +116,8 @@ def _common_values(c: Checks, args: argparse.Namespace) -> Common:
         now=c.value("now", parse_instant, None),
         adjustment_cycle=c.value("adjustment_cycle", parse_positive_duration,
                                  DEFAULT_ADJUSTMENT_CYCLE),
+        judge_ahead={"AUTO": None, "ON": True, "OFF": False}[
+            c.value("judge_ahead", one_of(("AUTO", "ON", "OFF")), "AUTO")],
     )
 
 
@@ -348,6 +352,10 @@ def _common(p: argparse.ArgumentParser,
     p.add_argument("--bill-from", default=None, help=argparse.SUPPRESS)
     p.add_argument("-w", "--workers", default=None, metavar="N",
                    help=f"Bytewax worker threads (default 1, at most {MAX_WORKERS})")
+    p.add_argument("--judge-ahead", default=None, metavar="auto|on|off",
+                   help="decode and classify the input's lines in a helper process, a chunk "
+                        "ahead of ingest (default auto: when more than one CPU is available; "
+                        "the outputs are the same either way)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -407,7 +415,8 @@ def _run(args: argparse.Namespace) -> int:
                       window=common.window, allowed_lateness=common.allowed_lateness,
                       workers=common.workers,
                       max_future=common.max_future, retention=common.dedup_ttl,
-                      now=common.now, adjustment_cycle=common.adjustment_cycle)
+                      now=common.now, adjustment_cycle=common.adjustment_cycle,
+                      judge_ahead=common.judge_ahead)
     result = _finished(args.out, lambda: run_file(opts, catalog=catalog))
     if isinstance(result, int):
         return result
@@ -431,7 +440,8 @@ def _demo(args: argparse.Namespace) -> int:
                        window=common.window, allowed_lateness=common.allowed_lateness,
                        max_future=common.max_future, retention=common.dedup_ttl,
                        workers=common.workers, now=common.now,
-                       adjustment_cycle=common.adjustment_cycle)
+                       adjustment_cycle=common.adjustment_cycle,
+                       judge_ahead=common.judge_ahead)
     return _finished(args.out, lambda: run_demo(opts, catalog=catalog))
 
 

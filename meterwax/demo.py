@@ -40,6 +40,7 @@ class DemoOptions:
     workers: int = 1
     adjustment_cycle: timedelta = DEFAULT_ADJUSTMENT_CYCLE
     now: datetime | None = None  # None: DATA_END
+    judge_ahead: bool | None = None  # None: when more than one CPU is available
 
 
 def example_catalog_path() -> str:
@@ -105,7 +106,8 @@ def run_demo(opts: DemoOptions, catalog: Catalog | None = None) -> int:
                               workers=opts.workers,
                               max_future=opts.max_future, retention=opts.retention,
                               adjustment_cycle=opts.adjustment_cycle,
-                              now=DATA_END if opts.now is None else opts.now)
+                              now=DATA_END if opts.now is None else opts.now,
+                              judge_ahead=opts.judge_ahead)
         try:
             result = run_into(run_opts, work, catalog=catalog, events=str(events),
                               progress=progress,

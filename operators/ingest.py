@@ -104,9 +104,14 @@ _MAX_EVENTS = Decimal(10) ** 15
 _Limits = tuple[tuple[Decimal, int], ...]  # (cap, how it is bounded) per routed meter
 # An event judged rateable, waiting for dedup's answer (Ingestor._judge, Ingestor._admit):
 # (position, raw, event, customer, subscription, values of the routed meters, their limits,
-# (period key, period start, period end)).
-_Judged = tuple[int, bytes, CloudEvent, Customer, Subscription,
-                list[tuple[Meter, Decimal | str]], _Limits | None, tuple[str, int, int]]
+# (period key, period start, period end), its time). The event is None when the line was judged
+# ahead (`Ingestor.judge_ahead`): a record that names it judges the line again (`_event`).
+_Judged = tuple[int, bytes, CloudEvent | None, Customer, Subscription,
+                list[tuple[Meter, Decimal | str]], _Limits | None, tuple[str, int, int], datetime]
+# What `Ingestor.judge_ahead` found for one line that would reach dedup: (its index in the batch,
+# its time, its subscription, its type, its dedup identity, the routed meters' values in route
+# order, each (0, "") counted once, (1, text) an exact quantity or (2, text) a distinct key).
+Verdict = tuple[int, datetime, str, str, str, list[tuple[int, str]]]
 
 
 
@@ -248,6 +253,8 @@ class Ingestor:
         # each one already turned into its structured document (what its record keeps).
         self._binary: Mapping[int, Headers] = {}
         self._originals: dict[int, bytes] = {}
+        # The batch's lines judged ahead (`process`), by index; None: none were.
+        self._ahead: list[Verdict | None] | None = None
         # Watermark (s) below which no period can close or retire; -1: unknown.
         self._next_close = -1
         self._cycle = int(config.adjustment_cycle.total_seconds())
@@ -315,13 +322,22 @@ class Ingestor:
 
     def process(self, batch: Sequence[tuple[int, bytes]],
                 retried: Collection[int] = (),
-                binary: Mapping[int, Headers] | None = None) -> IngestOutput:
+                binary: Mapping[int, Headers] | None = None,
+                ahead: Sequence[Verdict] | None = None) -> IngestOutput:
         """`retried`: the positions in `batch` of events sent again from a dead letter; each is
         judged like any other, and where it landed is counted in `IngestStats.retried`.
         `binary`: the positions of Kafka messages in binary content mode, with their headers;
-        each one's line is its value (module docstring)."""
+        each one's line is its value (module docstring).
+        `ahead`: what `judge_ahead` found for `batch`'s lines on this ingestor's catalog (file
+        mode runs it in another process); those lines are not decoded or classified again, and
+        the outcome is the same as without it."""
         out = self._new_output()
         self._binary, self._originals = binary or {}, {}
+        if ahead and not binary:
+            fast: list[Verdict | None] = [None] * len(batch)
+            for verdict in ahead:
+                fast[verdict[0]] = verdict
+            self._ahead = fast
         # Read once per batch: the horizon only has to be right to within a batch.
         now = self.config.clock()
         start, end = 0, len(batch)
@@ -337,7 +353,7 @@ class Ingestor:
                     out.stats.retried[outcome] = out.stats.retried.get(outcome, 0) + 1
         while start < end:
             start = self._part(out, batch, start, now)
-        self._binary, self._originals = {}, {}
+        self._binary, self._originals, self._ahead = {}, {}, None
         self._tally(out)
         self._send_terms(out)
         return out
@@ -416,63 +432,82 @@ class Ingestor:
         horizon = now + self.config.max_future
         split_at = self._split_at()
         binary = self._binary
+        fast = self._ahead
         blank = 0
         stop = len(batch) if stop is None else stop
         index = start
+        event: CloudEvent | None
         while index < stop:
             position, raw = batch[index]
+            verdict = fast[index] if fast is not None else None
             index += 1
-            if binary and position in binary:
-                # Not blank even with no value: its headers are the event (or why it is none).
-                structured = self._structured(out, position, raw, binary[position])
-                if structured is None:
+            if verdict is not None:
+                # Decoded and classified in the other process: what is left is what needs the
+                # clock or this partition's state, in the same order as below.
+                event = None
+                at = verdict[1]
+            else:
+                if binary and position in binary:
+                    # Not blank even with no value: its headers are the event (or why it is
+                    # none).
+                    structured = self._structured(out, position, raw, binary[position])
+                    if structured is None:
+                        continue
+                    raw = structured
+                elif not raw or raw.isspace():  # `not raw.strip()`, without copying every line
+                    blank += 1
                     continue
-                raw = structured
-            elif not raw or raw.isspace():  # `not raw.strip()`, without copying every line
-                blank += 1
-                continue
-            try:
-                event = judge(raw)
-            except Exception as exc:  # the crash-safe boundary (module docstring)
-                self._internal(out, position, raw, "decoding", exc)
-                continue
-            if type(event) is Rejection:
-                self._exception(out, position, raw, event.reason, event.error, event.event)
-                continue
-            assert isinstance(event, CloudEvent)
-            at = event.time
+                try:
+                    judged_event = judge(raw)
+                except Exception as exc:  # the crash-safe boundary (module docstring)
+                    self._internal(out, position, raw, "decoding", exc)
+                    continue
+                if type(judged_event) is Rejection:
+                    self._exception(out, position, raw, judged_event.reason, judged_event.error,
+                                    judged_event.event)
+                    continue
+                assert isinstance(judged_event, CloudEvent)
+                event = judged_event
+                at = event.time
             if at > horizon:
                 # Neither the watermark nor the dedup store sees it: once it is due, the same
                 # bytes replayed are judged like any other event.
                 self._exception(out, position, raw, FUTURE_EVENT,
                                 f"`time` {at.isoformat()} is more than "
                                 f"{_duration(self.config.max_future)} ahead of the processing "
-                                f"clock ({now.isoformat()}); replay it once it is due", event)
+                                f"clock ({now.isoformat()}); replay it once it is due",
+                                event or self._event(raw))
                 continue
             if retired_end is not None and at < retired_end:
                 # Refused before dedup is asked: its first copy's record may be gone.
                 self._exception(out, position, raw, LATE_BEYOND_RETENTION,
-                                self._beyond_retention(at), event)
+                                self._beyond_retention(at), event or self._event(raw))
                 continue
             if billing_start is not None and at < billing_start:
                 self._exception(out, position, raw, BEFORE_BILLING_START,
                                 f"`time` {at.isoformat()} is before the catalog's billing_start "
                                 f"({Month.of(billing_start).key}): meterwax does not bill the "
-                                "months before it, so the event is not rated", event)
+                                "months before it, so the event is not rated",
+                                event or self._event(raw))
                 continue
             month = self._month(at)
             period_end = month[2]
             try:
-                judged = self._judge(out, position, raw, event, month)
+                if verdict is None:
+                    assert event is not None
+                    judged = self._judge(out, position, raw, event, month)
+                    source = event.source
+                    identity = f"{len(source)}:{source}{event.id}"
+                else:
+                    judged = self._judged_ahead(position, raw, verdict, month)
+                    identity = verdict[4]
             except Exception as exc:  # the crash-safe boundary (module docstring)
-                self._internal(out, position, raw, "classifying", exc, event)
+                self._internal(out, position, raw, "classifying", exc, event or self._event(raw))
                 judged = None
             if judged is not None:
                 # Only an event that would be rated claims its identity (module docstring).
                 decoded.append(judged)
-                source = event.source
-                claims.append((f"{len(source)}:{source}{event.id}",
-                               (source_name, partition, position)))
+                claims.append((identity, (source_name, partition, position)))
                 expires.append(period_end)
             if split_at is not None and at > split_at:
                 break
@@ -491,7 +526,8 @@ class Ingestor:
                     admit(out, judged)
                 except Exception as exc:  # the crash-safe boundary
                     stats.rated, stats.late_after_close = rated, late
-                    self._internal(out, judged[0], judged[1], "classifying", exc, judged[2])
+                    self._internal(out, judged[0], judged[1], "classifying", exc,
+                                   judged[2] or self._event(judged[1]))
             else:
                 duplicates += 1
         stats.duplicates += duplicates
@@ -530,6 +566,13 @@ class Ingestor:
                 f"retention horizon ({_duration(self.config.retention)}). A copy this late "
                 "can no longer be told from a replayed duplicate, so it is not rated; if it is "
                 "genuine usage, bill it by hand")
+
+    @staticmethod
+    def _event(raw: bytes) -> CloudEvent | None:
+        """The event of a line judged ahead, for the record that names it (a rare path): the
+        line judged again, as `_part` would have."""
+        event = judge(raw)
+        return event if type(event) is CloudEvent else None
 
     def _internal(self, out: IngestOutput, position: int, raw: bytes, step: str,
                   exc: BaseException, event: CloudEvent | None = None) -> None:
@@ -642,7 +685,58 @@ class Ingestor:
             return None
         if len(meters) != len(values):
             values = [(m, v) for m, v in values if m in meters]
-        return (position, raw, event, customer, sub, values, limits, month)
+        return (position, raw, event, customer, sub, values, limits, month, at)
+
+    def _judged_ahead(self, position: int, raw: bytes, verdict: Verdict,
+                      month: tuple[str, int, int]) -> _Judged:
+        """What `_judge` returns for a line `judge_ahead` judged, rebuilt from its verdict."""
+        _, at, sub_id, event_type, _, given = verdict
+        sub = self.catalog.subscriptions[sub_id]
+        route = self._routes.get((sub.plan_id, event_type))
+        if route is None:
+            route = self._route(sub.plan_id, event_type)
+        meters, limits = route
+        if len(meters) != len(given):
+            msg = (f"judged ahead with {len(given)} meter values, but the plan routes "
+                   f"{len(meters)}: the other process judged on another catalog")
+            raise ValueError(msg)
+        values: list[tuple[Meter, Decimal | str]] = [
+            (meter, _ONE if kind == 0 else Decimal(text) if kind == 1 else text)
+            for meter, (kind, text) in zip(meters, given, strict=True)]
+        return (position, raw, None, self.catalog.customers[sub.customer_id], sub, values,
+                limits, month, at)
+
+    def judge_ahead(self, lines: Sequence[bytes]) -> list[Verdict]:
+        """What `process` decides for each of `lines` from the line and the catalog alone: the
+        lines that reach dedup unless the clock or this partition's state (the future horizon,
+        retention, the billing start, dedup, the period limit) says otherwise, as `Verdict`s.
+        File mode runs this in another process on the same catalog, a batch ahead of
+        `process(ahead=...)`, which then neither decodes nor classifies those lines again;
+        every other line (blank, rejected, unmetered, or failing here in any way) is not in the
+        answer, and `process` judges it itself, so the outcome is the same as without it."""
+        scratch = IngestOutput([], {}, IngestStats())  # the rejections here are not kept
+        verdicts: list[Verdict] = []
+        append = verdicts.append
+        for index, raw in enumerate(lines):
+            if not raw or raw.isspace():
+                continue
+            try:
+                event = judge(raw)
+                if type(event) is not CloudEvent:
+                    continue
+                at = event.time
+                judged = self._judge(scratch, index, raw, event, self._month(at))
+            except Exception:  # `process` judges the line again and records why
+                continue
+            if judged is None:
+                if len(scratch.exceptions) > 1000:
+                    scratch.exceptions.clear()
+                continue
+            source = event.source
+            append((index, at, judged[4].id, event.type, f"{len(source)}:{source}{event.id}",
+                    [(0, "") if value is _ONE else (2, value) if type(value) is str
+                     else (1, str(value)) for _, value in judged[5]]))
+        return verdicts
 
     def _admit(self, out: IngestOutput, judged: _Judged) -> None:
         """A first occurrence: rated, unless it would take its period past what the store
@@ -651,13 +745,13 @@ class Ingestor:
         judged after dedup, and its identity stays claimed: a copy is a duplicate. Only a
         hostile or broken producer reaches 10^20; a retry path for it is not worth a second
         round trip to the dedup store per batch."""
-        position, raw, event, customer, sub, values, limits, month = judged
-        at = event.time
+        position, raw, event, customer, sub, values, limits, month, at = judged
         bounds: list[tuple[tuple[str, str, str], Decimal]] = []
         if limits is not None:
             over = self._over_limit(sub, month[0], values, limits, bounds)
             if over is not None:
-                self._exception(out, position, raw, PERIOD_LIMIT_EXCEEDED, over, event)
+                self._exception(out, position, raw, PERIOD_LIMIT_EXCEEDED, over,
+                                event or self._event(raw))
                 return
         self._accept(out, sub, at, position, values, month)
         if bounds:
@@ -665,6 +759,8 @@ class Ingestor:
             for key, bound in bounds:
                 totals[key] = bound
         if self.config.ledger:
+            event = event or self._event(raw)
+            assert event is not None
             out.accepted.append(AcceptedEvent(
                 event_source=event.source, event_id=event.id, event_type=event.type,
                 subject=event.subject, time=at, customer_id=customer.id,

@@ -116,6 +116,16 @@ def test_same_input_gives_identical_files_with_two_workers(run_dir: Path, events
         assert (tmp_path / name).read_bytes() == (run_dir / name).read_bytes()
 
 
+@pytest.mark.parametrize("mode", ["off", "on"])
+def test_same_input_gives_identical_files_judged_ahead_or_not(run_dir: Path, events: Path,
+                                                              tmp_path: Path, mode: str) -> None:
+    proc = meterwax("run", "--catalog", CATALOG, "--events", str(events), "--out",
+                    str(tmp_path), "--judge-ahead", mode, "--now", NOW)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("invoice_candidates.jsonl", "exceptions.jsonl", "erp_ar_invoices.jsonl"):
+        assert (tmp_path / name).read_bytes() == (run_dir / name).read_bytes()
+
+
 def test_events_from_stdin(run_dir: Path, events: Path, tmp_path: Path) -> None:
     proc = meterwax("run", "--catalog", CATALOG, "--events", "-", "--out", str(tmp_path),
                     "--now", NOW, stdin=events.read_bytes().replace(b"\xff\xfe", b"??"))
@@ -147,9 +157,10 @@ def test_check_catalog_and_usage_errors(tmp_path: Path) -> None:
     ok = meterwax("check-catalog", CATALOG)
     assert ok.returncode == 0 and "6 customers, 7 subscriptions" in ok.stdout
     zero = meterwax("run", "--catalog", CATALOG, "--events", "x", "--out", str(tmp_path),
-                    "--workers", "0")
+                    "--workers", "0", "--judge-ahead", "maybe")
     assert zero.returncode == 2 and "--workers: must be at least 1" in zero.stderr
     assert "--events: no such file: 'x'" in zero.stderr  # reported together
+    assert "--judge-ahead: not one of AUTO, ON, OFF: 'maybe'" in zero.stderr
     window = meterwax("run", "--catalog", CATALOG, "--events", "x", "--out", str(tmp_path),
                       "--window", "0s")
     assert window.returncode == 2 and "longer than zero" in window.stderr
