@@ -255,6 +255,9 @@ class Ingestor:
         self._originals: dict[int, bytes] = {}
         # The batch's lines judged ahead (`process`), by index; None: none were.
         self._ahead: list[Verdict | None] | None = None
+        # (subscription id, event type) of a verdict -> what `_judged_ahead` rebuilds from it.
+        self._ahead_routes: dict[tuple[str, str], tuple[Subscription, Customer,
+                                                        tuple[Meter, ...], _Limits | None]] = {}
         # Watermark (s) below which no period can close or retire; -1: unknown.
         self._next_close = -1
         self._cycle = int(config.adjustment_cycle.total_seconds())
@@ -393,6 +396,7 @@ class Ingestor:
         self.terms_version = version
         self._routes = {}
         self._last_sub = {}
+        self._ahead_routes = {}
         start = catalog.billing_start
         self._billing_start = start.start if start else None
         if state.closed_through is None:
@@ -691,20 +695,26 @@ class Ingestor:
                       month: tuple[str, int, int]) -> _Judged:
         """What `_judge` returns for a line `judge_ahead` judged, rebuilt from its verdict."""
         _, at, sub_id, event_type, _, given = verdict
-        sub = self.catalog.subscriptions[sub_id]
-        route = self._routes.get((sub.plan_id, event_type))
-        if route is None:
-            route = self._route(sub.plan_id, event_type)
-        meters, limits = route
+        key = (sub_id, event_type)
+        hit = self._ahead_routes.get(key)
+        if hit is None:
+            sub = self.catalog.subscriptions[sub_id]
+            meters, limits = self._route(sub.plan_id, event_type)
+            hit = self._ahead_routes[key] = (sub, self.catalog.customers[sub.customer_id],
+                                             meters, limits)
+        sub, customer, meters, limits = hit
         if len(meters) != len(given):
             msg = (f"judged ahead with {len(given)} meter values, but the plan routes "
                    f"{len(meters)}: the other process judged on another catalog")
             raise ValueError(msg)
-        values: list[tuple[Meter, Decimal | str]] = [
-            (meter, _ONE if kind == 0 else Decimal(text) if kind == 1 else text)
-            for meter, (kind, text) in zip(meters, given, strict=True)]
-        return (position, raw, None, self.catalog.customers[sub.customer_id], sub, values,
-                limits, month, at)
+        values: list[tuple[Meter, Decimal | str]]
+        if len(given) == 1:  # most event types feed one meter
+            kind, text = given[0]
+            values = [(meters[0], _ONE if kind == 0 else Decimal(text) if kind == 1 else text)]
+        else:
+            values = [(meter, _ONE if kind == 0 else Decimal(text) if kind == 1 else text)
+                      for meter, (kind, text) in zip(meters, given, strict=True)]
+        return (position, raw, None, customer, sub, values, limits, month, at)
 
     def judge_ahead(self, lines: Sequence[bytes]) -> list[Verdict]:
         """What `process` decides for each of `lines` from the line and the catalog alone: the
