@@ -11,6 +11,11 @@ Generates a dirty workload (meterwax/workload.py) into a temporary file, then ti
   pipeline  `meterwax run --catalog ... --events FILE --out DIR [--workers W]` as a subprocess:
             wall clock, so process start-up, Bytewax and the sinks are included.
 
+With `--ab-judge-ahead`, also runs `meterwax run --judge-ahead off` and `on` over the same file,
+alternated `--repeat` times: median wall clock and CPU time of each, and whether every output
+file of the first pair is byte-identical (exit status 1 if not). `--judge-ahead MODE` passes a
+mode to every pipeline run.
+
 Prints a table (rates in events/s and as a percentage of the floor) and, last, one JSON line with
 every figure, for scripts to collect. A benchmark, not a test: nothing here asserts a speed.
 Exit status: 0, or 1 when the pipeline command could not run or failed.
@@ -37,6 +42,7 @@ import multiprocessing
 import os
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -103,14 +109,23 @@ class PipelineFailed(Exception):
     pass
 
 
-def pipeline_pass(cmd_base: list[str], path: Path, catalog_path: Path, out_dir: Path,
-                  workers: int | None, timeout: float | None) -> dict[str, Any]:
+def run_command(cmd_base: list[str], events: Path, catalog_path: Path, out_dir: Path,
+                workers: int | None, judge_ahead: str | None = None) -> list[str]:
     # Judged as of the generated data's end, like the demo: the figures must not depend on the
     # day the benchmark runs (FUTURE_EVENT).
-    cmd = [*cmd_base, "run", "--catalog", str(catalog_path), "--events", str(path),
+    cmd = [*cmd_base, "run", "--catalog", str(catalog_path), "--events", str(events),
            "--out", str(out_dir), "--now", DATA_END.isoformat()]
     if workers is not None:
         cmd += ["--workers", str(workers)]
+    if judge_ahead is not None:
+        cmd += ["--judge-ahead", judge_ahead]
+    return cmd
+
+
+def pipeline_pass(cmd_base: list[str], path: Path, catalog_path: Path, out_dir: Path,
+                  workers: int | None, timeout: float | None,
+                  judge_ahead: str | None = None) -> dict[str, Any]:
+    cmd = run_command(cmd_base, path, catalog_path, out_dir, workers, judge_ahead)
     try:
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, timeout=timeout, check=False)
     except FileNotFoundError as exc:
@@ -133,13 +148,12 @@ def pipeline_pass(cmd_base: list[str], path: Path, catalog_path: Path, out_dir: 
 
 
 def measured_run(cmd_base: list[str], events: Path, catalog_path: Path, out_dir: Path,
-                 workers: int | None, timeout: float | None) -> dict[str, Any]:
-    """One `meterwax run` as a child process: wall clock, its own peak RSS, the dataflow's
-    time from its reconciliation.json."""
-    cmd = [*cmd_base, "run", "--catalog", str(catalog_path), "--events", str(events),
-           "--out", str(out_dir), "--now", DATA_END.isoformat()]
-    if workers is not None:
-        cmd += ["--workers", str(workers)]
+                 workers: int | None, timeout: float | None,
+                 judge_ahead: str | None = None) -> dict[str, Any]:
+    """One `meterwax run` as a child process: wall clock, its own peak RSS and CPU time (its
+    helper process's included once it was waited for), the dataflow's time from its
+    reconciliation.json."""
+    cmd = run_command(cmd_base, events, catalog_path, out_dir, workers, judge_ahead)
     log = out_dir.with_name(out_dir.name + ".log")
     with open(log, "wb") as fh:
         t0 = time.perf_counter()
@@ -176,7 +190,41 @@ def measured_run(cmd_base: list[str], events: Path, catalog_path: Path, out_dir:
     # before exit; ru_maxrss is exact unless this process was larger than the child.
     return {"wall_s": round(wall, 2), "dataflow_s": round(dataflow, 2),
             "outside_s": round(wall - dataflow, 2), "peak_rss_mib": round(hwm / 1024),
-            "ru_maxrss_mib": round(usage.ru_maxrss / 1024), "balanced": report["balanced"]}
+            "ru_maxrss_mib": round(usage.ru_maxrss / 1024), "balanced": report["balanced"],
+            "cpu_s": round(usage.ru_utime + usage.ru_stime, 2)}
+
+
+def judge_ahead_ab(cmd_base: list[str], events: Path, catalog_path: Path, tmp: Path,
+                   args: argparse.Namespace, figures: dict[str, Any]) -> bool:
+    """`meterwax run --judge-ahead off` and `on` over the same file, alternated `--repeat`
+    times (drift hits both); medians, and whether every output file is byte-identical between
+    the first pair. Returns False when they differ."""
+    runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    same = True
+    for i in range(args.repeat):
+        for mode in ("off", "on"):
+            out = tmp / f"ab-{mode}-{i}"
+            runs[mode].append(measured_run(cmd_base, events, catalog_path, out, args.workers,
+                                           args.timeout, mode))
+            print(f"  judge-ahead {mode:>3}, run {i + 1}: {runs[mode][-1]['wall_s']:.2f} s wall, "
+                  f"{runs[mode][-1]['cpu_s']:.2f} CPU-s")
+        if i == 0:
+            names = sorted(p.name for p in (tmp / "ab-off-0").glob("*.jsonl"))
+            same = bool(names) and all(
+                (tmp / "ab-off-0" / name).read_bytes() == (tmp / "ab-on-0" / name).read_bytes()
+                for name in names)
+        for mode in ("off", "on"):
+            if i > 0:
+                shutil.rmtree(tmp / f"ab-{mode}-{i}", ignore_errors=True)
+    median = {m: statistics.median(r["wall_s"] for r in rs) for m, rs in runs.items()}
+    cpu = {m: statistics.median(r["cpu_s"] for r in rs) for m, rs in runs.items()}
+    print(f"  judge-ahead off vs on, median of {args.repeat}: {median['off']:.2f} s vs "
+          f"{median['on']:.2f} s (x{median['on'] / median['off']:.2f} time), CPU "
+          f"{cpu['off']:.2f} vs {cpu['on']:.2f} s; output files "
+          + ("byte-identical" if same else "DIFFER"))
+    figures.update(judge_ahead_runs=runs, judge_ahead_median_s=median,
+                   judge_ahead_cpu_s=cpu, judge_ahead_identical=same)
+    return same
 
 
 def _generate(name: str, catalog_path: Path, events: Path, customers: int, size: int,
@@ -234,7 +282,7 @@ def customers_main(args: argparse.Namespace, cmd_base: list[str]) -> int:
         for i in range(args.repeat):
             for name, (cat_path, events) in cases.items():  # alternated: drift hits both
                 run = measured_run(cmd_base, events, cat_path, tmp / f"out-{name}-{i}",
-                                   args.workers, args.timeout)
+                                   args.workers, args.timeout, args.judge_ahead)
                 runs[name].append(run)
                 print(f"  run {i + 1} {name:>4}: {run['wall_s']:7.2f} s wall "
                       f"(dataflow {run['dataflow_s']:.2f} s, outside {run['outside_s']:.2f} s), "
@@ -300,6 +348,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip the in-process engine (it keeps every output in memory)")
     ap.add_argument("--skip-pipeline", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the events file and outputs")
+    ap.add_argument("--judge-ahead", choices=("auto", "on", "off"), default=None,
+                    help="passed to `meterwax run` (default: its own, auto)")
+    ap.add_argument("--ab-judge-ahead", action="store_true",
+                    help="also run the pipeline with --judge-ahead off and on, alternated "
+                         "--repeat times, and compare their outputs")
     ap.add_argument("--customers", type=int, default=None, metavar="N",
                     help="compare the six-customer workload with one over N generated "
                          "customers (same --size), instead of the floor comparison")
@@ -350,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
                 pipeline_s, pipe_runs, pipe_info = best_of(
                     args.repeat, lambda i: pipeline_pass(cmd_base, events, catalog_path,
                                                          tmp / f"out-{i}", args.workers,
-                                                         args.timeout))
+                                                         args.timeout, args.judge_ahead))
                 figures.update(pipeline_s=round(pipeline_s, 3),
                                pipeline_runs_s=[round(t, 3) for t in pipe_runs],
                                pipeline_events_per_s=round(n / pipeline_s),
@@ -363,6 +416,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"PIPELINE NOT MEASURED: {exc}", file=sys.stderr)
                 figures["pipeline_status"] = "failed"
                 figures["pipeline_error"] = str(exc).splitlines()[0]
+                status = 1
+
+        if args.ab_judge_ahead:
+            try:
+                if not judge_ahead_ab(cmd_base, events, catalog_path, tmp, args, figures):
+                    status = 1
+            except PipelineFailed as exc:
+                print(f"JUDGE-AHEAD COMPARISON NOT MEASURED: {exc}", file=sys.stderr)
                 status = 1
 
         floor_rate = n / floor_s

@@ -98,7 +98,7 @@ class Common:
     workers: int
     now: datetime | None
     adjustment_cycle: timedelta
-    judge_ahead: bool | None  # None: when more than one CPU is available
+    judge_ahead: bool | None  # None: when it pays (flows/runner.py `_helper_pays`)
 
 
 def _common_values(c: Checks, args: argparse.Namespace) -> Common:
@@ -354,8 +354,9 @@ def _common(p: argparse.ArgumentParser,
                    help=f"Bytewax worker threads (default 1, at most {MAX_WORKERS})")
     p.add_argument("--judge-ahead", default=None, metavar="auto|on|off",
                    help="decode and classify the input's lines in a helper process, a chunk "
-                        "ahead of ingest (default auto: when more than one CPU is available; "
-                        "the outputs are the same either way)")
+                        "ahead of ingest (default auto: when more than one CPU is available "
+                        "and the input holds at least 16 MiB; the outputs are the same either "
+                        "way)")
 
 
 def main(argv: list[str] | None = None) -> int:

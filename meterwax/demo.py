@@ -40,7 +40,7 @@ class DemoOptions:
     workers: int = 1
     adjustment_cycle: timedelta = DEFAULT_ADJUSTMENT_CYCLE
     now: datetime | None = None  # None: DATA_END
-    judge_ahead: bool | None = None  # None: when more than one CPU is available
+    judge_ahead: bool | None = None  # None: when it pays (flows/runner.py `_helper_pays`)
 
 
 def example_catalog_path() -> str:

@@ -174,3 +174,17 @@ def test_a_run_writes_the_same_outputs_with_and_without_the_helper(tmp_path: Pat
     assert results[True] == results[False]
     assert len(results[True][0]) == 6
 
+
+
+def test_auto_starts_the_helper_only_where_it_pays(tmp_path: Path, monkeypatch) -> None:
+    from flows import runner
+
+    small, large = tmp_path / "small.jsonl", tmp_path / "large.jsonl"
+    small.write_bytes(b"{}\n")
+    with open(large, "wb") as fh:
+        fh.truncate(runner.HELPER_MIN_BYTES)
+    monkeypatch.setattr(runner, "available_cpus", lambda: 2)
+    assert [runner._helper_pays(str(p)) for p in (small, large)] == [False, True]
+    assert runner._helper_pays("-")  # standard input: its size is unknown
+    monkeypatch.setattr(runner, "available_cpus", lambda: 1)
+    assert not runner._helper_pays(str(large))  # no second CPU to run it on
