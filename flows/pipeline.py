@@ -2,7 +2,7 @@
 
     input chunks ─key: partition─▶ ingest ─┬─ exceptions ─────────────────────────┬─▶ sink
     (file / Kafka)                 (decode, ├─ stats ─────────────────────────────│─▶ sink
-                                   validate,├─ ledger (stream mode) ──────────────│─▶ sink
+                                   validate,│  (stream mode: the ledger, to its writer)
                                    dedup,   └─ ops ─key: subscription─▶ rate ─┬─ failures
                                    watermark)                         (delta  ├─ windows ──▶ sink
                                                                        rating)└─ candidates ▶ sink
@@ -47,7 +47,6 @@ from operators.protocol import PeriodRetired, SubscriptionOps, Terms
 from operators.rating import SubscriptionRater
 from schemas.records import (
     CONTRACT_REFUSED,
-    AcceptedEvent,
     ExceptionRecord,
     InvoiceCandidate,
     RatedWindow,
@@ -89,8 +88,8 @@ class Sinks:
     stats: Sink[Any] | Sequence[Sink[Any]]
     windows: Sink[list[RatedWindow]] | Sequence[Sink[list[RatedWindow]]]
     candidates: Sink[list[InvoiceCandidate]] | Sequence[Sink[list[InvoiceCandidate]]]
-    # Accepted events, for the ClickHouse usage ledger (needs IngestConfig.ledger).
-    ledger: Sequence[Sink[list[AcceptedEvent]]] = ()
+    # Stream mode's tables written by the steps themselves; the accepted events of
+    # IngestConfig.ledger go only to `writers.ledger`.
     writers: Writers = Writers()
 
 
@@ -113,10 +112,6 @@ class Rejected(msgspec.Struct, array_like=True, gc=False):
     records: list[ExceptionRecord]
 
 
-class Accepted(msgspec.Struct, array_like=True, gc=False):
-    events: list[AcceptedEvent]
-
-
 class RatedRows(msgspec.Struct, array_like=True, gc=False):
     rows: list[RatedWindow]
 
@@ -137,7 +132,7 @@ class ShardOps(msgspec.Struct, array_like=True, gc=False):
     items: list[SubscriptionOps]
 
 
-IngestItem = Rejected | Accepted | IngestStats | SubscriptionOps | ShardOps
+IngestItem = Rejected | IngestStats | SubscriptionOps | ShardOps
 RatingItem = RatedRows | Candidates | Rejected | Retirements
 # What the journal step reads (stream mode): one subscription's candidates and retirements in the
 # order its rater emitted them, so a retirement never overtakes a candidate it follows.
@@ -151,7 +146,6 @@ class IngestStreams:
     exceptions: Stream[list[ExceptionRecord]]
     stats: Stream[IngestStats]
     ops: Stream[SubscriptionOps] | Stream[ShardOps]  # ShardOps with rating shards
-    ledger: Stream[list[AcceptedEvent]]
 
 
 @dataclass(frozen=True)
@@ -226,6 +220,9 @@ class IngestLogic(StatefulBatchLogic[Chunk, IngestItem, Any]):
                  shards: int | None = None, writers: Writers | None = None) -> None:
         self.catalog, self.config, self.dedup_factory = catalog, config, dedup_factory
         self.writers = writers or Writers()
+        if config.ledger and self.writers.ledger is None:
+            msg = "IngestConfig.ledger needs Writers.ledger: the accepted events go only there"
+            raise ValueError(msg)
         self.recoverable = recoverable
         self.shards = shards
         self.live = live
@@ -338,10 +335,8 @@ class IngestLogic(StatefulBatchLogic[Chunk, IngestItem, Any]):
         if out.exceptions:
             self._rejected(out.exceptions, into)
         if out.accepted:
-            if self.writers.ledger is not None:
-                self.writers.ledger.submit(out.accepted)
-            else:
-                into.append(Accepted(out.accepted))
+            assert self.writers.ledger is not None  # __init__ refuses a ledger without it
+            self.writers.ledger.submit(out.accepted)
         into.append(out.stats)
         partition = self.partition
         if self.shards is None:
@@ -577,7 +572,6 @@ def ingest(catalog: Catalog, config: IngestConfig, chunks: Stream[Chunk],
         stats=_of_type("stats", judged, IngestStats, lambda s: s),
         ops=_of_type("ops", judged, SubscriptionOps if rating_shards is None else ShardOps,
                      lambda o: o),
-        ledger=_of_type("ledger", judged, Accepted, lambda a: a.events),
     )
 
 
@@ -753,8 +747,6 @@ def build_flow(catalog: Catalog, config: IngestConfig, source: Source[Chunk], si
                     op.input("input", flow, source), dedup_factory, recoverable, live,
                     rating_shards, sinks.writers)
     _outputs("stats_out", judged.stats, sinks.stats)
-    if sinks.ledger:
-        _outputs("ledger_out", judged.ledger, sinks.ledger)
     # One input partition's closes are final; with several, a period closes on all of them.
     waited = tuple(partitions) if partitions is not None and len(partitions) > 1 else None
     if waited is not None and rating_shards is not None:
