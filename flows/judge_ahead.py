@@ -90,8 +90,8 @@ class JudgeAhead:
         self._waiting = False
         try:
             self._process.start()
-        except (OSError, RuntimeError) as exc:
-            self._give_up(f"it could not start: {exc}")
+        except Exception as exc:  # whatever it is (an unpicklable catalog...), ingest judges alone
+            self._give_up(f"it could not start: {type(exc).__name__}: {exc}")
         finally:
             child.close()
 

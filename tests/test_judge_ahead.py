@@ -188,3 +188,14 @@ def test_auto_starts_the_helper_only_where_it_pays(tmp_path: Path, monkeypatch) 
     assert runner._helper_pays("-")  # standard input: its size is unknown
     monkeypatch.setattr(runner, "available_cpus", lambda: 1)
     assert not runner._helper_pays(str(large))  # no second CPU to run it on
+
+
+def test_a_helper_that_cannot_start_leaves_ingest_to_judge_every_line(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    _write(path, _stream())
+    plain = _drain(JsonLinesSource(str(path), chunk_lines=16).build_part("in", "file:0", None))
+    ahead = JudgeAhead(lambda: None)  # type: ignore[arg-type]  # a catalog that cannot travel
+    assert not ahead.alive
+    got = _drain(JsonLinesSource(str(path), chunk_lines=16, ahead=ahead)
+                 .build_part("in", "file:0", None))
+    assert got == plain

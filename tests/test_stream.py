@@ -234,7 +234,9 @@ def kill_when(proc: subprocess.Popen[bytes], ready: Callable[[], bool], pause: f
 
 def test_killed_mid_stream_and_restarted_loses_and_doubles_nothing(
         catalog, kafka_service, redis_service, clickhouse, tmp_path) -> None:
-    lines = dirty_lines() + list(generate(catalog, 90_000, seed=5))
+    # Enough events that the kill lands mid-stream with a margin: with the epoch writers the
+    # stream read 90,000 in about as long as the first output took, and once finished first.
+    lines = dirty_lines() + list(generate(catalog, 150_000, seed=5))
     topic = kafka_service.new_topic("usage", partitions=1)
     kafka_service.produce(topic, lines)
     run = StreamRun(kafka_service, redis_service, clickhouse, tmp_path, topic)
