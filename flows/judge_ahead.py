@@ -24,6 +24,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import signal
 from collections.abc import Sequence
 from datetime import datetime
 from multiprocessing.connection import Connection
@@ -62,6 +63,9 @@ def available_cpus() -> int:
 def _serve(catalog: Catalog, conn: Connection) -> None:
     """The helper process: judge each chunk of lines received, answer with its verdicts, until
     the source sends an empty message or goes away."""
+    # Ctrl-C in a terminal reaches the whole process group: the run decides what an interrupt
+    # means (and closes this pipe), so the helper neither dies of it nor prints a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The ingestor is used for its pure judging only (no dedup is asked, no state kept).
     ingestor = Ingestor(catalog, IngestConfig(), MemoryDedup(), "ahead", 0)
     while True:

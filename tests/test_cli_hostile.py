@@ -285,11 +285,12 @@ def test_a_run_that_fails_half_way_keeps_the_previous_outputs(
 
 @pytest.fixture(scope="module")
 def big_events(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A workload that takes seconds to rate: long enough to stop a run in the middle."""
+    """A workload that takes seconds to rate: long enough to stop a run in the middle (150,000
+    events once ended, judged ahead, before the signal half a second into the flow came)."""
     from meterwax.workload import write_workload
 
     path = tmp_path_factory.mktemp("big") / "big.jsonl"
-    write_workload(path, load_catalog(CATALOG), 150_000)
+    write_workload(path, load_catalog(CATALOG), 400_000)
     return path
 
 

@@ -231,7 +231,9 @@ def test_poisoned_topic_killed_mid_run_resumes_to_the_same_outputs(
     the epoch): after SIGKILL and a restart the run must finish, with the outputs of one clean
     run."""
     catalog = load_catalog(str(catalog_path))
-    load = workload(90_000)
+    # Enough events that the kill lands mid-run now that the stream is faster (90,000 once
+    # finished before the first dead letter was seen and the kill came).
+    load = workload(150_000)
     topic = kafka_service.new_topic("hostile", partitions=1,
                                     config={"max.message.bytes": MAX_MESSAGE})
     produce(kafka_service, topic, load.messages)
