@@ -7,6 +7,8 @@ avoids the busy-spinning that one-item batches cause downstream (bytewax issue 5
 
 from __future__ import annotations
 
+import itertools
+import operator
 import os
 import sys
 from dataclasses import dataclass
@@ -59,6 +61,7 @@ class ContractsBatch:
     records: list[tuple[int, bytes | None, bytes | None]]
 
 _READ_BYTES = 1 << 18
+_LINE, _SPAN = operator.itemgetter(0), operator.itemgetter(1)
 _BOM = b"\xef\xbb\xbf"
 
 
@@ -105,6 +108,7 @@ class _FilePartition(StatefulSourcePartition[Chunk, FilePosition]):
         self._overflow = False  # the buffered line already passed the limit
         self._pending = 0  # file bytes of the buffered line, kept or dropped
         self._ready: list[tuple[bytes, int]] = []  # complete lines and the bytes each spans
+        self._cr = False  # a carriage return was read (lines may end in CRLF)
         self._eof = False
 
     def next_batch(self) -> list[Chunk]:
@@ -168,12 +172,15 @@ class _FilePartition(StatefulSourcePartition[Chunk, FilePosition]):
         del ready[: self.chunk_lines]
         read = self._read
         first = read.line
-        lines = [line for line, _ in taken]
+        lines = list(map(_LINE, taken))
         if read.offset == 0 and lines[0].startswith(_BOM):
             lines[0] = lines[0][len(_BOM):]
-        chunk = [(number, raw[:-1] if raw.endswith(b"\r") else raw)
-                 for number, raw in enumerate(lines, first)]
-        consumed = sum(span for _, span in taken)
+        if self._cr:
+            chunk = [(number, raw[:-1] if raw.endswith(b"\r") else raw)
+                     for number, raw in enumerate(lines, first)]
+        else:  # no carriage return read yet: the lines as they are, numbered at C speed
+            chunk = list(zip(range(first, first + len(lines)), lines, strict=True))
+        consumed = sum(map(_SPAN, taken))
         number = first + len(lines)
         self._read = FilePosition(read.offset + consumed, number)
         if self.progress is not None:
@@ -185,9 +192,23 @@ class _FilePartition(StatefulSourcePartition[Chunk, FilePosition]):
         """Queue the lines `block` completes, each with the file bytes it spans."""
         parts = block.split(b"\n")
         ready = self._ready
-        for part in parts[:-1]:
+        if not self._cr and b"\r" in block:
+            self._cr = True
+        if len(parts) > 1:
+            # The first part completes the line carried from the block before, if any.
+            part = parts[0]
             ready.append((self._keep(part), self._pending + len(part) + 1))
             self._buffer, self._overflow, self._pending = b"", False, 0
+            rest = parts[1:-1]
+            if rest and max(map(len, rest)) <= MAX_LINE_BYTES:
+                # Nothing carried and nothing over the limit: each part is its line, spanning
+                # itself and its newline (the common case, at C speed).
+                ready.extend(zip(rest, map(operator.add, map(len, rest), itertools.repeat(1)),
+                                 strict=True))
+            else:
+                for part in rest:
+                    ready.append((self._keep(part), len(part) + 1))
+                    self._buffer, self._overflow, self._pending = b"", False, 0
         tail = parts[-1]
         self._pending += len(tail)
         self._keep_tail(tail)
