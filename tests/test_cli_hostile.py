@@ -285,21 +285,23 @@ def test_a_run_that_fails_half_way_keeps_the_previous_outputs(
 
 @pytest.fixture(scope="module")
 def big_events(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A workload that takes seconds to rate: long enough to stop a run in the middle (150,000
-    events once ended, judged ahead, before the signal half a second into the flow came)."""
+    """A workload that takes seconds to rate: long enough to stop a run in the middle."""
     from meterwax.workload import write_workload
 
     path = tmp_path_factory.mktemp("big") / "big.jsonl"
-    write_workload(path, load_catalog(CATALOG), 400_000)
+    write_workload(path, load_catalog(CATALOG), 150_000)
     return path
 
 
 def start_and_stop(big: Path, out: Path, sig: signal.Signals) -> subprocess.Popen[str]:
     """Start a run of `big` into `out`; send `sig` once it is rating into its partial folder."""
+    # SIGINT as a terminal delivers it, whatever started the suite: a shell without job control
+    # starts background commands with SIGINT ignored, and the run would inherit that.
     proc = subprocess.Popen(
         [sys.executable, "-m", "meterwax.cli", "run", "--catalog", CATALOG, "--events", str(big),
          "--out", str(out), "--now", NOW], cwd=ROOT, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True)
+        stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     partial = out.with_name(f"{out.name}.partial-{proc.pid}")
     try:
         deadline = time.monotonic() + 60
