@@ -92,6 +92,7 @@ class JudgeAhead:
         self._process: Any = context.Process(target=_serve, args=(catalog, child),
                                              name="meterwax-judge-ahead", daemon=True)
         self._waiting = False
+        self.gave_up: str | None = None  # why the helper was given up, if it was
         try:
             self._process.start()
         except Exception as exc:  # whatever it is (an unpicklable catalog...), ingest judges alone
@@ -132,6 +133,7 @@ class JudgeAhead:
             return None
 
     def _give_up(self, why: str) -> None:
+        self.gave_up = why
         log.warning("the helper that judges input lines ahead is given up, ingest judges them "
                     "itself (the outputs are the same, only slower): %s", why)
         self.close()

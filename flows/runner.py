@@ -393,15 +393,18 @@ def _run(opts: RunOptions, catalog: Catalog, config: IngestConfig, work: Path, o
         if on_start:
             on_start()
         elapsed = _execute(flow, opts.workers)
+    judged = ("off" if ahead is None else "on" if ahead.gave_up is None
+              else f"given up: {ahead.gave_up}")
     progress.done = True
     with _fewer_collections():
         return _finish(opts, catalog, stats, work, out, store, database, exc_sink, cand_sink,
-                       elapsed, progress)
+                       elapsed, progress, judged)
 
 
 def _finish(opts: RunOptions, catalog: Catalog, stats: StatsTotal, work: Path, out: Path,
             store: Any, database: str, exc_sink: JsonLinesPartsSink,
-            cand_sink: JsonLinesPartsSink, elapsed: float, progress: Progress) -> RunResult:
+            cand_sink: JsonLinesPartsSink, elapsed: float, progress: Progress,
+            judged: str) -> RunResult:
     """After the flow: the sorted output files, the ERP payloads, the documents in the store,
     and reconciliation."""
     exc_sink.finalize(work / "exceptions.jsonl", _ExceptionKey, lambda e: e.exception_id,
@@ -419,7 +422,7 @@ def _finish(opts: RunOptions, catalog: Catalog, stats: StatsTotal, work: Path, o
     _store_documents(store, candidates, erp, exceptions, opts.now or system_clock())
     report = msgspec.structs.replace(
         reconcile(catalog, stats, rated, candidates, exceptions, erp),
-        run=_run_facts(opts, elapsed, stats, out))
+        run=_run_facts(opts, elapsed, stats, out, judged))
     with open(work / "reconciliation.json", "w", encoding="utf-8") as fh:
         json.dump(msgspec.to_builtins(report), fh, indent=2, sort_keys=False)
         fh.write("\n")
@@ -517,7 +520,8 @@ def _write_erp(work: Path, erp: ErpOutput) -> None:
     write_jsonl(work / "invoice_exceptions.jsonl", erp.exceptions)
 
 
-def _run_facts(opts: RunOptions, elapsed: float, stats: StatsTotal, out: Path) -> RunFacts:
+def _run_facts(opts: RunOptions, elapsed: float, stats: StatsTotal, out: Path,
+               judged: str) -> RunFacts:
     return RunFacts(
         catalog=opts.catalog,
         events=opts.events,
@@ -531,4 +535,5 @@ def _run_facts(opts: RunOptions, elapsed: float, stats: StatsTotal, out: Path) -
         elapsed_seconds=round(elapsed, 3),
         events_per_second=round(stats.read / elapsed) if elapsed > 0 else None,
         rated_windows_store=str(out / "clickhouse"),
+        judged_ahead=judged,
     )

@@ -110,7 +110,8 @@ class ErpSummary(msgspec.Struct, frozen=True):
 
 class RunFacts(msgspec.Struct, frozen=True):
     """How the run was made, so a report can be reproduced. `now`: the instant the input was
-    judged as of (null: the system clock at run time)."""
+    judged as of (null: the system clock at run time). `judged_ahead` explains a slow run, never
+    a figure: the outputs are the same either way."""
 
     catalog: str
     events: str
@@ -124,6 +125,9 @@ class RunFacts(msgspec.Struct, frozen=True):
     elapsed_seconds: float
     events_per_second: int | None
     rated_windows_store: str
+    # "on": a helper process judged the input ahead (flows/judge_ahead.py), "off": ingest alone,
+    # "given up: <why>": the helper failed and ingest judged the rest (the outputs are the same).
+    judged_ahead: str = "off"
 
 
 class ExcludedMonth(msgspec.Struct, frozen=True):

@@ -151,6 +151,7 @@ def test_a_helper_that_dies_leaves_ingest_to_judge_the_rest(tmp_path: Path) -> N
     assert [j for _, j, _ in first] == [True, True, True]
     assert not any(j for _, j, _ in rest)
     assert not ahead.alive
+    assert ahead.gave_up is not None and "it stopped" in ahead.gave_up  # the run reports it
 
 
 def _outputs(out: Path) -> dict[str, bytes]:
@@ -170,6 +171,8 @@ def test_a_run_writes_the_same_outputs_with_and_without_the_helper(tmp_path: Pat
                           now=DATA_END, judge_ahead=mode)
         result = run_file(opts)
         assert result.balanced
+        assert result.report.run is not None
+        assert result.report.run.judged_ahead == ("on" if mode else "off")
         results[mode] = (_outputs(out), result.report.events, result.report.rated_windows)
     assert results[True] == results[False]
     assert len(results[True][0]) == 6
@@ -196,6 +199,7 @@ def test_a_helper_that_cannot_start_leaves_ingest_to_judge_every_line(tmp_path: 
     plain = _drain(JsonLinesSource(str(path), chunk_lines=16).build_part("in", "file:0", None))
     ahead = JudgeAhead(lambda: None)  # type: ignore[arg-type]  # a catalog that cannot travel
     assert not ahead.alive
+    assert ahead.gave_up is not None and ahead.gave_up.startswith("it could not start")
     got = _drain(JsonLinesSource(str(path), chunk_lines=16, ahead=ahead)
                  .build_part("in", "file:0", None))
     assert got == plain
