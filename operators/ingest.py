@@ -337,9 +337,11 @@ class Ingestor:
         out = self._new_output()
         self._binary, self._originals = binary or {}, {}
         if ahead and not binary:
-            fast: list[Verdict | None] = [None] * len(batch)
+            size = len(batch)
+            fast: list[Verdict | None] = [None] * size
             for verdict in ahead:
-                fast[verdict[0]] = verdict
+                if 0 <= verdict[0] < size:  # any other is no line of this batch: ignored
+                    fast[verdict[0]] = verdict
             self._ahead = fast
         # Read once per batch: the horizon only has to be right to within a batch.
         now = self.config.clock()
