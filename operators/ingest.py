@@ -773,12 +773,11 @@ class Ingestor:
         if self.config.ledger:
             event = event or self._event(raw)
             assert event is not None
+            # Positional, in AcceptedEvent's field order (schemas/records.py says why).
             out.accepted.append(AcceptedEvent(
-                event_source=event.source, event_id=event.id, event_type=event.type,
-                subject=event.subject, time=at, customer_id=customer.id,
-                subscription_id=sub.id, period=month[0],
-                origin_source=self.source_name, origin_partition=self.partition,
-                origin_offset=position, raw=raw.decode("utf-8", errors="replace")))
+                event.source, event.id, event.type, event.subject, at, customer.id, sub.id,
+                month[0], self.source_name, self.partition, position,
+                raw.decode("utf-8", errors="replace")))
 
     def _over_limit(self, sub: Subscription, period: str,
                     values: list[tuple[Meter, Decimal | str]], limits: _Limits,

@@ -440,27 +440,28 @@ class SubscriptionRater:
             if pstate.closed:
                 touched.add(period)
             sub = self.sub
+            # Positional, in RatedWindow's field order (schemas/records.py says why).
             out.append(RatedWindow(
-                row_id=(ids.correction_row_id(sub.id, meter, ws, state.rating_seq)
-                        if win.correction else ids.window_row_id(sub.id, meter, ws)),
-                subscription_id=sub.id,
-                customer_id=self.customer.id,
-                plan_id=self.plan.id,
-                legal_entity=self.customer.legal_entity,
-                currency=self.plan.currency,
-                meter=meter,
-                period=period,
-                window_start=_utc(ws),
-                window_end=_utc(win.end),
-                revision=0,
-                event_count=win.events,
-                window_quantity=wq,
-                cumulative_quantity=q,
-                amount_delta=delta,
-                cumulative_amount=amount,
-                rating_seq=state.rating_seq,
-                after_close=pstate.closed,
-                row_kind="correction" if win.correction else "window",
+                (ids.correction_row_id(sub.id, meter, ws, state.rating_seq)
+                 if win.correction else ids.window_row_id(sub.id, meter, ws)),  # row_id
+                sub.id,  # subscription_id
+                self.customer.id,  # customer_id
+                self.plan.id,  # plan_id
+                self.customer.legal_entity,  # legal_entity
+                self.plan.currency,  # currency
+                meter,
+                period,
+                _utc(ws),  # window_start
+                _utc(win.end),  # window_end
+                0,  # revision
+                win.events,  # event_count
+                wq,  # window_quantity
+                q,  # cumulative_quantity
+                delta,  # amount_delta
+                amount,  # cumulative_amount
+                state.rating_seq,
+                pstate.closed,  # after_close
+                "correction" if win.correction else "window",  # row_kind
             ))
         except Exception as exc:  # the crash-safe boundary (module docstring)
             # Pricing comes before any change of state, so dropping the window's unrated
