@@ -37,6 +37,12 @@ def parse_partition(name: str) -> tuple[str, int]:
     return source, int(number)
 
 
+def dedup_identity(source: str, event_id: str) -> str:
+    """An event's identity for dedup: (source, id), the source's length first so that no two
+    pairs share one text ("ab", "c" against "a", "bc")."""
+    return f"{len(source)}:{source}{event_id}"
+
+
 def exception_id(source: str, partition: int, position: int) -> str:
     return f"{source}:{partition}:{position}"
 

@@ -502,17 +502,19 @@ class Ingestor:
                 if verdict is None:
                     assert event is not None
                     judged = self._judge(out, position, raw, event, month)
-                    source = event.source
-                    identity = f"{len(source)}:{source}{event.id}"
                 else:
                     judged = self._judged_ahead(position, raw, verdict, month)
-                    identity = verdict[4]
             except Exception as exc:  # the crash-safe boundary (module docstring)
                 self._internal(out, position, raw, "classifying", exc, event or self._event(raw))
                 judged = None
             if judged is not None:
                 # Only an event that would be rated claims its identity (module docstring).
                 decoded.append(judged)
+                if event is not None:
+                    identity = ids.dedup_identity(event.source, event.id)
+                else:
+                    assert verdict is not None  # judged ahead: the helper sent its identity
+                    identity = verdict[4]
                 claims.append((identity, (source_name, partition, position)))
                 expires.append(period_end)
             if split_at is not None and at > split_at:
@@ -744,8 +746,7 @@ class Ingestor:
                 if len(scratch.exceptions) > 1000:
                     scratch.exceptions.clear()
                 continue
-            source = event.source
-            append((index, at, judged[4].id, event.type, f"{len(source)}:{source}{event.id}",
+            append((index, at, judged[4].id, event.type, ids.dedup_identity(event.source, event.id),
                     [(0, "") if value is _ONE else (2, value) if type(value) is str
                      else (1, str(value)) for _, value in judged[5]]))
         return verdicts
