@@ -199,16 +199,14 @@ class _FilePartition(StatefulSourcePartition[Chunk, FilePosition]):
             part = parts[0]
             ready.append((self._keep(part), self._pending + len(part) + 1))
             self._buffer, self._overflow, self._pending = b"", False, 0
+            # Nothing is carried into the others: each is its line (cut one byte past the
+            # limit), spanning itself and its newline, queued at C speed.
             rest = parts[1:-1]
-            if rest and max(map(len, rest)) <= MAX_LINE_BYTES:
-                # Nothing carried and nothing over the limit: each part is its line, spanning
-                # itself and its newline (the common case, at C speed).
-                ready.extend(zip(rest, map(operator.add, map(len, rest), itertools.repeat(1)),
+            if rest:
+                kept = (rest if max(map(len, rest)) <= MAX_LINE_BYTES
+                        else [part[: MAX_LINE_BYTES + 1] for part in rest])
+                ready.extend(zip(kept, map(operator.add, map(len, rest), itertools.repeat(1)),
                                  strict=True))
-            else:
-                for part in rest:
-                    ready.append((self._keep(part), len(part) + 1))
-                    self._buffer, self._overflow, self._pending = b"", False, 0
         tail = parts[-1]
         self._pending += len(tail)
         self._keep_tail(tail)
