@@ -42,9 +42,8 @@ log = logging.getLogger(__name__)
 # few thousand lines takes it milliseconds.
 ANSWER_TIMEOUT = 60.0
 
-_LINES = msgspec.msgpack.Encoder()
+_ENCODER = msgspec.msgpack.Encoder()  # a chunk's lines one way, its verdicts the other
 _LINES_DECODER = msgspec.msgpack.Decoder(list[bytes])
-_VERDICTS = msgspec.msgpack.Encoder()
 _VERDICTS_DECODER = msgspec.msgpack.Decoder(list[tuple[int, datetime, str, str, str,
                                                         list[tuple[int, str]]]])
 
@@ -75,7 +74,7 @@ def _serve(catalog: Catalog, conn: Connection) -> None:
             return
         if not blob:
             return
-        conn.send_bytes(_VERDICTS.encode(ingestor.judge_ahead(_LINES_DECODER.decode(blob))))
+        conn.send_bytes(_ENCODER.encode(ingestor.judge_ahead(_LINES_DECODER.decode(blob))))
 
 
 class JudgeAhead:
@@ -111,7 +110,7 @@ class JudgeAhead:
             msg = "a chunk was submitted before the previous one was answered"
             raise RuntimeError(msg)
         try:
-            self._conn.send_bytes(_LINES.encode(lines))
+            self._conn.send_bytes(_ENCODER.encode(lines))
         except OSError as exc:
             self._give_up(f"sending it a chunk failed: {exc}")
             return

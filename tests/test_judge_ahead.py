@@ -22,7 +22,7 @@ from hostile_cases import (
     series,
 )
 
-from flows.judge_ahead import _LINES, _LINES_DECODER, _VERDICTS, JudgeAhead, decode_verdicts
+from flows.judge_ahead import _ENCODER, _LINES_DECODER, JudgeAhead, decode_verdicts
 from flows.runner import RunOptions, run_file
 from flows.sources import JsonLinesSource, JudgedLines
 from meterwax.demo import DATA_END
@@ -61,8 +61,8 @@ def _ingest(lines: list[bytes], batch: int, *, ahead: bool, cfg: IngestConfig,
         verdicts = None
         if ahead:
             # Through the helper's wire format, as in a run.
-            sent = _LINES_DECODER.decode(_LINES.encode(chunk))
-            verdicts = decode_verdicts(_VERDICTS.encode(helper.judge_ahead(sent)))
+            sent = _LINES_DECODER.decode(_ENCODER.encode(chunk))
+            verdicts = decode_verdicts(_ENCODER.encode(helper.judge_ahead(sent)))
         out = ingestor.process(numbered, ahead=verdicts)
         outputs.append(msgspec.to_builtins(out))
     outputs.append(msgspec.to_builtins(ingestor.finish()))
